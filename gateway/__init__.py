@@ -1,0 +1,52 @@
+"""Tocsin's core. What plugins may use is exported here, and only here.
+
+A channel plugin needs: ``hookimpl``, ``Channel`` (+ ``ChannelContext``), ``Delivery``,
+``TransientError`` / ``PermanentError``, and for conf fields ``Duration`` / ``Secret``.
+"""
+
+from .channel import Channel, ChannelContext
+from .conditions import MISSING, Condition
+from .conf import Action, Secret
+from .delivery import Delivery, Recipient, template_context
+from .durations import Duration
+from .errors import ConfError, DeliveryError, PermanentError, PluginError, TransientError
+from .event import Customer, Event, EventInvalid, EventSource, decode_event, encode_event
+from .http import parse_retry_after, raise_for_outcome
+from .markers import hookimpl, hookspec
+from .signing import SignatureError, Signer, Verifier
+from .source import Source
+from .templating import TemplateFailure, Templates
+
+__all__ = [
+    "MISSING",
+    "Action",
+    "Channel",
+    "ChannelContext",
+    "Condition",
+    "ConfError",
+    "Customer",
+    "Delivery",
+    "DeliveryError",
+    "Duration",
+    "Event",
+    "EventInvalid",
+    "EventSource",
+    "PermanentError",
+    "PluginError",
+    "Recipient",
+    "Secret",
+    "SignatureError",
+    "Signer",
+    "Source",
+    "TemplateFailure",
+    "Templates",
+    "TransientError",
+    "Verifier",
+    "decode_event",
+    "encode_event",
+    "hookimpl",
+    "hookspec",
+    "parse_retry_after",
+    "raise_for_outcome",
+    "template_context",
+]

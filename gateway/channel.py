@@ -1,0 +1,72 @@
+"""What a channel plugin implements. The core awaits these methods; it knows no channel by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+
+import msgspec
+
+from .delivery import Delivery
+
+if TYPE_CHECKING:
+    from .conf import Action
+    from .templating import Templates
+
+ConfigT = TypeVar("ConfigT", bound=msgspec.Struct)
+
+
+@dataclass(frozen=True)
+class ChannelContext:
+    """What the core lends a channel instance."""
+
+    templates: Templates
+    #: A folder the channel may write to (outboxes, caches); created on demand.
+    data_dir: Path
+    default_locale: str
+
+
+class Channel(ABC, Generic[ConfigT]):
+    """One configured channel (``[channels.NAME] type = "..."``).
+
+    Subclasses set ``type_name`` and ``config_type`` (a ``msgspec.Struct`` with
+    ``forbid_unknown_fields=True``; the core decodes ``[channels.NAME]`` into it and
+    reports every mistake as ``file: channels.NAME.field: reason``).
+
+    ``send`` returns when the delivery is done; it raises ``gateway.TransientError`` to
+    be retried later or ``gateway.PermanentError`` to fail for good. It must finish
+    within ``send_timeout`` seconds.
+    """
+
+    type_name: ClassVar[str]
+    config_type: ClassVar[type[msgspec.Struct]]
+    #: Whether an action on this channel needs recipients (``to = [...]``).
+    needs_recipients: ClassVar[bool] = False
+    #: Whether an action on this channel needs a ``template``.
+    needs_template: ClassVar[bool] = False
+
+    def __init__(self, name: str, config: ConfigT, context: ChannelContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+
+    @property
+    def send_timeout(self) -> float:
+        """Upper bound on one ``send``; the core's reclaim timeout must exceed it."""
+        return 30.0
+
+    def check_action(self, action: Action) -> list[str]:
+        """Conf problems with one rule action using this channel (template parts missing...)."""
+        return []
+
+    async def start(self) -> None:
+        """Open connections, sessions, files. Called once before the first ``send``."""
+
+    @abstractmethod
+    async def send(self, delivery: Delivery) -> None:
+        """Deliver, or raise ``TransientError`` / ``PermanentError``."""
+
+    async def close(self) -> None:
+        """Release what ``start`` opened."""

@@ -1,0 +1,359 @@
+"""Typed conf: ``tocsin.toml`` (plus included files) decoded into msgspec Structs.
+
+Every problem is collected, never just the first, and reported as
+``file: dotted.path: reason`` so ops can fix a conf in one pass.
+Relative paths in a conf file are resolved against that file's folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .durations import Duration
+from .errors import ConfError
+
+DEFAULT_CONF_PATH = Path("conf/tocsin.toml")
+CONF_ENV_VAR = "TOCSIN_CONF"
+
+
+class Secret:
+    """A secret from conf. Its value is never printed, logged or put in an error."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class GatewaySection(_Section):
+    #: Where the embedded Redis keeps its AOF, and where outboxes write.
+    data_dir: str = "var"
+    #: Folder of templates: ``<notification>/<locale>/<part>.j2``.
+    templates: str = "templates"
+    default_locale: str = "fr"
+
+
+class IntakeSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8088
+    #: Standard Webhooks secret(s) for ``POST /v1/events``; several during a key rotation.
+    secrets: list[Secret] = msgspec.field(default_factory=list)
+    max_body: int = 256 * 1024
+    #: How far a ``webhook-timestamp`` may be from now, either way.
+    tolerance: Duration = Duration(300)
+    #: How long an event id is remembered to refuse duplicates (providers retry for days).
+    dedupe_window: Duration = Duration(7 * 86400)
+
+
+class RedisSection(_Section):
+    #: ``redis://host:port/db``, ``rediss://`` or ``unix:///path``; empty starts an embedded one.
+    url: str = ""
+    prefix: str = "tocsin"
+    #: Wait for the AOF fsync before acknowledging an event (``WAITAOF``, Redis >= 7.2).
+    #: ``auto`` does so when the server supports it; the embedded Redis fsyncs on every write.
+    wait_aof: str = "auto"
+
+
+class WorkerSection(_Section):
+    #: Deliveries in flight at once in one process, across channels.
+    concurrency: int = 256
+    #: Events the router takes from the stream per read.
+    router_batch: int = 512
+    #: How long SIGTERM waits for in-flight sends before leaving them to other workers.
+    shutdown_grace: Duration = Duration(10)
+
+
+class PluginsSection(_Section):
+    #: Plugin names (as ``tocsin plugins`` lists them) never to load.
+    block: list[str] = msgspec.field(default_factory=list)
+    #: Extra plugin modules to import and register, e.g. a local ``my_channels``.
+    modules: list[str] = msgspec.field(default_factory=list)
+
+
+class Action(_Section, kw_only=True):
+    channel: str
+    #: A notification name: a folder under the templates folder. Optional for json_hook.
+    template: str | None = None
+    #: ``"customer"`` (the event's customer) or literal addresses; empty: the channel's own.
+    to: list[str] = msgspec.field(default_factory=list)
+    locale: str | None = None
+
+
+class Rule(_Section, kw_only=True):
+    #: Event types, exact or glob (``payment.*``).
+    events: list[str]
+    #: Conditions that must all hold, e.g. ``'data.amount >= 100000'``.
+    when: list[str] = msgspec.field(default_factory=list)
+    actions: list[Action]
+    enabled: bool = True
+    description: str = ""
+
+
+@dataclass
+class PluginTable:
+    """A channel or source table: its ``type`` and the rest for the plugin's own schema."""
+
+    name: str
+    type: str
+    options: dict[str, Any]
+    file: Path
+
+
+@dataclass
+class Conf:
+    path: Path
+    gateway: GatewaySection
+    intake: IntakeSection
+    redis: RedisSection
+    worker: WorkerSection
+    plugins: PluginsSection
+    channels: dict[str, PluginTable] = field(default_factory=dict)
+    sources: dict[str, PluginTable] = field(default_factory=dict)
+    rules: dict[str, Rule] = field(default_factory=dict)
+    rule_files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        return (self.base_dir / relative).resolve()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.gateway.data_dir)
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.resolve(self.gateway.templates)
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "gateway": GatewaySection,
+    "intake": IntakeSection,
+    "redis": RedisSection,
+    "worker": WorkerSection,
+    "plugins": PluginsSection,
+}
+#: Tables an included file may add to (the core sections live in the main file only).
+_MERGEABLE = ("channels", "sources", "rules")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+
+
+def _dec_hook(type_: type, value: Any) -> Any:
+    if type_ is Duration:
+        return Duration.parse(value)
+    if type_ is Secret:
+        if not isinstance(value, str) or not value:
+            raise ValueError("a secret is a non-empty string (use ${ENV_VAR} to read it)")
+        return Secret(value)
+    raise NotImplementedError
+
+
+def convert(value: Any, type_: type[Any]) -> Any:
+    """Decode conf data into a Struct, with conf-friendly types (durations, secrets)."""
+    return msgspec.convert(value, type_, dec_hook=_dec_hook, strict=True)
+
+
+def describe_validation_error(exc: msgspec.ValidationError, prefix: str) -> str:
+    """``Expected `int`, got `str` - at `$.port``` -> ``prefix.port: Expected `int`...``"""
+    message = str(exc)
+    reason, sep, where = message.rpartition(" - at ")
+    if not sep:
+        return f"{prefix}: {message}"
+    where = where.strip("`")
+    suffix = where[1:] if where.startswith("$") else where
+    return f"{prefix}{suffix}: {reason}"
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, file: Path, path: str, reason: str) -> None:
+        self.items.append(f"{file}: {path}: {reason}" if path else f"{file}: {reason}")
+
+
+def _interpolate(value: Any, path: str, file: Path, problems: _Problems) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in strings; unset without default is an error."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is not None:
+                return found
+            if default is not None:
+                return default
+            problems.add(file, path, f"environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {
+            k: _interpolate(v, f"{path}.{k}" if path else k, file, problems)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]", file, problems) for i, v in enumerate(value)]
+    return value
+
+
+def _read_toml(file: Path, problems: _Problems) -> dict[str, Any] | None:
+    try:
+        with file.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        problems.add(file, "", "file not found")
+        return None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries the line and column: "... (at line 3, column 7)".
+        problems.add(file, "", f"invalid TOML: {exc}")
+        return None
+    except OSError as exc:
+        problems.add(file, "", f"cannot read: {exc.strerror}")
+        return None
+    return _interpolate(data, "", file, problems)  # type: ignore[no-any-return]
+
+
+def _plugin_tables(kind: str, raw: Any, file: Path, problems: _Problems) -> dict[str, PluginTable]:
+    out: dict[str, PluginTable] = {}
+    if not isinstance(raw, dict):
+        problems.add(file, kind, "must be a table of named tables")
+        return out
+    for name, table in raw.items():
+        where = f"{kind}.{name}"
+        if not _NAME.match(name):
+            problems.add(file, where, "names use letters, digits, '_' and '-' (64 at most)")
+            continue
+        if not isinstance(table, dict):
+            problems.add(file, where, "must be a table")
+            continue
+        options = dict(table)
+        type_name = options.pop("type", None)
+        if not isinstance(type_name, str) or not type_name:
+            problems.add(file, f"{where}.type", "missing: which plugin type this is")
+            continue
+        out[name] = PluginTable(name=name, type=type_name, options=options, file=file)
+    return out
+
+
+def _rules(raw: Any, file: Path, problems: _Problems) -> dict[str, Rule]:
+    out: dict[str, Rule] = {}
+    if not isinstance(raw, dict):
+        problems.add(file, "rules", "must be a table of named rules: [rules.my-rule]")
+        return out
+    for name, table in raw.items():
+        where = f"rules.{name}"
+        if not _NAME.match(name):
+            problems.add(file, where, "names use letters, digits, '_' and '-' (64 at most)")
+            continue
+        try:
+            out[name] = convert(table, Rule)
+        except msgspec.ValidationError as exc:
+            problems.items.append(f"{file}: {describe_validation_error(exc, where)}")
+    return out
+
+
+def _merge(
+    target: dict[str, Any],
+    files: dict[str, Path],
+    incoming: dict[str, Any],
+    kind: str,
+    file: Path,
+    problems: _Problems,
+) -> None:
+    for name, value in incoming.items():
+        if name in target:
+            problems.add(file, f"{kind}.{name}", f"already defined in {files[name]}")
+            continue
+        target[name] = value
+        files[name] = file
+
+
+def default_conf_path() -> Path:
+    return Path(os.environ.get(CONF_ENV_VAR) or DEFAULT_CONF_PATH)
+
+
+def load_conf(path: Path | str) -> Conf:
+    """Read and type-check a conf file and its includes; raise ``ConfError`` with every problem."""
+    main = Path(path).resolve()
+    problems = _Problems()
+    raw = _read_toml(main, problems)
+    if raw is None:
+        raise ConfError(problems.items)
+
+    sections: dict[str, Any] = {}
+    for key, type_ in _SECTIONS.items():
+        try:
+            sections[key] = convert(raw.pop(key, {}), type_)
+        except msgspec.ValidationError as exc:
+            problems.items.append(f"{main}: {describe_validation_error(exc, key)}")
+            sections[key] = type_()
+    includes = raw.pop("include", [])
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        problems.add(main, "include", "must be a list of file paths or globs")
+        includes = []
+
+    conf = Conf(path=main, **sections)
+    channel_files: dict[str, Path] = {}
+    source_files: dict[str, Path] = {}
+    files: list[tuple[Path, dict[str, Any]]] = [(main, raw)]
+    for pattern in includes:
+        matched = sorted(glob.glob(str(main.parent / pattern)))
+        if not matched and not glob.has_magic(pattern):
+            problems.add(main, "include", f"{pattern}: file not found")
+        for name in matched:
+            included = _read_toml(Path(name).resolve(), problems)
+            if included is not None:
+                files.append((Path(name).resolve(), included))
+
+    for file, data in files:
+        for key in list(data):
+            if key not in _MERGEABLE:
+                known = sorted([*_SECTIONS, *_MERGEABLE, "include"])
+                where = "an included file may only hold channels, sources and rules"
+                reason = f"unknown section (known: {', '.join(known)})" if file == main else where
+                problems.add(file, key, reason)
+        if "channels" in data:
+            tables = _plugin_tables("channels", data["channels"], file, problems)
+            _merge(conf.channels, channel_files, tables, "channels", file, problems)
+        if "sources" in data:
+            tables = _plugin_tables("sources", data["sources"], file, problems)
+            _merge(conf.sources, source_files, tables, "sources", file, problems)
+        if "rules" in data:
+            rules = _rules(data["rules"], file, problems)
+            _merge(conf.rules, conf.rule_files, rules, "rules", file, problems)
+
+    if conf.intake.max_body <= 0:
+        problems.add(main, "intake.max_body", "must be a positive number of bytes")
+    if problems.items:
+        raise ConfError(problems.items)
+    return conf

@@ -1,0 +1,79 @@
+"""A delivery: one (rule, action, recipient) of one event, as a channel receives it.
+
+Its ``id`` is derived from those four, so the same event routed again yields the same
+id: json_hook sends it as ``webhook-id`` and receivers can dedupe on it forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+from .event import Event
+
+
+class Recipient(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """Whom a message is for. Channels take the field they need (email, phone, address)."""
+
+    #: ``customer`` (the event's customer) or ``address`` (written in the rule).
+    kind: str
+    address: str | None = None
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+
+
+class Delivery(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """The job on a channel's stream. ``event`` stays encoded until someone needs it."""
+
+    id: str
+    event_id: str
+    event_type: str
+    rule: str
+    channel: str
+    event: msgspec.Raw
+    template: str | None = None
+    locale: str | None = None
+    recipient: Recipient | None = None
+    attempt: int = 1
+
+    def decode_event(self) -> Event:
+        return _event_decoder.decode(self.event)
+
+    def event_bytes(self) -> bytes:
+        """The canonical event as JSON, exactly as stored at intake."""
+        return bytes(self.event)
+
+
+_event_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Delivery)
+
+
+def delivery_id(event_id: str, rule: str, action_index: int, recipient: str) -> str:
+    digest = hashlib.blake2b(
+        f"{event_id}\x1f{rule}\x1f{action_index}\x1f{recipient}".encode(), digest_size=12
+    ).hexdigest()
+    return f"msg_{digest}"
+
+
+def encode_delivery(delivery: Delivery) -> bytes:
+    return _encoder.encode(delivery)
+
+
+def decode_delivery(data: bytes) -> Delivery:
+    return _decoder.decode(data)
+
+
+def template_context(delivery: Delivery, event: Event) -> dict[str, Any]:
+    """What a template sees: the event's fields at top level, plus recipient and delivery."""
+    context = event.to_context()
+    context["event"] = dict(context)
+    context["recipient"] = (
+        msgspec.to_builtins(delivery.recipient) if delivery.recipient is not None else None
+    )
+    context["delivery"] = {"id": delivery.id, "rule": delivery.rule, "attempt": delivery.attempt}
+    return context

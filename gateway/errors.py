@@ -1,0 +1,50 @@
+"""Exceptions that cross the boundary between the core and plugins.
+
+A channel's ``send`` ends in one of three ways: it returns (delivered), raises
+``TransientError`` (try again later) or raises ``PermanentError`` (failed for good).
+Booleans are never used for that: an exception carries the reason to the history.
+"""
+
+from __future__ import annotations
+
+
+class TocsinError(Exception):
+    """Base class; its message is always safe to show to an operator."""
+
+
+class DeliveryError(TocsinError):
+    """A send did not succeed. ``reason`` is recorded in the delivery's history."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class TransientError(DeliveryError):
+    """The receiver may accept the same delivery later (timeouts, 5xx, 429...).
+
+    ``retry_after`` (seconds) asks for a delay, e.g. from an HTTP ``Retry-After``.
+    """
+
+    def __init__(
+        self, reason: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(reason, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentError(DeliveryError):
+    """Sending the same delivery again cannot succeed (bad template, 4xx, invalid address)."""
+
+
+class ConfError(TocsinError):
+    """The conf is invalid; ``problems`` lists every error found, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class PluginError(TocsinError):
+    """Plugins conflict or cannot be loaded (e.g. two plugins register the same name)."""

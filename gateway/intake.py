@@ -1,0 +1,225 @@
+"""HTTP intake: authenticate, validate, and answer only once Redis holds the event.
+
+Concurrent requests' writes are coalesced into one pipeline per round trip (group
+commit): each request still waits for its own event to be written, and fsynced when
+the server does so, before it gets its 202.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .event import EventInvalid, encode_event
+from .keys import Keys
+from .scripts import ENQUEUE, is_noscript
+from .signing import SignatureError
+from .source import Source
+
+log = logging.getLogger("tocsin.intake")
+
+#: Longest a batch waits for ``WAITAOF`` before the requests in it get a 503.
+WAITAOF_TIMEOUT_MS = 2000
+
+
+class NotDurable(RedisError):
+    """Redis took the write but could not confirm it reached the AOF on disk."""
+
+
+class Enqueuer:
+    """Group commit of ``enqueue.lua`` calls: one pipeline carries every waiting request."""
+
+    def __init__(
+        self, redis: Redis, keys: Keys, dedupe_window: float, *, wait_aof: bool = False
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl = max(1, int(dedupe_window))
+        self.wait_aof = wait_aof
+        self._pending: list[tuple[str, bytes, asyncio.Future[str | None]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tocsin-enqueuer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for _, _, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(RedisError("gateway shutting down"))
+        self._pending.clear()
+
+    async def enqueue(self, event_id: str, payload: bytes) -> str | None:
+        """The stream entry id, or ``None`` if the id was seen within the dedupe window."""
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((event_id, payload, fut))
+        self._wakeup.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                await self._flush(batch)
+            except Exception as exc:  # RedisError, OSError...: every waiter gets a 503
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, RedisError) else RedisError(exc))
+
+    async def _flush(self, batch: list[tuple[str, bytes, asyncio.Future[str | None]]]) -> None:
+        todo = batch
+        for _ in range(2):  # a second pass only after NOSCRIPT (Redis restarted)
+            pipe = self.redis.pipeline(transaction=False)
+            for event_id, payload, _fut in todo:
+                ENQUEUE.add_to(
+                    pipe, [self.keys.dedupe(event_id), self.keys.events], [self.ttl, payload]
+                )
+            if self.wait_aof:
+                pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
+            results = await pipe.execute(raise_on_error=False)
+            if self.wait_aof:
+                local = results.pop()
+                if isinstance(local, Exception) or not local or int(local[0]) < 1:
+                    raise NotDurable(f"WAITAOF did not confirm the write: {local!r}")
+            retry = []
+            for item, result in zip(todo, results, strict=True):
+                fut = item[2]
+                if is_noscript(result):
+                    retry.append(item)
+                elif isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(None if result is None else _text(result))
+            if not retry:
+                return
+            await ENQUEUE.load(self.redis)
+            todo = retry
+        for _, _, fut in todo:
+            fut.set_exception(RedisError("enqueue script could not be loaded"))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_json = msgspec.json.Encoder()
+
+
+def _answer(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status, body=_json.encode(body), content_type="application/json", headers=headers
+    )
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return _answer(status, {"error": code, "message": message, **extra})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is a JSON body; a bug answers 500 without a traceback, and is logged."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error(413, "too_large", f"body over the {exc.max_size}-byte limit")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal", "internal error; the gateway logged it")
+
+
+class Intake:
+    def __init__(
+        self, enqueuer: Enqueuer, sources: dict[str, Source[Any]], events_source: str, max_body: int
+    ) -> None:
+        self.enqueuer = enqueuer
+        self.sources = sources
+        self.events_source = events_source
+        self.max_body = max_body
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body, middlewares=[json_errors])
+        app.router.add_post("/v1/events", self.post_events)
+        app.router.add_post("/v1/sources/{name}", self.post_source)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        return app
+
+    async def post_events(self, request: web.Request) -> web.StreamResponse:
+        return await self._ingest(request, self.sources[self.events_source])
+
+    async def post_source(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        source = self.sources.get(name) if name != self.events_source else None
+        if source is None:
+            return error(404, "unknown_source", f"no source named {name!r}")
+        return await self._ingest(request, source)
+
+    async def _ingest(self, request: web.Request, source: Source[Any]) -> web.StreamResponse:
+        if request.content_type != "application/json":
+            return error(415, "unsupported_media_type", "send Content-Type: application/json")
+        if request.content_length is not None and request.content_length > self.max_body:
+            return error(413, "too_large", f"body over the {self.max_body}-byte limit")
+        body = await request.read()
+        try:
+            source.verify(request.headers, body)
+        except SignatureError as exc:
+            return error(401, "bad_signature", str(exc))
+        try:
+            events = source.parse(body)
+        except EventInvalid as exc:
+            return error(400, "invalid_event", exc.reason, path=exc.path)
+        try:
+            results = await asyncio.gather(
+                *(self.enqueuer.enqueue(e.id, encode_event(e)) for e in events)
+            )
+        except RedisError as exc:
+            log.warning("intake: Redis unavailable, answering 503: %s", exc)
+            return _answer(
+                503,
+                {"error": "unavailable", "message": "event store unavailable; retry later"},
+                {"Retry-After": "5"},
+            )
+        accepted = [
+            {"id": e.id, "duplicate": r is None} for e, r in zip(events, results, strict=True)
+        ]
+        if len(accepted) == 1:
+            item = accepted[0]
+            if item["duplicate"]:
+                return _answer(200, {"id": item["id"], "duplicate": True})
+            return _answer(202, {"id": item["id"], "duplicate": False})
+        status = 202 if any(not a["duplicate"] for a in accepted) else 200
+        return _answer(status, {"events": accepted})
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return _answer(200, {"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        try:
+            await self.enqueuer.redis.ping()
+        except RedisError:
+            return _answer(503, {"status": "redis unavailable"}, {"Retry-After": "5"})
+        return _answer(200, {"status": "ready"})

@@ -1,0 +1,36 @@
+"""Every Redis key Tocsin uses, in one place, under one prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROUTER_GROUP = "router"
+WORKER_GROUP = "workers"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "tocsin"
+
+    @property
+    def events(self) -> str:
+        """Stream of accepted canonical events, waiting for the router."""
+        return f"{self.prefix}:events"
+
+    def dedupe(self, event_id: str) -> str:
+        """Marks an event id as seen, for the dedupe window; holds its stream entry id."""
+        return f"{self.prefix}:seen:{event_id}"
+
+    def deliveries(self, channel: str) -> str:
+        """Stream of delivery jobs for one configured channel."""
+        return f"{self.prefix}:deliveries:{channel}"
+
+    @property
+    def retries(self) -> str:
+        """Sorted set of deliveries waiting for their next attempt, scored by due time."""
+        return f"{self.prefix}:retries"
+
+    @property
+    def dead(self) -> str:
+        """Stream of dead-lettered deliveries, with the reason: kept for replay."""
+        return f"{self.prefix}:dead"

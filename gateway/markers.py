@@ -1,0 +1,7 @@
+"""The pluggy markers. Plugins write ``from gateway import hookimpl``."""
+
+import pluggy
+
+PROJECT = "tocsin"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)

@@ -1,0 +1,147 @@
+"""The router: read accepted events, evaluate rules, fan out delivery jobs atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .delivery import Delivery, Recipient, delivery_id, encode_delivery
+from .event import Event
+from .keys import ROUTER_GROUP, Keys
+from .plan import CompiledRule
+from .scripts import FANOUT, is_noscript
+from .streams import Backoff, ensure_group, is_nogroup
+
+log = logging.getLogger("tocsin.router")
+
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+def _recipients(to: list[str], event: Event) -> list[tuple[str, Recipient | None]]:
+    if not to:
+        return [("", None)]
+    out: list[tuple[str, Recipient | None]] = []
+    for target in to:
+        if target == "customer":
+            c = event.customer
+            recipient = Recipient(
+                kind="customer",
+                name=c.name if c else None,
+                email=c.email if c else None,
+                phone=c.phone if c else None,
+                locale=c.locale if c else None,
+            )
+        else:
+            recipient = Recipient(kind="address", address=target)
+        out.append((target, recipient))
+    return out
+
+
+def plan_deliveries(rules: list[CompiledRule], event: Event, raw: bytes) -> list[Delivery]:
+    """The deliveries one event yields: one per matching (rule, action, recipient)."""
+    context: dict[str, Any] | None = None
+    deliveries = []
+    for rule in rules:
+        if not rule.matches_type(event.type):
+            continue
+        if rule.conditions:
+            if context is None:
+                context = event.to_context()
+            if not rule.matches(context):
+                continue
+        for index, action in enumerate(rule.actions):
+            for target, recipient in _recipients(action.to, event):
+                deliveries.append(
+                    Delivery(
+                        id=delivery_id(event.id, rule.name, index, target),
+                        event_id=event.id,
+                        event_type=event.type,
+                        rule=rule.name,
+                        channel=action.channel,
+                        event=msgspec.Raw(raw),
+                        template=action.template,
+                        locale=action.locale
+                        or (recipient.locale if recipient is not None else None)
+                        or (event.customer.locale if event.customer else None),
+                        recipient=recipient,
+                    )
+                )
+    return deliveries
+
+
+class Router:
+    def __init__(
+        self, redis: Redis, keys: Keys, rules: list[CompiledRule], consumer: str, batch: int = 512
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.rules = rules
+        self.consumer = consumer
+        self.batch = batch
+        self.routed = 0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        backoff = Backoff()
+        group_ready = False
+        # Our own pending entries first (a restart under the same consumer name), then new ones.
+        cursor = "0"
+        while not stopping.is_set():
+            try:
+                if not group_ready:
+                    await ensure_group(self.redis, self.keys.events, ROUTER_GROUP)
+                    await FANOUT.load(self.redis)
+                    group_ready = True
+                reply = await self.redis.xreadgroup(
+                    ROUTER_GROUP,
+                    self.consumer,
+                    {self.keys.events: cursor},
+                    count=self.batch,
+                    block=None if cursor == "0" else 500,
+                )
+                entries = reply[0][1] if reply else []
+                if cursor == "0" and not entries:
+                    cursor = ">"
+                    continue
+                if entries:
+                    await self._route(entries)
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                if is_nogroup(exc) or is_noscript(exc):
+                    group_ready = False
+                await backoff.wait("router", exc)
+
+    async def _route(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        stream_index: dict[str, int] = {}
+        keys = [self.keys.events]
+        args: list[Any] = [ROUTER_GROUP, len(entries)]
+        for entry_id, fields in entries:
+            raw = fields.get(b"e", b"")
+            try:
+                event = _event_decoder.decode(raw)
+            except msgspec.DecodeError as exc:
+                await self._dead_event(entry_id, raw, f"undecodable event: {exc}")
+                args[1] -= 1
+                continue
+            jobs = plan_deliveries(self.rules, event, raw)
+            args += [entry_id, len(jobs)]
+            for job in jobs:
+                stream = self.keys.deliveries(job.channel)
+                if stream not in stream_index:
+                    keys.append(stream)
+                    stream_index[stream] = len(keys)
+                args += [stream_index[stream], encode_delivery(job)]
+        if args[1]:
+            self.routed += await FANOUT(self.redis, keys, args)
+
+    async def _dead_event(self, entry_id: bytes, raw: bytes, reason: str) -> None:
+        log.error("router: dead-lettering event entry %s: %s", entry_id.decode(), reason)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.dead, {"kind": "event", "e": raw, "reason": reason})
+            pipe.xack(self.keys.events, ROUTER_GROUP, entry_id)
+            pipe.xdel(self.keys.events, entry_id)
+            await pipe.execute()

@@ -1,0 +1,47 @@
+"""Small helpers around Redis Streams consumer groups, shared by the router and the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+log = logging.getLogger("tocsin.streams")
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+    """Create the group at the stream's start (``0``): entries added before it are read too."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    """Redis lost the group (restarted without AOF, or the key was deleted)."""
+    return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
+
+
+class Backoff:
+    """Exponential backoff with full jitter, so many workers don't reconnect in lockstep."""
+
+    def __init__(self, first: float = 0.05, cap: float = 5.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    async def wait(self, what: str, exc: BaseException) -> None:
+        self.failures += 1
+        delay = min(self.cap, self.first * 2 ** (self.failures - 1))
+        if self.failures in (1, 5) or self.failures % 50 == 0:
+            log.warning(
+                "%s: %s: %s (retrying, attempt %d)", what, type(exc).__name__, exc, self.failures
+            )
+        await asyncio.sleep(random.uniform(delay / 2, delay))

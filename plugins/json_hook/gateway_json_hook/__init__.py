@@ -1,0 +1,122 @@
+"""json_hook: POST signed JSON (Standard Webhooks) to a merchant's system.
+
+The body is the canonical event, or an action's ``json.j2`` template rendered and
+checked to be valid JSON. ``webhook-id`` is the delivery id, stable across retries and
+replays, so receivers can dedupe on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from gateway import (
+    Action,
+    Channel,
+    ChannelContext,
+    Delivery,
+    Duration,
+    PermanentError,
+    Secret,
+    Signer,
+    TransientError,
+    hookimpl,
+    raise_for_outcome,
+    template_context,
+)
+
+#: Of an error answer, this much is kept in the delivery's history.
+EXCERPT_BYTES = 512
+TEMPLATE_PART = "json"
+
+
+class JsonHookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: str
+    secret: Secret
+    #: Also sign with these while receivers move to the new secret (key rotation).
+    previous_secrets: list[Secret] = msgspec.field(default_factory=list)
+    timeout: Duration = Duration(15)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    max_connections: int = 64
+
+
+class JsonHook(Channel[JsonHookConfig]):
+    type_name = "json_hook"
+    config_type = JsonHookConfig
+
+    def __init__(self, name: str, config: JsonHookConfig, context: ChannelContext) -> None:
+        super().__init__(name, config, context)
+        parts = urlsplit(config.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url {config.url!r} is not an http(s) URL")
+        if any(k.lower().startswith("webhook-") for k in config.headers):
+            raise ValueError("headers: webhook-* headers are set by the signature")
+        self._signer = Signer([s.reveal() for s in (config.secret, *config.previous_secrets)])
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def send_timeout(self) -> float:
+        return float(self.config.timeout) + 1.0
+
+    def check_action(self, action: Action) -> list[str]:
+        if action.template and not self.context.templates.has_part(action.template, TEMPLATE_PART):
+            return [f"template: {action.template!r} has no {TEMPLATE_PART}.j2"]
+        return []
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.config.max_connections),
+            timeout=aiohttp.ClientTimeout(total=float(self.config.timeout)),
+            auto_decompress=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def body(self, delivery: Delivery) -> bytes:
+        if delivery.template is None:
+            return delivery.event_bytes()
+        event = delivery.decode_event()
+        text = self.context.templates.render(
+            delivery.template, TEMPLATE_PART, delivery.locale, template_context(delivery, event)
+        )
+        try:
+            msgspec.json.decode(text)
+        except msgspec.DecodeError as exc:
+            raise PermanentError(
+                f"template {delivery.template}/{TEMPLATE_PART}.j2 did not render valid JSON: {exc}"
+            ) from None
+        return text.encode()
+
+    async def send(self, delivery: Delivery) -> None:
+        if self._session is None:
+            raise TransientError("channel not started")
+        body = self.body(delivery)
+        headers = {**self.config.headers, "Content-Type": "application/json"}
+        headers.update(self._signer.headers(delivery.id, body))
+        try:
+            async with self._session.post(
+                self.config.url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                excerpt = b""
+                if not 200 <= response.status < 300:
+                    excerpt = await response.content.read(EXCERPT_BYTES)
+                else:
+                    await response.read()
+                raise_for_outcome(
+                    response.status, response.headers, excerpt.decode("utf-8", "replace")
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from None
+
+
+@hookimpl
+def tocsin_register_channels() -> Sequence[type[Channel[Any]]]:
+    return [JsonHook]
