@@ -60,7 +60,7 @@ def _ordered(test: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
 
 
 BUILTIN_CONDITIONS: tuple[Condition, ...] = (
-    Condition("==", lambda a, b: _equals(a, b), "equals"),
+    Condition("==", _equals, "equals"),
     Condition("!=", lambda a, b: not _equals(a, b), "differs"),
     Condition(">", _ordered(lambda a, b: a > b), "greater than", check_operand=_needs_number),
     Condition(">=", _ordered(lambda a, b: a >= b), "at least", check_operand=_needs_number),

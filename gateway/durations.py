@@ -1,4 +1,4 @@
-"""Human durations in conf files: ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"7d"``, ``"1h30m"``."""
+"""Human durations in conf files: ``"250ms"``, ``"30s"``, ``"5m"``, ``"7d"``, ``"1h30m"``."""
 
 from __future__ import annotations
 

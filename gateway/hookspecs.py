@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 @hookspec
-def tocsin_register_sources() -> Sequence[type[Source[Any]]]:
+def tocsin_register_sources() -> Sequence[type[Source[Any]]]:  # type: ignore[empty-body]
     """Return event-source classes (subclasses of ``gateway.Source``).
 
     Each class's ``type_name`` is what ``[sources.NAME] type = "..."`` refers to; the
@@ -35,7 +35,7 @@ def tocsin_register_sources() -> Sequence[type[Source[Any]]]:
 
 
 @hookspec
-def tocsin_register_conditions() -> Sequence[Condition]:
+def tocsin_register_conditions() -> Sequence[Condition]:  # type: ignore[empty-body]
     """Return ``gateway.Condition`` operators usable in rules' ``when = [...]``.
 
     The operator text is the name (``">="``, ``"in"``, ``"matches"``).
@@ -46,7 +46,7 @@ def tocsin_register_conditions() -> Sequence[Condition]:
 
 
 @hookspec
-def tocsin_register_template_filters() -> dict[str, Callable[..., Any]]:
+def tocsin_register_template_filters() -> dict[str, Callable[..., Any]]:  # type: ignore[empty-body]
     """Return Jinja2 filters by name, available in every template (sandboxed)."""
 
 
@@ -54,7 +54,7 @@ def tocsin_register_template_filters() -> dict[str, Callable[..., Any]]:
 
 
 @hookspec
-def tocsin_register_channels() -> Sequence[type[Channel[Any]]]:
+def tocsin_register_channels() -> Sequence[type[Channel[Any]]]:  # type: ignore[empty-body]
     """Return channel classes (subclasses of ``gateway.Channel``).
 
     Each class's ``type_name`` is what ``[channels.NAME] type = "..."`` refers to.

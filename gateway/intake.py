@@ -132,6 +132,7 @@ def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return _answer(status, {"error": code, "message": message, **extra})
 
 
+MAX_BODY = web.AppKey("max_body", int)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -140,8 +141,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Every error is a JSON body; a bug answers 500 without a traceback, and is logged."""
     try:
         return await handler(request)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error(413, "too_large", f"body over the {exc.max_size}-byte limit")
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, "too_large", f"body over the {request.app[MAX_BODY]}-byte limit")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -162,6 +163,7 @@ class Intake:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body, middlewares=[json_errors])
+        app[MAX_BODY] = self.max_body
         app.router.add_post("/v1/events", self.post_events)
         app.router.add_post("/v1/sources/{name}", self.post_source)
         app.router.add_get("/healthz", self.healthz)

@@ -54,8 +54,11 @@ class Plan:
 
 
 def _plugin_instance(
-    table: PluginTable, classes: Mapping[str, type], kind: str, problems: list[str]
-) -> tuple[type, Any] | None:
+    table: PluginTable,
+    classes: Mapping[str, type[Channel[Any]]] | Mapping[str, type[Source[Any]]],
+    kind: str,
+    problems: list[str],
+) -> tuple[Any, Any] | None:
     where = f"{kind}.{table.name}"
     cls = classes.get(table.type)
     if cls is None:

@@ -15,7 +15,7 @@ from .event import Event
 from .keys import ROUTER_GROUP, Keys
 from .plan import CompiledRule
 from .scripts import FANOUT, is_noscript
-from .streams import Backoff, ensure_group, is_nogroup
+from .streams import Backoff, Entry, ensure_group, is_nogroup, read_group
 
 log = logging.getLogger("tocsin.router")
 
@@ -96,12 +96,13 @@ class Router:
                     await ensure_group(self.redis, self.keys.events, ROUTER_GROUP)
                     await FANOUT.load(self.redis)
                     group_ready = True
-                reply = await self.redis.xreadgroup(
+                reply = await read_group(
+                    self.redis,
                     ROUTER_GROUP,
                     self.consumer,
                     {self.keys.events: cursor},
-                    count=self.batch,
-                    block=None if cursor == "0" else 500,
+                    self.batch,
+                    None if cursor == "0" else 500,
                 )
                 entries = reply[0][1] if reply else []
                 if cursor == "0" and not entries:
@@ -115,7 +116,7 @@ class Router:
                     group_ready = False
                 await backoff.wait("router", exc)
 
-    async def _route(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    async def _route(self, entries: list[Entry]) -> None:
         stream_index: dict[str, int] = {}
         keys = [self.keys.events]
         args: list[Any] = [ROUTER_GROUP, len(entries)]

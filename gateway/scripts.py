@@ -23,14 +23,14 @@ class Script:
         await redis.script_load(self.source)
 
     def add_to(self, pipe: Pipeline, keys: list[str], args: list[Any]) -> None:
-        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
 
     async def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
         except NoScriptError:
             await self.load(redis)
-            return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def is_noscript(result: object) -> bool:

@@ -8,6 +8,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,20 +45,21 @@ def connect(url: str) -> Redis:
     )
 
 
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 async def server_durability(redis: Redis, setting: str) -> bool:
     """Decide whether intake must WAITAOF, and warn when the server may lose acked events."""
     info = await redis.info("server")
     version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2])
+    config: dict[Any, Any]
     try:
         config = await redis.config_get("append*")
     except RedisError:  # managed services often forbid CONFIG
         config = {}
-    aof = config.get("appendonly", config.get(b"appendonly"))
-    fsync = config.get("appendfsync", config.get(b"appendfsync"))
-    if isinstance(aof, bytes):
-        aof = aof.decode()
-    if isinstance(fsync, bytes):
-        fsync = fsync.decode()
+    settings = {_text(k): _text(v) for k, v in config.items()}
+    aof, fsync = settings.get("appendonly"), settings.get("appendfsync")
     if aof == "no":
         log.warning("Redis has appendonly=no: accepted events do not survive a Redis restart")
     supported = version >= (7, 2)
@@ -86,76 +88,88 @@ class Gateway:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        conf = self.plan.conf
-        keys = Keys(conf.redis.prefix)
-        redis = connect(self.redis_url)
         roles = set(self.roles)
-        channels: dict[str, Channel[Any]] = self.plan.channels if "worker" in roles else {}
-        runner: web.AppRunner | None = None
-        enqueuer: Enqueuer | None = None
-        started: list[Channel[Any]] = []
-        try:
-            backoff = Backoff(cap=2.0)
-            while True:
-                try:
-                    wait_aof = await server_durability(redis, conf.redis.wait_aof)
-                    break
-                except (RedisError, OSError) as exc:
-                    if stopping.is_set():
-                        return
-                    await backoff.wait(f"connecting to Redis at {self.redis_url}", exc)
-            for channel in channels.values():
-                await channel.start()
-                started.append(channel)
+        async with AsyncExitStack() as stack:
+            redis = connect(self.redis_url)
+            stack.push_async_callback(redis.aclose)
+            wait_aof = await self._wait_for_redis(redis, stopping)
+            if wait_aof is None:
+                return
             tasks = []
-            if "router" in roles:
-                router = Router(
-                    redis, keys, self.plan.rules, self.consumer, conf.worker.router_batch
-                )
-                tasks.append(asyncio.create_task(router.run(stopping), name="tocsin-router"))
             if "worker" in roles:
-                worker = Worker(
-                    redis,
-                    keys,
-                    channels,
-                    self.consumer,
-                    concurrency=conf.worker.concurrency,
-                    shutdown_grace=float(conf.worker.shutdown_grace),
-                )
-                tasks.append(asyncio.create_task(worker.run(stopping), name="tocsin-worker"))
-            if "intake" in roles:
-                enqueuer = Enqueuer(redis, keys, conf.intake.dedupe_window, wait_aof=wait_aof)
-                enqueuer.start()
-                intake = Intake(enqueuer, self.plan.sources, EVENTS_SOURCE, conf.intake.max_body)
-                runner = web.AppRunner(intake.app(), access_log=None, handle_signals=False)
-                await runner.setup()
-                host = self.host or conf.intake.host
-                port = conf.intake.port if self.port is None else self.port
-                site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-                await site.start()
-                server = getattr(site, "_server", None)
-                sockets = getattr(server, "sockets", None) or []
-                self.bound_port = sockets[0].getsockname()[1] if sockets else port
-                log.info("intake listening on http://%s:%s/v1/events", host, self.bound_port)
+                await self._start_channels(stack)
+            if "router" in roles:
+                tasks.append(asyncio.create_task(self._router(redis).run(stopping)))
+            if "worker" in roles:
+                tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
+            runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
             log.info("consumer %s running roles: %s", self.consumer, ", ".join(sorted(roles)))
             self.ready.set()
             await stopping.wait()
             log.info("stopping: no new work taken; finishing in-flight sends")
             if runner is not None:
-                await runner.cleanup()  # stop accepting events first
-                runner = None
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for result in results:
+                await runner.cleanup()  # refuse new events before the workers wind down
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, BaseException):
                     log.error("a gateway task ended with %r", result)
-        finally:
-            if runner is not None:
-                await runner.cleanup()
-            if enqueuer is not None:
-                await enqueuer.stop()
-            for channel in started:
-                try:
-                    await channel.close()
-                except Exception:
-                    log.exception("closing channel %s", channel.name)
-            await redis.aclose()
+
+    async def _wait_for_redis(self, redis: Redis, stopping: asyncio.Event) -> bool | None:
+        """Whether to WAITAOF; ``None`` if asked to stop before Redis answered."""
+        backoff = Backoff(cap=2.0)
+        while not stopping.is_set():
+            try:
+                return await server_durability(redis, self.plan.conf.redis.wait_aof)
+            except (RedisError, OSError) as exc:
+                await backoff.wait(f"connecting to Redis at {self.redis_url}", exc)
+        return None
+
+    async def _start_channels(self, stack: AsyncExitStack) -> None:
+        for channel in self.plan.channels.values():
+            await channel.start()
+            stack.push_async_callback(_close_channel, channel)
+
+    def _router(self, redis: Redis) -> Router:
+        conf = self.plan.conf
+        keys = Keys(conf.redis.prefix)
+        return Router(redis, keys, self.plan.rules, self.consumer, conf.worker.router_batch)
+
+    def _worker(self, redis: Redis) -> Worker:
+        conf = self.plan.conf
+        return Worker(
+            redis,
+            Keys(conf.redis.prefix),
+            self.plan.channels,
+            self.consumer,
+            concurrency=conf.worker.concurrency,
+            shutdown_grace=float(conf.worker.shutdown_grace),
+        )
+
+    async def _start_intake(
+        self, stack: AsyncExitStack, redis: Redis, wait_aof: bool
+    ) -> web.AppRunner:
+        conf = self.plan.conf
+        enqueuer = Enqueuer(
+            redis, Keys(conf.redis.prefix), conf.intake.dedupe_window, wait_aof=wait_aof
+        )
+        enqueuer.start()
+        stack.push_async_callback(enqueuer.stop)
+        intake = Intake(enqueuer, self.plan.sources, EVENTS_SOURCE, conf.intake.max_body)
+        runner = web.AppRunner(intake.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        host = self.host or conf.intake.host
+        port = conf.intake.port if self.port is None else self.port
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        await site.start()
+        server: Any = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.bound_port = sockets[0].getsockname()[1] if sockets else port
+        log.info("intake listening on http://%s:%s/v1/events", host, self.bound_port)
+        return runner
+
+
+async def _close_channel(channel: Channel[Any]) -> None:
+    try:
+        await channel.close()
+    except Exception:
+        log.exception("closing channel %s", channel.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -19,6 +20,32 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+async def read_group(
+    redis: Redis,
+    group: str,
+    consumer: str,
+    cursors: dict[str, str],
+    count: int,
+    block_ms: int | None,
+) -> list[tuple[str, list[Entry]]]:
+    """XREADGROUP with its reply typed: ``[(stream, [(entry_id, fields), ...]), ...]``."""
+    reply: Any = await redis.xreadgroup(
+        group,
+        consumer,
+        cursors,
+        count=count,
+        block=block_ms,  # type: ignore[arg-type]
+    )
+    out: list[tuple[str, list[Entry]]] = []
+    for stream, entries in reply or []:
+        name = stream.decode() if isinstance(stream, bytes) else str(stream)
+        out.append((name, entries))
+    return out
 
 
 def is_nogroup(exc: BaseException) -> bool:

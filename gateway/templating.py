@@ -43,8 +43,8 @@ def locale_chain(locale: str | None, default: str) -> list[str]:
     for candidate in (locale, default):
         if not candidate:
             continue
-        candidate = candidate.replace("_", "-")
-        for item in (candidate, candidate.split("-")[0]):
+        tag = candidate.replace("_", "-")
+        for item in (tag, tag.split("-")[0]):
             if item not in chain:
                 chain.append(item)
     return chain

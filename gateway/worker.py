@@ -23,7 +23,7 @@ from .errors import PermanentError, TransientError
 from .keys import WORKER_GROUP, Keys
 from .retry import DEFAULT_SCHEDULE, next_delay
 from .scripts import PROMOTE
-from .streams import Backoff, ensure_group, is_nogroup
+from .streams import Backoff, ensure_group, is_nogroup, read_group
 
 log = logging.getLogger("tocsin.worker")
 
@@ -86,12 +86,13 @@ class Worker:
                         await ensure_group(self.redis, stream, WORKER_GROUP)
                     groups_ready = True
                 pending_pass = any(c == "0" for c in cursors.values())
-                reply = await self.redis.xreadgroup(
+                reply = await read_group(
+                    self.redis,
                     WORKER_GROUP,
                     self.consumer,
-                    cursors,  # type: ignore[arg-type]
-                    count=free,
-                    block=None if pending_pass else 500,
+                    cursors,
+                    free,
+                    None if pending_pass else 500,
                 )
                 backoff.reset()
             except (RedisError, OSError) as exc:
@@ -100,8 +101,7 @@ class Worker:
                 await backoff.wait("worker", exc)
                 continue
             seen = set()
-            for stream_b, entries in reply or []:
-                stream = stream_b.decode() if isinstance(stream_b, bytes) else stream_b
+            for stream, entries in reply:
                 if entries:
                     seen.add(stream)
                 for entry_id, fields in entries:
@@ -255,7 +255,7 @@ class Worker:
         """Give in-flight sends the grace period; what is left stays pending for others."""
         if not self._inflight:
             return
-        done, pending = await asyncio.wait(self._inflight, timeout=self.shutdown_grace)
+        _, pending = await asyncio.wait(self._inflight, timeout=self.shutdown_grace)
         for task in pending:
             task.cancel()
         if pending:

@@ -7,7 +7,6 @@ replays, so receivers can dedupe on it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
