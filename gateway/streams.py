@@ -34,13 +34,8 @@ async def read_group(
     block_ms: int | None,
 ) -> list[tuple[str, list[Entry]]]:
     """XREADGROUP with its reply typed: ``[(stream, [(entry_id, fields), ...]), ...]``."""
-    reply: Any = await redis.xreadgroup(
-        group,
-        consumer,
-        cursors,
-        count=count,
-        block=block_ms,  # type: ignore[arg-type]
-    )
+    streams: dict[Any, Any] = dict(cursors)
+    reply: Any = await redis.xreadgroup(group, consumer, streams, count=count, block=block_ms)
     out: list[tuple[str, list[Entry]]] = []
     for stream, entries in reply or []:
         name = stream.decode() if isinstance(stream, bytes) else str(stream)
