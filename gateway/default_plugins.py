@@ -51,7 +51,18 @@ def _equals(actual: Any, operand: Any) -> bool:
     # true == 1 in Python; in a rule it must not.
     if isinstance(actual, bool) or isinstance(operand, bool):
         return actual is operand
+    if isinstance(actual, list) and isinstance(operand, list):
+        return len(actual) == len(operand) and all(map(_equals, actual, operand))
+    if isinstance(actual, dict) and isinstance(operand, dict):
+        return actual.keys() == operand.keys() and all(
+            _equals(actual[k], operand[k]) for k in actual
+        )
     return bool(actual == operand)
+
+
+def _one_of(actual: Any, operand: list[Any]) -> bool:
+    # `in` means "== one of them": true is no more 1 in a list than alone.
+    return any(_equals(actual, item) for item in operand)
 
 
 def _ordered(test: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
@@ -66,8 +77,10 @@ BUILTIN_CONDITIONS: tuple[Condition, ...] = (
     Condition(">=", _ordered(lambda a, b: a >= b), "at least", check_operand=_needs_number),
     Condition("<", _ordered(lambda a, b: a < b), "less than", check_operand=_needs_number),
     Condition("<=", _ordered(lambda a, b: a <= b), "at most", check_operand=_needs_number),
-    Condition("in", lambda a, b: a in b, "one of a list", check_operand=_needs_list),
-    Condition("not in", lambda a, b: a not in b, "none of a list", check_operand=_needs_list),
+    Condition("in", _one_of, "one of a list", check_operand=_needs_list),
+    Condition(
+        "not in", lambda a, b: not _one_of(a, b), "none of a list", check_operand=_needs_list
+    ),
     Condition(
         "glob",
         lambda a, b: isinstance(a, str) and fnmatch.fnmatchcase(a, b),

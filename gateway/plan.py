@@ -159,10 +159,15 @@ def build_plan(conf: Conf, registry: Registry) -> Plan:
                 problems.append(f"{table.file}: channels.{name}: {exc}")
 
     if conf.intake.secrets:
-        plan.sources[EVENTS_SOURCE] = StandardWebhooksSource(
-            EVENTS_SOURCE,
-            StandardWebhooksConfig(secrets=conf.intake.secrets, tolerance=conf.intake.tolerance),
-        )
+        try:
+            plan.sources[EVENTS_SOURCE] = StandardWebhooksSource(
+                EVENTS_SOURCE,
+                StandardWebhooksConfig(
+                    secrets=conf.intake.secrets, tolerance=conf.intake.tolerance
+                ),
+            )
+        except ValueError as exc:
+            problems.append(f"{conf.path}: intake.secrets: {exc}")
     else:
         problems.append(
             f"{conf.path}: intake.secrets: no secret: POST /v1/events would accept anything "

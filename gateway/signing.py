@@ -26,10 +26,14 @@ def decode_secret(secret: str) -> bytes:
     """``whsec_<base64>`` (the spec's form) or a raw string used as-is."""
     if secret.startswith(SECRET_PREFIX):
         try:
-            return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+            key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
         except ValueError as exc:
             raise ValueError("a whsec_ secret must be base64 after the prefix") from exc
-    return secret.encode()
+    else:
+        key = secret.encode()
+    if not key:
+        raise ValueError("a secret must not be empty: anyone could sign with an empty key")
+    return key
 
 
 def generate_secret() -> str:

@@ -162,8 +162,12 @@ def write_conf(
     rules: str | None = None,
     extra: str = "",
     templates: dict[str, str] | None = None,
+    intake_extra: str = "",
 ) -> Path:
-    """Write a conf with one json_hook channel ``hook`` and (by default) one catch-all rule."""
+    """Write a conf with one json_hook channel ``hook`` and (by default) one catch-all rule.
+
+    ``intake_extra`` is TOML appended inside the ``[intake]`` table (e.g. ``max_body = 1024``).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in (templates or {}).items():
         path = directory / "templates" / name
@@ -185,6 +189,11 @@ def write_conf(
             data_dir = "var"
             [intake]
             secrets = ["{INTAKE_SECRET}"]
+            """
+        )
+        + textwrap.dedent(intake_extra).strip("\n")
+        + textwrap.dedent(
+            f"""
             [redis]
             url = "{redis_url}"
             [worker]
