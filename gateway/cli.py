@@ -10,12 +10,12 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import msgspec
 
-from .conf import Conf, default_conf_path, load_conf
+from .conf import Conf, default_conf_path, load_conf, read_conf
 from .errors import ConfError, PluginError, TocsinError
 from .plan import Plan, build_plan
 from .plugins import Registry, load_registry
@@ -33,7 +33,7 @@ conf_option = click.option(
 )
 
 
-def _fail(lines: list[str], code: int = 2) -> None:
+def _fail(lines: list[str], code: int = 2) -> NoReturn:
     for line in lines:
         click.echo(line, err=True)
     sys.exit(code)
@@ -42,18 +42,19 @@ def _fail(lines: list[str], code: int = 2) -> None:
 def _load(conf_path: Path | None) -> tuple[Conf, Registry, Plan]:
     """Conf, plugins and plan, or every problem printed and exit 2."""
     path = conf_path or default_conf_path()
-    try:
-        conf = load_conf(path)
-    except ConfError as exc:
-        _fail([*exc.problems, f"{len(exc.problems)} problem(s) in {path}"])
+    conf, problems = read_conf(path)
+    if conf is None:
+        _fail([*problems, f"{len(problems)} problem(s) in {path}"])
     try:
         registry = load_registry(blocked=conf.plugins.block, modules=conf.plugins.modules)
     except PluginError as exc:
-        _fail([f"plugins: {exc}"])
+        _fail([*problems, f"plugins: {exc}"])
     try:
         plan = build_plan(conf, registry)
     except ConfError as exc:
-        _fail([*exc.problems, f"{len(exc.problems)} problem(s) in {path}"])
+        problems = [*problems, *exc.problems]
+    if problems:
+        _fail([*problems, f"{len(problems)} problem(s) in {path}"])
     return conf, registry, plan
 
 

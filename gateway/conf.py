@@ -193,6 +193,24 @@ def describe_validation_error(exc: msgspec.ValidationError, prefix: str) -> str:
     return f"{prefix}{suffix}: {reason}"
 
 
+_FIELD_AT = re.compile(r" - at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+
+
+def _section(raw: Any, key: str, type_: type[_Section], file: Path, problems: _Problems) -> Any:
+    """Decode a core section; each bad field is reported and left at its default."""
+    table = dict(raw) if isinstance(raw, dict) else raw
+    while True:
+        try:
+            return convert(table, type_)
+        except msgspec.ValidationError as exc:
+            problems.items.append(f"{file}: {describe_validation_error(exc, key)}")
+            found = _FIELD_AT.search(str(exc)) or _UNKNOWN_FIELD.search(str(exc))
+            if not isinstance(table, dict) or found is None or found.group(1) not in table:
+                return type_()
+            del table[found.group(1)]
+
+
 class _Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -304,19 +322,28 @@ def default_conf_path() -> Path:
 
 def load_conf(path: Path | str) -> Conf:
     """Read and type-check a conf file and its includes; raise ``ConfError`` with every problem."""
+    conf, problems = read_conf(path)
+    if conf is None or problems:
+        raise ConfError(problems)
+    return conf
+
+
+def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
+    """The conf and every problem in it; ``None`` only if the main file cannot be parsed.
+
+    A field with a problem is left at its default, so the plan can still be checked and
+    every mistake reported in one pass.
+    """
     main = Path(path).resolve()
     problems = _Problems()
     raw = _read_toml(main, problems)
     if raw is None:
-        raise ConfError(problems.items)
+        return None, problems.items
 
-    sections: dict[str, Any] = {}
-    for key, type_ in _SECTIONS.items():
-        try:
-            sections[key] = convert(raw.pop(key, {}), type_)
-        except msgspec.ValidationError as exc:
-            problems.items.append(f"{main}: {describe_validation_error(exc, key)}")
-            sections[key] = type_()
+    sections = {
+        key: _section(raw.pop(key, {}), key, type_, main, problems)
+        for key, type_ in _SECTIONS.items()
+    }
     includes = raw.pop("include", [])
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
         problems.add(main, "include", "must be a list of file paths or globs")
@@ -354,6 +381,4 @@ def load_conf(path: Path | str) -> Conf:
 
     if conf.intake.max_body <= 0:
         problems.add(main, "intake.max_body", "must be a positive number of bytes")
-    if problems.items:
-        raise ConfError(problems.items)
-    return conf
+    return conf, problems.items

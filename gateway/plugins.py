@@ -92,6 +92,8 @@ def make_plugin_manager(
             raise PluginError(
                 f"plugin module {module_name!r} failed to import: {type(exc).__name__}: {exc}"
             ) from exc
+        if pm.is_registered(module):  # installed too: its entry point registered it
+            continue
         _register(pm, module, module_name)
         infos[module_name] = PluginInfo(module_name, "-", f"module {module_name}")
     return pm, infos

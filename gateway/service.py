@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -32,6 +33,15 @@ ROLES = ("intake", "router", "worker")
 def consumer_name() -> str:
     """Unique per process, readable in XINFO CONSUMERS."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:pass@host/0`` -> ``redis://user:***@host/0``: URLs as logs may show them."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def connect(url: str) -> Redis:
@@ -120,7 +130,7 @@ class Gateway:
             try:
                 return await server_durability(redis, self.plan.conf.redis.wait_aof)
             except (RedisError, OSError) as exc:
-                await backoff.wait(f"connecting to Redis at {self.redis_url}", exc)
+                await backoff.wait(f"connecting to Redis at {redact_url(self.redis_url)}", exc)
         return None
 
     async def _start_channels(self, stack: AsyncExitStack) -> None:

@@ -52,7 +52,8 @@ class JsonHook(Channel[JsonHookConfig]):
         super().__init__(name, config, context)
         parts = urlsplit(config.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url {config.url!r} is not an http(s) URL")
+            # Not echoed: webhook URLs often carry a token.
+            raise ValueError("url must be an http:// or https:// URL with a host")
         if any(k.lower().startswith("webhook-") for k in config.headers):
             raise ValueError("headers: webhook-* headers are set by the signature")
         self._signer = Signer([s.reveal() for s in (config.secret, *config.previous_secrets)])
