@@ -90,6 +90,10 @@ class RedisServer:
             os.kill(pid, 0)
         except (OSError, ValueError):
             return None
+        # A pidfile left by a SIGKILLed redis-server may name a pid reused by another program.
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.exists() and b"redis-server" not in cmdline.read_bytes():
+            return None
         return pid
 
     def start(self, timeout: float = 10.0) -> str:

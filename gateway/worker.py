@@ -29,6 +29,10 @@ log = logging.getLogger("tocsin.worker")
 
 #: How often each worker looks for due retries.
 PROMOTE_INTERVAL = 0.25
+#: How often each worker takes over jobs another consumer read but never settled.
+RECLAIM_INTERVAL = 1.0
+#: A job is taken over once pending this long past its channel's send timeout.
+RECLAIM_MARGIN = 2.0
 
 
 class Worker:
@@ -50,6 +54,7 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.streams = {keys.deliveries(name): name for name in channels}
         self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight_ids: set[tuple[str, bytes]] = set()
         self._slot_free = asyncio.Event()
         self._acks: dict[str, list[bytes]] = defaultdict(list)
         self._ack_wakeup = asyncio.Event()
@@ -61,13 +66,15 @@ class Worker:
             return
         acker = asyncio.create_task(self._ack_loop(stopping), name="tocsin-acks")
         promoter = asyncio.create_task(self._promote_loop(stopping), name="tocsin-promote")
+        reclaimer = asyncio.create_task(self._reclaim_loop(stopping), name="tocsin-reclaim")
         try:
             await self._read_loop(stopping)
         finally:
+            reclaimer.cancel()
             await self._drain()
             promoter.cancel()
             self._ack_wakeup.set()
-            await asyncio.gather(acker, promoter, return_exceptions=True)
+            await asyncio.gather(acker, promoter, reclaimer, return_exceptions=True)
             await self._flush_acks()
 
     async def _read_loop(self, stopping: asyncio.Event) -> None:
@@ -112,12 +119,17 @@ class Worker:
                         cursors[stream] = ">"
 
     def _start(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        key = (stream, entry_id)
+        if key in self._inflight_ids:
+            return  # our own send, still running: not reclaimed from ourselves
+        self._inflight_ids.add(key)
         task = asyncio.create_task(self._handle(stream, entry_id, fields))
         self._inflight.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda t: self._done(t, key))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None], key: tuple[str, bytes]) -> None:
         self._inflight.discard(task)
+        self._inflight_ids.discard(key)
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             # Settling failed (Redis down): the job stays pending and is reclaimed later.
@@ -250,6 +262,38 @@ class Worker:
             except (RedisError, OSError) as exc:
                 await backoff.wait("retries", exc)
             await asyncio.sleep(PROMOTE_INTERVAL)
+
+    async def _reclaim_loop(self, stopping: asyncio.Event) -> None:
+        """Take over jobs left pending by a consumer that died or gave up mid-send.
+
+        Consumer names are unique per process, so nobody else ever reads those again.
+        A job is claimed only once idle past its channel's send timeout, by which time
+        its first sender has either settled it or is gone.
+        """
+        backoff = Backoff()
+        while not stopping.is_set():
+            try:
+                for stream, name in self.streams.items():
+                    await self._reclaim(stream, self.channels[name].send_timeout)
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                await backoff.wait("reclaim", exc)
+            await asyncio.sleep(RECLAIM_INTERVAL)
+
+    async def _reclaim(self, stream: str, send_timeout: float) -> None:
+        min_idle = int((send_timeout + RECLAIM_MARGIN) * 1000)
+        start: Any = "0-0"
+        while (free := self.concurrency - len(self._inflight)) > 0:
+            reply = await self.redis.xautoclaim(
+                stream, WORKER_GROUP, self.consumer, min_idle, start_id=start, count=free
+            )
+            start, entries = reply[0], reply[1]
+            for entry_id, fields in entries:
+                if entry_id is not None and fields:  # None: deleted meanwhile (Redis 6.2)
+                    log.info("worker: took over job %s on %s", entry_id.decode(), stream)
+                    self._start(stream, entry_id, fields)
+            if start in (b"0-0", "0-0"):
+                return
 
     async def _drain(self) -> None:
         """Give in-flight sends the grace period; what is left stays pending for others."""
