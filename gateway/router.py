@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -18,6 +19,11 @@ from .scripts import FANOUT, is_noscript
 from .streams import Backoff, Entry, ensure_group, is_nogroup, read_group
 
 log = logging.getLogger("tocsin.router")
+
+#: Events read but not routed for this long belong to a router that died; take them over.
+#: Routing a batch takes milliseconds, so this is far above any live router's hold.
+RECLAIM_IDLE_MS = 30_000
+RECLAIM_INTERVAL = 5.0
 
 _event_decoder = msgspec.json.Decoder(Event)
 
@@ -76,8 +82,16 @@ def plan_deliveries(rules: list[CompiledRule], event: Event, raw: bytes) -> list
 
 class Router:
     def __init__(
-        self, redis: Redis, keys: Keys, rules: list[CompiledRule], consumer: str, batch: int = 512
+        self,
+        redis: Redis,
+        keys: Keys,
+        rules: list[CompiledRule],
+        consumer: str,
+        batch: int = 512,
+        *,
+        reclaim_idle_ms: int = RECLAIM_IDLE_MS,
     ) -> None:
+        self.reclaim_idle_ms = reclaim_idle_ms
         self.redis = redis
         self.keys = keys
         self.rules = rules
@@ -90,6 +104,7 @@ class Router:
         group_ready = False
         # Our own pending entries first (a restart under the same consumer name), then new ones.
         cursor = "0"
+        next_reclaim = time.monotonic()
         while not stopping.is_set():
             try:
                 if not group_ready:
@@ -110,11 +125,33 @@ class Router:
                     continue
                 if entries:
                     await self._route(entries)
+                if time.monotonic() >= next_reclaim:
+                    await self._reclaim()
+                    next_reclaim = time.monotonic() + RECLAIM_INTERVAL
                 backoff.reset()
             except (RedisError, OSError) as exc:
                 if is_nogroup(exc) or is_noscript(exc):
                     group_ready = False
                 await backoff.wait("router", exc)
+
+    async def _reclaim(self) -> None:
+        """Route events another router read and then died holding (its name is never reused)."""
+        start: Any = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                self.keys.events,
+                ROUTER_GROUP,
+                self.consumer,
+                self.reclaim_idle_ms,
+                start_id=start,
+                count=self.batch,
+            )
+            start, entries = reply[0], [(i, f) for i, f in reply[1] if i is not None and f]
+            if entries:
+                log.info("router: took over %d events left pending by another router", len(entries))
+                await self._route(entries)
+            if start in (b"0-0", "0-0"):
+                return
 
     async def _route(self, entries: list[Entry]) -> None:
         stream_index: dict[str, int] = {}

@@ -1,0 +1,67 @@
+"""The router against a real Redis: exactly-once fan-out, and takeover from a dead router."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import redis.asyncio as aioredis
+
+from gateway.event import decode_event, encode_event
+from gateway.keys import ROUTER_GROUP, Keys
+from gateway.router import Router
+from gateway.scripts import FANOUT
+from gateway.streams import ensure_group
+
+from .conftest import load_plan, make_event, write_conf
+
+
+async def _stream_jobs(client: aioredis.Redis, stream: str) -> list[dict]:
+    return [json.loads(fields[b"j"]) for _, fields in await client.xrange(stream)]
+
+
+async def test_events_held_by_a_dead_router_are_taken_over(tmp_path, redis_url):
+    plan = load_plan(write_conf(tmp_path, redis_url=redis_url))
+    keys = Keys()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await ensure_group(client, keys.events, ROUTER_GROUP)
+        event = make_event()
+        await client.xadd(keys.events, {"e": encode_event(decode_event(json.dumps(event).encode()))})
+        # A router reads the event, then dies before fanning it out.
+        await client.xreadgroup(ROUTER_GROUP, "dead-router", {keys.events: ">"}, count=10)
+        await asyncio.sleep(0.2)
+
+        router = Router(client, keys, plan.rules, "live-router", reclaim_idle_ms=100)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(router.run(stopping))
+        for _ in range(50):
+            if await client.xlen(keys.deliveries("hook")):
+                break
+            await asyncio.sleep(0.1)
+        stopping.set()
+        await asyncio.wait_for(task, 5)
+
+        [job] = await _stream_jobs(client, keys.deliveries("hook"))
+        assert job["event_id"] == event["id"]
+        assert await client.xlen(keys.events) == 0
+        assert (await client.xpending(keys.events, ROUTER_GROUP))["pending"] == 0
+    finally:
+        await client.aclose()
+
+
+async def test_fanout_of_an_event_already_routed_does_nothing(tmp_path, redis_url):
+    """Two routers racing on one event (after a takeover): only the first fans out."""
+    keys = Keys()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await ensure_group(client, keys.events, ROUTER_GROUP)
+        entry = await client.xadd(keys.events, {"e": b"{}"})
+        await client.xreadgroup(ROUTER_GROUP, "a", {keys.events: ">"})
+        stream = keys.deliveries("hook")
+        args = [ROUTER_GROUP, 1, entry, 1, 2, b'{"job": 1}']
+        assert await FANOUT(client, [keys.events, stream], args) == 1
+        assert await FANOUT(client, [keys.events, stream], args) == 0
+        assert await client.xlen(stream) == 1
+    finally:
+        await client.aclose()
