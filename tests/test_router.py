@@ -27,7 +27,9 @@ async def test_events_held_by_a_dead_router_are_taken_over(tmp_path, redis_url):
     try:
         await ensure_group(client, keys.events, ROUTER_GROUP)
         event = make_event()
-        await client.xadd(keys.events, {"e": encode_event(decode_event(json.dumps(event).encode()))})
+        await client.xadd(
+            keys.events, {"e": encode_event(decode_event(json.dumps(event).encode()))}
+        )
         # A router reads the event, then dies before fanning it out.
         await client.xreadgroup(ROUTER_GROUP, "dead-router", {keys.events: ">"}, count=10)
         await asyncio.sleep(0.2)
