@@ -1,0 +1,70 @@
+"""The benchmark runs end to end: every event accepted and delivered exactly once.
+
+A smoke run of ``python -m bench`` (N=500, 1 s latency phase) with the sink verifying
+every signature. No timing assertion: the figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+N = 500
+
+
+@pytest.mark.slow
+def test_bench_quick_run_delivers_every_event_once(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    argv = [sys.executable, "-m", "bench", "--quick", "--events", str(N)]
+    argv += ["--latency-seconds", "1", "--verify", "--out", str(out)]
+    run = subprocess.run(argv, check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "intake" in run.stdout and "delivery" in run.stdout and "latency" in run.stdout
+
+    result = json.loads(out.read_text())
+    assert {"meta", "intake", "delivery", "latency", "checks", "targets", "peers", "runs"} <= set(
+        result
+    )
+    assert result["meta"]["events"] == N
+    assert result["meta"]["redis"]["appendfsync"] == "always"
+    assert all(check["ok"] for check in result["checks"].values()), result["checks"]
+
+    intake = result["intake"]
+    assert intake["tocsin"]["statuses"] == {"202": N}
+    assert intake["tocsin"]["stream_length"] == N
+    assert intake["ceiling"]["accepted"] == N
+    for key in ("ratio", "cpu_ratio"):
+        assert key in intake
+    for side in ("tocsin", "ceiling"):
+        assert {"rate", "ack_ms", "server_cpu_us_per_event"} <= set(intake[side])
+        assert {"p50", "p99"} <= set(intake[side]["ack_ms"])
+
+    delivery = result["delivery"]
+    sink = delivery["tocsin"]["sink"]
+    assert sink["count"] == N
+    assert sink["unique_webhook_ids"] == N
+    assert sink["unique_event_ids"] == N
+    assert sink["duplicate_webhook_ids"] == sink["duplicate_event_ids"] == 0
+    assert sink["verifying"] and sink["bad_signature"] == 0
+    assert delivery["tocsin"]["left_in_redis"] == {
+        "events": 0,
+        "deliveries": 0,
+        "retries": 0,
+        "dead": 0,
+    }
+    assert delivery["ceiling"]["sink"]["count"] == N
+    assert {"rate", "ratio"} <= set(delivery["tocsin"]) | set(delivery)
+
+    latency = result["latency"]
+    accepted = latency["load"]["accepted"]
+    assert accepted == latency["load"]["n"] > 0
+    assert latency["sink"]["count"] == latency["sink"]["unique_webhook_ids"] == accepted
+    assert latency["sink"]["bad_signature"] == 0
+    assert {"p50", "p99"} <= set(latency["latency_ms"])
+
+    assert set(result["targets"]) == {"intake_ratio", "delivery_ratio", "latency_p99_ms"}
