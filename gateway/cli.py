@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -121,6 +122,14 @@ def serve(
 
 
 def _run(main_coro: Any) -> None:
+    # What is loaded by now (modules, plugins, the plan) lives as long as the process:
+    # take it out of the cyclic collector's scans, and collect the young generation less
+    # often (each event allocates many short-lived containers). -15 % CPU per delivery
+    # under load in `python -m bench`.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
+
     async def runner() -> None:
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()

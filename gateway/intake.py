@@ -198,9 +198,12 @@ class Intake:
         except EventInvalid as exc:
             return error(400, "invalid_event", exc.reason, path=exc.path)
         try:
-            results = await asyncio.gather(
-                *(self.enqueuer.enqueue(e.id, encode_event(e)) for e in events)
-            )
+            if len(events) == 1:  # the usual case: no Task and no gather per request
+                results = [await self.enqueuer.enqueue(events[0].id, encode_event(events[0]))]
+            else:
+                results = await asyncio.gather(
+                    *(self.enqueuer.enqueue(e.id, encode_event(e)) for e in events)
+                )
         except RedisError as exc:
             log.warning("intake: Redis unavailable, answering 503: %s", exc)
             return _answer(

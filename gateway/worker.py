@@ -29,6 +29,11 @@ log = logging.getLogger("tocsin.worker")
 
 #: How often each worker looks for due retries.
 PROMOTE_INTERVAL = 0.25
+#: At low load, how long settled jobs wait for company before their XACK+XDEL is written
+#: (one MULTI, and one AOF fsync, for several jobs instead of one each).
+ACK_LINGER = 0.005
+#: ... unless this many are already waiting.
+ACK_BATCH = 64
 #: How often each worker takes over jobs another consumer read but never settled.
 RECLAIM_INTERVAL = 1.0
 #: A job is taken over once pending this long past its channel's send timeout.
@@ -226,6 +231,8 @@ class Worker:
         backoff = Backoff()
         while not stopping.is_set() or self._inflight:
             await self._ack_wakeup.wait()
+            if not stopping.is_set() and sum(map(len, self._acks.values())) < ACK_BATCH:
+                await asyncio.sleep(ACK_LINGER)
             self._ack_wakeup.clear()
             try:
                 await self._flush_acks()
