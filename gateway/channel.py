@@ -68,5 +68,14 @@ class Channel(ABC, Generic[ConfigT]):
     async def send(self, delivery: Delivery) -> None:
         """Deliver, or raise ``TransientError`` / ``PermanentError``."""
 
+    def preview(self, delivery: Delivery) -> dict[str, str]:
+        """What ``send`` would send, as labelled text parts, without sending it.
+
+        ``tocsin render`` prints these (e.g. ``subject``, ``text``, ``html``, ``sms``
+        with its encoding and segment count). Raises ``PermanentError`` when the
+        delivery could not be sent (a template failing, an invalid number...).
+        """
+        raise NotImplementedError(f"channel type {self.type_name!r} has no preview")
+
     async def close(self) -> None:
         """Release what ``start`` opened."""

@@ -76,4 +76,9 @@ def template_context(delivery: Delivery, event: Event) -> dict[str, Any]:
         msgspec.to_builtins(delivery.recipient) if delivery.recipient is not None else None
     )
     context["delivery"] = {"id": delivery.id, "rule": delivery.rule, "attempt": delivery.attempt}
+    # Locale-aware filters (money, dates) read this: the rule's, else the recipient's,
+    # else the customer's; None lets them fall back to the conf's default locale.
+    recipient_locale = delivery.recipient.locale if delivery.recipient is not None else None
+    customer_locale = event.customer.locale if event.customer is not None else None
+    context["locale"] = delivery.locale or recipient_locale or customer_locale
     return context

@@ -95,6 +95,9 @@ class JsonHook(Channel[JsonHookConfig]):
             ) from None
         return text.encode()
 
+    def preview(self, delivery: Delivery) -> dict[str, str]:
+        return {"url": self.config.url, "json": self.body(delivery).decode()}
+
     async def send(self, delivery: Delivery) -> None:
         if self._session is None:
             raise TransientError("channel not started")
