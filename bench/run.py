@@ -193,6 +193,9 @@ class Bench:
                 shutdown_grace = "5s"
                 {concurrency}
 
+                [outbound]
+                allow = ["127.0.0.0/8"]
+
                 [channels.{CHANNEL}]
                 type = "json_hook"
                 url = "{self.sink_url("/hook")}"

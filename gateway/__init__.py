@@ -7,12 +7,21 @@ A channel plugin needs: ``hookimpl``, ``Channel`` (+ ``ChannelContext``), ``Deli
 from .channel import Channel, ChannelContext
 from .conditions import MISSING, Condition
 from .conf import Action, Secret
-from .delivery import Delivery, Recipient, template_context
+from .delivery import Attempt, Delivery, Recipient, template_context
 from .durations import Duration
-from .errors import ConfError, DeliveryError, PermanentError, PluginError, TransientError
+from .errors import (
+    ConfError,
+    DeliveryError,
+    EndpointGone,
+    PermanentError,
+    PluginError,
+    TransientError,
+)
 from .event import Customer, Event, EventInvalid, EventSource, decode_event, encode_event
 from .http import parse_retry_after, raise_for_outcome
 from .markers import hookimpl, hookspec
+from .outbound import OutboundPolicy, OutboundRefused
+from .outbound import delivery_error as outbound_error
 from .signing import SignatureError, Signer, Verifier
 from .source import Source
 from .templating import TemplateFailure, Templates
@@ -20,6 +29,7 @@ from .templating import TemplateFailure, Templates
 __all__ = [
     "MISSING",
     "Action",
+    "Attempt",
     "Channel",
     "ChannelContext",
     "Condition",
@@ -28,9 +38,12 @@ __all__ = [
     "Delivery",
     "DeliveryError",
     "Duration",
+    "EndpointGone",
     "Event",
     "EventInvalid",
     "EventSource",
+    "OutboundPolicy",
+    "OutboundRefused",
     "PermanentError",
     "PluginError",
     "Recipient",
@@ -46,6 +59,7 @@ __all__ = [
     "encode_event",
     "hookimpl",
     "hookspec",
+    "outbound_error",
     "parse_retry_after",
     "raise_for_outcome",
     "template_context",

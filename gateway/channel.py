@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import msgspec
 
 from .delivery import Delivery
+from .outbound import OutboundPolicy
 
 if TYPE_CHECKING:
     from .conf import Action
@@ -26,6 +27,9 @@ class ChannelContext:
     #: A folder the channel may write to (outboxes, caches); created on demand.
     data_dir: Path
     default_locale: str
+    #: The SSRF guard: HTTP channels make their sessions with ``outbound.client_session()``
+    #: and map errors with ``gateway.outbound_error``.
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
 
 
 class Channel(ABC, Generic[ConfigT]):

@@ -87,6 +87,23 @@ class WorkerSection(_Section):
     router_batch: int = 512
     #: How long SIGTERM waits for in-flight sends before leaving them to other workers.
     shutdown_grace: Duration = Duration(10)
+    #: A job read but not settled for this long is taken over by another worker (its
+    #: worker died or hung). Must exceed every channel's send timeout plus 5 s; unset:
+    #: each channel's send timeout plus 5 s.
+    visibility_timeout: Duration | None = None
+    #: A job taken over more than this many times is dead-lettered as poison.
+    poison_after: int = 3
+
+
+class HistorySection(_Section):
+    #: How long delivery records, routed events (for replay) and dead letters are kept.
+    retention: Duration = Duration(30 * 86400)
+
+
+class OutboundSection(_Section):
+    #: Networks outbound HTTP may reach although private (ERPs on a LAN...), e.g.
+    #: ``["10.0.0.0/8"]``. Cloud metadata addresses stay refused even when listed.
+    allow: list[str] = msgspec.field(default_factory=list)
 
 
 class PluginsSection(_Section):
@@ -123,6 +140,8 @@ class PluginTable:
     type: str
     options: dict[str, Any]
     file: Path
+    #: ``[channels.NAME.delivery]``: the core's retry/limit policy, not the plugin's.
+    delivery: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,6 +152,8 @@ class Conf:
     redis: RedisSection
     worker: WorkerSection
     plugins: PluginsSection
+    history: HistorySection = field(default_factory=HistorySection)
+    outbound: OutboundSection = field(default_factory=OutboundSection)
     channels: dict[str, PluginTable] = field(default_factory=dict)
     sources: dict[str, PluginTable] = field(default_factory=dict)
     rules: dict[str, Rule] = field(default_factory=dict)
@@ -160,6 +181,8 @@ _SECTIONS: dict[str, type[_Section]] = {
     "redis": RedisSection,
     "worker": WorkerSection,
     "plugins": PluginsSection,
+    "history": HistorySection,
+    "outbound": OutboundSection,
 }
 #: Tables an included file may add to (the core sections live in the main file only).
 _MERGEABLE = ("channels", "sources", "rules")
@@ -279,7 +302,16 @@ def _plugin_tables(kind: str, raw: Any, file: Path, problems: _Problems) -> dict
         if not isinstance(type_name, str) or not type_name:
             problems.add(file, f"{where}.type", "missing: which plugin type this is")
             continue
-        out[name] = PluginTable(name=name, type=type_name, options=options, file=file)
+        delivery: dict[str, Any] = {}
+        if kind == "channels" and "delivery" in options:
+            raw_delivery = options.pop("delivery")
+            if isinstance(raw_delivery, dict):
+                delivery = raw_delivery
+            else:
+                problems.add(file, f"{where}.delivery", "must be a table")
+        out[name] = PluginTable(
+            name=name, type=type_name, options=options, file=file, delivery=delivery
+        )
     return out
 
 

@@ -26,6 +26,20 @@ class Recipient(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     locale: str | None = None
 
 
+class Attempt(msgspec.Struct, omit_defaults=True):
+    """One try at sending a delivery, as its history shows it."""
+
+    n: int
+    #: Epoch seconds when the attempt started.
+    at: float
+    outcome: str  # delivered | retry | failed
+    #: Milliseconds the channel took.
+    ms: float
+    #: The receiver's status code (HTTP, SMTP), when there was one.
+    status: int | None = None
+    error: str | None = None
+
+
 class Delivery(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     """The job on a channel's stream. ``event`` stays encoded until someone needs it."""
 
@@ -39,6 +53,8 @@ class Delivery(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     locale: str | None = None
     recipient: Recipient | None = None
     attempt: int = 1
+    #: Earlier attempts, newest last; travels with the job so settling needs no read.
+    history: list[Attempt] = msgspec.field(default_factory=list)
 
     def decode_event(self) -> Event:
         return _event_decoder.decode(self.event)

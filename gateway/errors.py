@@ -38,6 +38,11 @@ class PermanentError(DeliveryError):
     """Sending the same delivery again cannot succeed (bad template, 4xx, invalid address)."""
 
 
+class EndpointGone(PermanentError):
+    """The endpoint says it is gone for good (HTTP 410): this delivery fails and the
+    channel is disabled until ``tocsin endpoints enable NAME``; its queue waits meanwhile."""
+
+
 class ConfError(TocsinError):
     """The conf is invalid; ``problems`` lists every error found, one per line."""
 

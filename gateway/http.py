@@ -1,7 +1,8 @@
 """How HTTP answers map to delivery outcomes, for every HTTP-based channel.
 
 2xx delivered; 3xx failed for good (redirects are never followed); 408, 425, 429 and
-5xx retried, honouring ``Retry-After``; 410 Gone and other 4xx failed for good.
+5xx retried, honouring ``Retry-After``; 410 Gone disables the endpoint; other 4xx
+failed for good.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
-from .errors import PermanentError, TransientError
+from .errors import EndpointGone, PermanentError, TransientError
 
 RETRYABLE_4XX = frozenset({408, 425, 429})
 
@@ -44,4 +45,6 @@ def raise_for_outcome(status: int, headers: Mapping[str, str], excerpt: str = ""
         raise TransientError(
             detail, status=status, retry_after=parse_retry_after(headers.get("Retry-After"))
         )
+    if status == 410:
+        raise EndpointGone(detail + " (endpoint gone: channel disabled)", status=status)
     raise PermanentError(detail, status=status)

@@ -34,3 +34,20 @@ class Keys:
     def dead(self) -> str:
         """Stream of dead-lettered deliveries, with the reason: kept for replay."""
         return f"{self.prefix}:dead"
+
+    def record(self, delivery_id: str) -> str:
+        """A delivery's status and attempts (JSON), expiring after the retention."""
+        return f"{self.prefix}:delivery:{delivery_id}"
+
+    @property
+    def history(self) -> str:
+        """Sorted set of delivery ids by last update (ms): lists records by time."""
+        return f"{self.prefix}:history"
+
+    def stored_event(self, event_id: str) -> str:
+        """An event as routed, kept for the retention so it can be routed again."""
+        return f"{self.prefix}:event:{event_id}"
+
+    def endpoint(self, channel: str) -> str:
+        """Hash of an endpoint's health: failing_since, disabled_at, disabled_reason."""
+        return f"{self.prefix}:endpoint:{channel}"

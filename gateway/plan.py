@@ -18,12 +18,16 @@ from .conditions import Compiled, compile_condition
 from .conf import Action, Conf, PluginTable, convert, describe_validation_error
 from .default_plugins import StandardWebhooksConfig, StandardWebhooksSource
 from .errors import ConfError
+from .outbound import OutboundPolicy
 from .plugins import Registry
+from .policy import ChannelPolicy
 from .source import Source
 from .templating import Templates
 
 #: The name under which ``POST /v1/events`` appears among sources.
 EVENTS_SOURCE = "events"
+#: A job is taken over only this long after its channel's send timeout would have fired.
+VISIBILITY_MARGIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,17 @@ class Plan:
     registry: Registry
     templates: Templates
     channels: dict[str, Channel[Any]] = field(default_factory=dict)
+    #: Per channel: ``[channels.NAME.delivery]``.
+    policies: dict[str, ChannelPolicy] = field(default_factory=dict)
     sources: dict[str, Source[Any]] = field(default_factory=dict)
     rules: list[CompiledRule] = field(default_factory=list)
+
+    def visibility_timeout(self, channel: str) -> float:
+        """How long a job of this channel may stay read but unsettled before a takeover."""
+        configured = self.conf.worker.visibility_timeout
+        if configured is not None:
+            return float(configured)
+        return self.channels[channel].send_timeout + VISIBILITY_MARGIN
 
 
 def _plugin_instance(
@@ -137,6 +150,18 @@ def _compile_rule(name: str, conf: Conf, plan: Plan, problems: list[str]) -> Com
 
 def build_plan(conf: Conf, registry: Registry) -> Plan:
     """Validate everything a conf refers to; ``ConfError`` lists every problem at once."""
+    plan, problems = check_plan(conf, registry)
+    if problems:
+        raise ConfError(problems)
+    return plan
+
+
+def check_plan(conf: Conf, registry: Registry) -> tuple[Plan, list[str]]:
+    """The plan as far as it can be built (what is wrong left out) and every problem found.
+
+    ``tocsin check`` goes on with the partial plan (rendering sample events) so that one
+    run reports everything.
+    """
     problems: list[str] = []
     templates = Templates(conf.templates_dir, conf.gateway.default_locale, registry.filters)
     plan = Plan(conf=conf, registry=registry, templates=templates)
@@ -144,12 +169,24 @@ def build_plan(conf: Conf, registry: Registry) -> Plan:
         problems.append(f"{conf.path}: gateway.templates: no folder {conf.templates_dir}")
     problems.extend(templates.compile_all())
 
+    try:
+        outbound = OutboundPolicy(conf.outbound.allow)
+    except ValueError as exc:
+        problems.append(f"{conf.path}: outbound.allow: {exc}")
+        outbound = OutboundPolicy()
     context = ChannelContext(
         templates=templates,
         data_dir=conf.data_dir,
         default_locale=conf.gateway.default_locale,
+        outbound=outbound,
     )
     for name, table in conf.channels.items():
+        try:
+            plan.policies[name] = convert(table.delivery, ChannelPolicy)
+        except msgspec.ValidationError as exc:
+            problems.append(
+                f"{table.file}: {describe_validation_error(exc, f'channels.{name}.delivery')}"
+            )
         found = _plugin_instance(table, registry.channels, "channels", problems)
         if found is not None:
             cls, config = found
@@ -185,13 +222,22 @@ def build_plan(conf: Conf, registry: Registry) -> Plan:
             except ValueError as exc:
                 problems.append(f"{table.file}: sources.{name}: {exc}")
 
+    visibility = conf.worker.visibility_timeout
+    for name, channel in plan.channels.items():
+        needed = channel.send_timeout + VISIBILITY_MARGIN
+        if visibility is not None and float(visibility) < needed:
+            problems.append(
+                f"{conf.path}: worker.visibility_timeout: {float(visibility):g}s would let a "
+                f"second worker take over channel {name!r}'s jobs while the first may still be "
+                f"sending (send timeout {channel.send_timeout:g}s + {VISIBILITY_MARGIN:g}s "
+                f"margin): raise it to at least {needed:g}s or lower the channel's timeout"
+            )
+
     for name in conf.rules:
         compiled = _compile_rule(name, conf, plan, problems)
         if compiled is not None and conf.rules[name].enabled:
             plan.rules.append(compiled)
-    if problems:
-        raise ConfError(problems)
-    return plan
+    return plan, problems
 
 
 def relative(path: Path) -> str:

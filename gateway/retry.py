@@ -18,6 +18,7 @@ def next_delay(
     attempt: int,
     retry_after: float | None = None,
     rand: random.Random | None = None,
+    jitter: float = JITTER,
 ) -> float | None:
     """Seconds to wait after failed ``attempt`` (1-based), or ``None`` when attempts ran out."""
     if attempt >= len(schedule):
@@ -27,4 +28,4 @@ def next_delay(
         low, high = RETRY_AFTER_BOUNDS
         return max(base, min(high, max(low, retry_after)))
     r = rand or random
-    return max(0.0, base * (1 + r.uniform(-JITTER, JITTER)))
+    return max(0.0, base * (1 + r.uniform(-jitter, jitter)))

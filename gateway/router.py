@@ -90,7 +90,9 @@ class Router:
         batch: int = 512,
         *,
         reclaim_idle_ms: int = RECLAIM_IDLE_MS,
+        retention: float = 30 * 86400,
     ) -> None:
+        self.retention = max(1, int(retention))
         self.reclaim_idle_ms = reclaim_idle_ms
         self.redis = redis
         self.keys = keys
@@ -156,7 +158,7 @@ class Router:
     async def _route(self, entries: list[Entry]) -> None:
         stream_index: dict[str, int] = {}
         keys = [self.keys.events]
-        args: list[Any] = [ROUTER_GROUP, len(entries)]
+        args: list[Any] = [ROUTER_GROUP, len(entries), self.retention]
         for entry_id, fields in entries:
             raw = fields.get(b"e", b"")
             try:
@@ -166,7 +168,7 @@ class Router:
                 args[1] -= 1
                 continue
             jobs = plan_deliveries(self.rules, event, raw)
-            args += [entry_id, len(jobs)]
+            args += [entry_id, self.keys.stored_event(event.id), raw, len(jobs)]
             for job in jobs:
                 stream = self.keys.deliveries(job.channel)
                 if stream not in stream_index:

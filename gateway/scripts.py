@@ -42,3 +42,6 @@ def is_noscript(result: object) -> bool:
 ENQUEUE = Script("enqueue")
 FANOUT = Script("fanout")
 PROMOTE = Script("promote")
+SETTLE = Script("settle")
+DISABLE = Script("disable")
+REPLAY = Script("replay")

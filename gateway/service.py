@@ -141,7 +141,14 @@ class Gateway:
     def _router(self, redis: Redis) -> Router:
         conf = self.plan.conf
         keys = Keys(conf.redis.prefix)
-        return Router(redis, keys, self.plan.rules, self.consumer, conf.worker.router_batch)
+        return Router(
+            redis,
+            keys,
+            self.plan.rules,
+            self.consumer,
+            conf.worker.router_batch,
+            retention=float(conf.history.retention),
+        )
 
     def _worker(self, redis: Redis) -> Worker:
         conf = self.plan.conf
@@ -150,8 +157,13 @@ class Gateway:
             Keys(conf.redis.prefix),
             self.plan.channels,
             self.consumer,
+            policies=self.plan.policies,
+            visibility={name: self.plan.visibility_timeout(name) for name in self.plan.channels},
             concurrency=conf.worker.concurrency,
             shutdown_grace=float(conf.worker.shutdown_grace),
+            poison_after=conf.worker.poison_after,
+            retention=float(conf.history.retention),
+            dedupe_window=float(conf.intake.dedupe_window),
         )
 
     async def _start_intake(

@@ -1,8 +1,10 @@
 """Channel workers: read delivery jobs, await the channel's ``send``, settle each job.
 
-Settling is one of: acknowledge (delivered), move to the retries sorted set (transient
-failure), or move to the dead letters (permanent failure or attempts exhausted). A job
-leaves its stream only in the same MULTI that records where it went.
+Settling is one of: delivered (acknowledged, record written), retry later (moved to the
+retries sorted set), or failed for good (moved to the dead letters). A job leaves its
+stream only in the same transaction that records where it went, and each channel's jobs
+are read only when its gate (concurrency, rate limit, circuit breaker) has room and its
+endpoint is not disabled: a held-back job waits unread in its stream.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -18,11 +22,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .channel import Channel
-from .delivery import Delivery, decode_delivery, encode_delivery
-from .errors import PermanentError, TransientError
+from .delivery import Attempt, Delivery, decode_delivery, encode_delivery
+from .errors import EndpointGone, PermanentError, TransientError
+from .event import Event, EventSource, encode_event
+from .history import Status, encode_record, record_of
 from .keys import WORKER_GROUP, Keys
-from .retry import DEFAULT_SCHEDULE, next_delay
-from .scripts import PROMOTE
+from .policy import ChannelGate, ChannelPolicy
+from .retry import next_delay
+from .scripts import DISABLE, PROMOTE, SETTLE
 from .streams import Backoff, ensure_group, is_nogroup, read_group
 
 log = logging.getLogger("tocsin.worker")
@@ -30,14 +37,22 @@ log = logging.getLogger("tocsin.worker")
 #: How often each worker looks for due retries.
 PROMOTE_INTERVAL = 0.25
 #: At low load, how long settled jobs wait for company before their XACK+XDEL is written
-#: (one MULTI, and one AOF fsync, for several jobs instead of one each).
+#: (one transaction, and one AOF fsync, for several jobs instead of one each).
 ACK_LINGER = 0.005
 #: ... unless this many are already waiting.
 ACK_BATCH = 64
 #: How often each worker takes over jobs another consumer read but never settled.
 RECLAIM_INTERVAL = 1.0
-#: A job is taken over once pending this long past its channel's send timeout.
-RECLAIM_MARGIN = 2.0
+#: How often endpoint health (failing since, disabled) is read back from Redis.
+HEALTH_INTERVAL = 2.0
+#: How often expired history entries and dead letters are trimmed.
+RETENTION_INTERVAL = 60.0
+#: Error text kept per attempt in the history.
+ERROR_CHARS = 500
+
+#: A finished send's outcome for the endpoint's health: failed, succeeded, or says
+#: nothing about the endpoint (a template failed, a plugin bug).
+EndpointOutcome = bool | None
 
 
 class Worker:
@@ -48,8 +63,14 @@ class Worker:
         channels: dict[str, Channel[Any]],
         consumer: str,
         *,
+        policies: dict[str, ChannelPolicy] | None = None,
+        visibility: dict[str, float] | None = None,
         concurrency: int = 256,
         shutdown_grace: float = 10.0,
+        poison_after: int = 3,
+        retention: float = 30 * 86400,
+        dedupe_window: float = 7 * 86400,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -57,30 +78,70 @@ class Worker:
         self.consumer = consumer
         self.concurrency = concurrency
         self.shutdown_grace = shutdown_grace
+        self.poison_after = poison_after
+        self.retention = max(1, int(retention))
+        self.dedupe_window = max(1, int(dedupe_window))
+        self.clock = clock
+        policies = policies or {}
+        self.policies = {name: policies.get(name) or ChannelPolicy() for name in channels}
+        self.gates = {name: ChannelGate(policy) for name, policy in self.policies.items()}
+        visibility = visibility or {}
+        self.visibility = {
+            name: visibility.get(name, channels[name].send_timeout + 5.0) for name in channels
+        }
         self.streams = {keys.deliveries(name): name for name in channels}
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[EndpointOutcome]] = set()
         self._inflight_ids: set[tuple[str, bytes]] = set()
         self._slot_free = asyncio.Event()
-        self._acks: dict[str, list[bytes]] = defaultdict(list)
+        self._acks: dict[str, list[tuple[bytes, str, bytes]]] = defaultdict(list)
         self._ack_wakeup = asyncio.Event()
+        #: Per channel, what this process last wrote or read of its endpoint's health.
+        self._failing: dict[str, bool | None] = dict.fromkeys(channels)
+        self.disabled: set[str] = set()
         self.delivered = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
         if not self.streams:
             await stopping.wait()
             return
-        acker = asyncio.create_task(self._ack_loop(stopping), name="tocsin-acks")
-        promoter = asyncio.create_task(self._promote_loop(stopping), name="tocsin-promote")
-        reclaimer = asyncio.create_task(self._reclaim_loop(stopping), name="tocsin-reclaim")
+        helpers = [
+            asyncio.create_task(self._ack_loop(stopping), name="tocsin-acks"),
+            asyncio.create_task(self._promote_loop(stopping), name="tocsin-promote"),
+            asyncio.create_task(self._reclaim_loop(stopping), name="tocsin-reclaim"),
+            asyncio.create_task(self._health_loop(stopping), name="tocsin-health"),
+        ]
         try:
             await self._read_loop(stopping)
         finally:
-            reclaimer.cancel()
+            for task in helpers[1:]:
+                task.cancel()
             await self._drain()
-            promoter.cancel()
             self._ack_wakeup.set()
-            await asyncio.gather(acker, promoter, reclaimer, return_exceptions=True)
+            await asyncio.gather(*helpers, return_exceptions=True)
             await self._flush_acks()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _room(self) -> dict[str, int]:
+        """Per stream, how many jobs may be read now (streams with none left out)."""
+        room = {}
+        for stream, name in self.streams.items():
+            if name in self.disabled:
+                continue
+            available = self.gates[name].available()
+            if available > 0:
+                room[stream] = available
+        return room
+
+    async def _wait_for_room(self) -> None:
+        hints = [self.gates[n].wait_hint() for n in self.streams.values() if n not in self.disabled]
+        self._slot_free.clear()
+        timeout = min([*hints, HEALTH_INTERVAL])
+        try:
+            async with asyncio.timeout(max(0.005, timeout)):
+                await self._slot_free.wait()
+        except TimeoutError:
+            pass
 
     async def _read_loop(self, stopping: asyncio.Event) -> None:
         backoff = Backoff()
@@ -88,22 +149,25 @@ class Worker:
         cursors = dict.fromkeys(self.streams, "0")  # own pending entries first
         while not stopping.is_set():
             free = self.concurrency - len(self._inflight)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
+            room = self._room() if free > 0 else {}
+            if not room:
+                await self._wait_for_room()
                 continue
             try:
                 if not groups_ready:
                     for stream in self.streams:
                         await ensure_group(self.redis, stream, WORKER_GROUP)
                     groups_ready = True
-                pending_pass = any(c == "0" for c in cursors.values())
+                reading = {stream: cursors[stream] for stream in room}
+                pending_pass = any(c == "0" for c in reading.values())
+                # COUNT applies to each stream: share the free slots out.
+                count = max(1, min(free // len(reading), *room.values()))
                 reply = await read_group(
                     self.redis,
                     WORKER_GROUP,
                     self.consumer,
-                    cursors,
-                    free,
+                    reading,
+                    count,
                     None if pending_pass else 500,
                 )
                 backoff.reset()
@@ -116,65 +180,133 @@ class Worker:
             for stream, entries in reply:
                 if entries:
                     seen.add(stream)
+                recheck = reading[stream] == "0"
                 for entry_id, fields in entries:
-                    self._start(stream, entry_id, fields)
+                    self._start(stream, entry_id, fields, recheck=recheck)
             if pending_pass:
-                for stream, cursor in cursors.items():
+                for stream, cursor in reading.items():
                     if cursor == "0" and stream not in seen:
                         cursors[stream] = ">"
 
-    def _start(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    def _start(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], *, recheck: bool
+    ) -> None:
         key = (stream, entry_id)
-        if key in self._inflight_ids:
+        if key in self._inflight_ids or not fields:
             return  # our own send, still running: not reclaimed from ourselves
+        gate = self.gates[self.streams[stream]]
+        gate.started(1)
         self._inflight_ids.add(key)
-        task = asyncio.create_task(self._handle(stream, entry_id, fields))
+        task = asyncio.create_task(self._handle(stream, entry_id, fields, recheck))
         self._inflight.add(task)
-        task.add_done_callback(lambda t: self._done(t, key))
+        task.add_done_callback(lambda t: self._done(t, key, gate))
 
-    def _done(self, task: asyncio.Task[None], key: tuple[str, bytes]) -> None:
+    def _done(
+        self, task: asyncio.Task[EndpointOutcome], key: tuple[str, bytes], gate: ChannelGate
+    ) -> None:
         self._inflight.discard(task)
         self._inflight_ids.discard(key)
+        outcome: EndpointOutcome = None
+        if not task.cancelled():
+            if task.exception() is not None:
+                # Settling failed (Redis down): the job stays pending and is reclaimed later.
+                log.error("worker: could not settle a job: %s", task.exception())
+            else:
+                outcome = task.result()
+        gate.finished(outcome)
         self._slot_free.set()
-        if not task.cancelled() and task.exception() is not None:
-            # Settling failed (Redis down): the job stays pending and is reclaimed later.
-            log.error("worker: could not settle a job: %s", task.exception())
 
-    async def _handle(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    # -- sending and settling ------------------------------------------------------------
+
+    async def _handle(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], recheck: bool
+    ) -> EndpointOutcome:
         raw = fields.get(b"j", b"")
         try:
             delivery = decode_delivery(raw)
         except msgspec.DecodeError as exc:
             await self._dead(stream, entry_id, raw, f"undecodable job: {exc}", None)
-            return
-        channel = self.channels[self.streams[stream]]
+            return None
+        name = self.streams[stream]
+        channel = self.channels[name]
+        if recheck and await self._already_delivered(delivery):
+            log.info("delivery %s was already delivered: not sent again", delivery.id)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(stream, WORKER_GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                await pipe.execute()
+            return None
+        started_at = self.clock()
         started = time.monotonic()
+        outcome: EndpointOutcome
         try:
             async with asyncio.timeout(channel.send_timeout):
                 await channel.send(delivery)
+        except EndpointGone as exc:
+            self._record(delivery, started_at, started, "failed", exc.reason, exc.status)
+            await self._disable(name, exc.reason)
+            await self._dead(stream, entry_id, delivery, exc.reason, exc.status)
+            return True
         except PermanentError as exc:
-            log.info("delivery %s to %s failed: %s", delivery.id, channel.name, exc.reason)
-            await self._dead(stream, entry_id, raw, exc.reason, exc.status)
+            log.info("delivery %s to %s failed: %s", delivery.id, name, exc.reason)
+            self._record(delivery, started_at, started, "failed", exc.reason, exc.status)
+            await self._dead(stream, entry_id, delivery, exc.reason, exc.status)
+            return None
         except TransientError as exc:
-            await self._retry(stream, entry_id, delivery, exc.reason, exc.retry_after)
+            reason, status, retry_after, outcome = exc.reason, exc.status, exc.retry_after, True
         except TimeoutError:
             reason = f"no answer within {channel.send_timeout:g}s"
-            await self._retry(stream, entry_id, delivery, reason, None)
+            status, retry_after, outcome = None, None, True
         except Exception as exc:
             # A plugin bug must not take the worker down; retrying gives it a chance and
             # ends in the dead letters if it keeps failing.
-            log.exception("channel %s raised an unexpected error", channel.name)
-            await self._retry(stream, entry_id, delivery, f"{type(exc).__name__}: {exc}", None)
+            log.exception("channel %s raised an unexpected error", name)
+            reason, status, retry_after, outcome = f"{type(exc).__name__}: {exc}", None, None, None
         else:
             self.delivered += 1
-            log.debug(
-                "delivered %s via %s in %.1f ms",
-                delivery.id,
-                channel.name,
-                (time.monotonic() - started) * 1000,
-            )
-            self._acks[stream].append(entry_id)
+            self._record(delivery, started_at, started, "delivered", None, None)
+            log.debug("delivered %s via %s in %.1f ms", delivery.id, name, delivery.history[-1].ms)
+            record = record_of(delivery, "delivered", now=self.clock())
+            self._acks[stream].append((entry_id, delivery.id, encode_record(record)))
             self._ack_wakeup.set()
+            if self._failing[name] is not False:
+                await self._healthy(name)
+            return False
+        self._record(delivery, started_at, started, "retry", reason, status)
+        await self._retry(stream, entry_id, delivery, reason, retry_after)
+        if outcome and self._failing[name] is not True:
+            await self._failing_now(name)
+        return outcome
+
+    def _record(
+        self,
+        delivery: Delivery,
+        started_at: float,
+        started: float,
+        outcome: str,
+        error: str | None,
+        status: int | None,
+    ) -> None:
+        delivery.history.append(
+            Attempt(
+                n=delivery.attempt,
+                at=round(started_at, 3),
+                outcome=outcome,
+                ms=round((time.monotonic() - started) * 1000, 1),
+                status=status,
+                error=error[:ERROR_CHARS] if error else None,
+            )
+        )
+
+    async def _already_delivered(self, delivery: Delivery) -> bool:
+        data = await self.redis.get(self.keys.record(delivery.id))
+        return data is not None and b'"status":"delivered"' in data
+
+    def _write_record(self, pipe: Any, delivery: Delivery, status: Status, **kw: Any) -> None:
+        now = self.clock()
+        record = record_of(delivery, status, now=now, **kw)
+        pipe.set(self.keys.record(delivery.id), encode_record(record), ex=self.retention)
+        pipe.zadd(self.keys.history, {delivery.id: now * 1000})
 
     async def _retry(
         self,
@@ -184,12 +316,14 @@ class Worker:
         reason: str,
         retry_after: float | None,
     ) -> None:
-        delay = next_delay(DEFAULT_SCHEDULE, delivery.attempt, retry_after)
+        policy = self.policies[delivery.channel]
+        schedule = [float(d) for d in policy.retry_schedule]
+        delay = next_delay(schedule, delivery.attempt, retry_after, jitter=policy.jitter)
         if delay is None:
             await self._dead(
                 stream,
                 entry_id,
-                encode_delivery(delivery),
+                delivery,
                 f"gave up after {delivery.attempt} attempts; last error: {reason}",
                 None,
             )
@@ -201,23 +335,30 @@ class Worker:
             reason,
             delay,
         )
+        due = self.clock() + delay
         delivery.attempt += 1
         member = stream.encode() + b"\n" + encode_delivery(delivery)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.keys.retries, {member: (time.time() + delay) * 1000})
+            pipe.zadd(self.keys.retries, {member: due * 1000})
             pipe.xack(stream, WORKER_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
+            self._write_record(pipe, delivery, "retrying", next_at=round(due, 3))
             await pipe.execute()
 
     async def _dead(
-        self, stream: str, entry_id: bytes, raw: bytes, reason: str, status: int | None
+        self,
+        stream: str,
+        entry_id: bytes,
+        job: Delivery | bytes,
+        reason: str,
+        status: int | None,
     ) -> None:
         record = {
             "kind": "delivery",
             "channel": self.streams[stream],
-            "j": raw,
+            "j": job if isinstance(job, bytes) else encode_delivery(job),
             "reason": reason,
-            "at": f"{time.time():.3f}",
+            "at": f"{self.clock():.3f}",
         }
         if status is not None:
             record["status"] = str(status)
@@ -225,6 +366,8 @@ class Worker:
             pipe.xadd(self.keys.dead, record)  # type: ignore[arg-type]
             pipe.xack(stream, WORKER_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
+            if isinstance(job, Delivery):
+                self._write_record(pipe, job, "dead")
             await pipe.execute()
 
     async def _ack_loop(self, stopping: asyncio.Event) -> None:
@@ -245,23 +388,32 @@ class Worker:
         if not self._acks:
             return
         acks, self._acks = self._acks, defaultdict(list)
+        now_ms = int(self.clock() * 1000)
+        prefix = self.keys.record("")
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                for stream, ids in acks.items():
-                    pipe.xack(stream, WORKER_GROUP, *ids)
-                    pipe.xdel(stream, *ids)
-                await pipe.execute()
+                for stream, jobs in acks.items():
+                    args: list[Any] = [WORKER_GROUP, self.retention, now_ms, prefix]
+                    for job in jobs:
+                        args.extend(job)
+                    SETTLE.add_to(pipe, [stream, self.keys.history], args)
+                results = await pipe.execute(raise_on_error=False)
+            if any(isinstance(r, Exception) for r in results):
+                await SETTLE.load(self.redis)  # NOSCRIPT after a Redis restart: retry
+                raise RedisError(f"settling delivered jobs failed: {results}")
         except BaseException:
-            for stream, ids in acks.items():  # keep them for the next flush
-                self._acks[stream].extend(ids)
+            for stream, jobs in acks.items():  # keep them for the next flush
+                self._acks[stream].extend(jobs)
             raise
+
+    # -- retries and takeovers ---------------------------------------------------------
 
     async def _promote_loop(self, stopping: asyncio.Event) -> None:
         backoff = Backoff()
         while not stopping.is_set():
             try:
                 moved = await PROMOTE(
-                    self.redis, [self.keys.retries], [int(time.time() * 1000), 500]
+                    self.redis, [self.keys.retries], [int(self.clock() * 1000), 500]
                 )
                 backoff.reset()
                 if moved:
@@ -271,36 +423,168 @@ class Worker:
             await asyncio.sleep(PROMOTE_INTERVAL)
 
     async def _reclaim_loop(self, stopping: asyncio.Event) -> None:
-        """Take over jobs left pending by a consumer that died or gave up mid-send.
+        """Take over jobs left pending by a consumer that died or hung mid-send.
 
         Consumer names are unique per process, so nobody else ever reads those again.
-        A job is claimed only once idle past its channel's send timeout, by which time
-        its first sender has either settled it or is gone.
+        A job is claimed only once idle past the channel's visibility timeout, which
+        exceeds its send timeout: by then its first sender has settled it or is gone.
         """
         backoff = Backoff()
         while not stopping.is_set():
             try:
                 for stream, name in self.streams.items():
-                    await self._reclaim(stream, self.channels[name].send_timeout)
+                    if name not in self.disabled:
+                        await self._reclaim(stream, self.visibility[name])
                 backoff.reset()
             except (RedisError, OSError) as exc:
                 await backoff.wait("reclaim", exc)
             await asyncio.sleep(RECLAIM_INTERVAL)
 
-    async def _reclaim(self, stream: str, send_timeout: float) -> None:
-        min_idle = int((send_timeout + RECLAIM_MARGIN) * 1000)
+    async def _reclaim(self, stream: str, visibility: float) -> None:
+        gate = self.gates[self.streams[stream]]
         start: Any = "0-0"
-        while (free := self.concurrency - len(self._inflight)) > 0:
+        while (free := min(self.concurrency - len(self._inflight), gate.available())) > 0:
             reply = await self.redis.xautoclaim(
-                stream, WORKER_GROUP, self.consumer, min_idle, start_id=start, count=free
+                stream,
+                WORKER_GROUP,
+                self.consumer,
+                int(visibility * 1000),
+                start_id=start,
+                count=free,
             )
             start, entries = reply[0], reply[1]
             for entry_id, fields in entries:
-                if entry_id is not None and fields:  # None: deleted meanwhile (Redis 6.2)
-                    log.info("worker: took over job %s on %s", entry_id.decode(), stream)
-                    self._start(stream, entry_id, fields)
+                if entry_id is None or not fields:  # deleted meanwhile (Redis 6.2)
+                    continue
+                if await self._is_poison(stream, entry_id, fields):
+                    continue
+                log.info("worker: took over job %s on %s", entry_id.decode(), stream)
+                self._start(stream, entry_id, fields, recheck=True)
             if start in (b"0-0", "0-0"):
                 return
+
+    async def _is_poison(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
+        """Dead-letter a job whose every sender died or hung: it would loop forever."""
+        pending = await self.redis.xpending_range(
+            stream, WORKER_GROUP, min=entry_id, max=entry_id, count=1
+        )
+        takeovers = int(pending[0]["times_delivered"]) - 1 if pending else 0
+        if takeovers <= self.poison_after:
+            return False
+        raw = fields.get(b"j", b"")
+        reason = (
+            f"poison: taken over {takeovers} times, each sender died or hung mid-send "
+            f"(more than worker.poison_after = {self.poison_after})"
+        )
+        log.error("delivery job %s on %s: %s", entry_id.decode(), stream, reason)
+        job: Delivery | bytes = raw
+        try:
+            job = decode_delivery(raw)
+            job.history.append(
+                Attempt(
+                    n=job.attempt, at=round(self.clock(), 3), outcome="failed", ms=0, error=reason
+                )
+            )
+        except msgspec.DecodeError:
+            pass
+        await self._dead(stream, entry_id, job, reason, None)
+        return True
+
+    # -- endpoint health ---------------------------------------------------------------
+
+    async def _healthy(self, name: str) -> None:
+        self._failing[name] = False
+        try:
+            await self.redis.hdel(self.keys.endpoint(name), "failing_since")
+        except (RedisError, OSError):
+            self._failing[name] = None  # try again on the next success
+
+    async def _failing_now(self, name: str) -> None:
+        self._failing[name] = True
+        try:
+            await self.redis.hsetnx(
+                self.keys.endpoint(name), "failing_since", f"{self.clock():.3f}"
+            )
+        except (RedisError, OSError):
+            self._failing[name] = None
+
+    async def _health_loop(self, stopping: asyncio.Event) -> None:
+        """Read endpoint health back (other workers write it too); disable dead endpoints."""
+        backoff = Backoff()
+        next_trim = 0.0
+        while not stopping.is_set():
+            try:
+                await self._check_health()
+                if time.monotonic() >= next_trim:
+                    await self._trim()
+                    next_trim = time.monotonic() + RETENTION_INTERVAL
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                await backoff.wait("endpoint health", exc)
+                continue
+            await asyncio.sleep(HEALTH_INTERVAL)
+
+    async def _check_health(self) -> None:
+        names = list(self.streams.values())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(self.keys.endpoint(name), "failing_since", "disabled_at")
+            states = await pipe.execute()
+        now = self.clock()
+        for name, (failing_since, disabled_at) in zip(names, states, strict=True):
+            was_disabled = name in self.disabled
+            if disabled_at is not None:
+                if not was_disabled:
+                    log.warning("channel %s is disabled: its jobs wait until enabled", name)
+                self.disabled.add(name)
+            else:
+                if was_disabled:
+                    log.info("channel %s enabled again", name)
+                self.disabled.discard(name)
+            self._failing[name] = failing_since is not None
+            limit = float(self.policies[name].disable_after)
+            if failing_since is not None and disabled_at is None and limit > 0:
+                since = float(failing_since)
+                if now - since >= limit:
+                    stamp = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+                    await self._disable(name, f"failing without a success since {stamp}")
+        self._slot_free.set()
+
+    async def _disable(self, name: str, reason: str) -> None:
+        now = self.clock()
+        when = datetime.fromtimestamp(now, UTC)
+        hash_ = await self.redis.hmget(self.keys.endpoint(name), "failing_since")
+        event = Event(
+            id=f"endpoint_disabled_{name}_{int(now)}",
+            type="endpoint.disabled",
+            occurred_at=when,
+            source=EventSource(provider="tocsin", event_type="endpoint.disabled"),
+            data={
+                "channel": name,
+                "reason": reason,
+                "failing_since": (
+                    datetime.fromtimestamp(float(hash_[0]), UTC).isoformat()
+                    if hash_ and hash_[0] is not None
+                    else None
+                ),
+                "disabled_at": when.isoformat(),
+                "enable_with": f"tocsin endpoints enable {name}",
+            },
+        )
+        done = await DISABLE(
+            self.redis,
+            [self.keys.endpoint(name), self.keys.events, self.keys.dedupe(event.id)],
+            [f"{now:.3f}", reason, encode_event(event), self.dedupe_window],
+        )
+        self.disabled.add(name)
+        if done:
+            log.error("channel %s disabled: %s (tocsin endpoints enable %s)", name, reason, name)
+
+    async def _trim(self) -> None:
+        """Enforce the retention: history index and dead letters older than it go."""
+        cutoff = self.clock() - self.retention
+        await self.redis.zremrangebyscore(self.keys.history, "-inf", cutoff * 1000)
+        await self.redis.xtrim(self.keys.dead, minid=int(cutoff * 1000), approximate=False)
 
     async def _drain(self) -> None:
         """Give in-flight sends the grace period; what is left stays pending for others."""

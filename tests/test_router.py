@@ -61,9 +61,11 @@ async def test_fanout_of_an_event_already_routed_does_nothing(tmp_path, redis_ur
         entry = await client.xadd(keys.events, {"e": b"{}"})
         await client.xreadgroup(ROUTER_GROUP, "a", {keys.events: ">"})
         stream = keys.deliveries("hook")
-        args = [ROUTER_GROUP, 1, entry, 1, 2, b'{"job": 1}']
+        stored = keys.stored_event("evt_1")
+        args = [ROUTER_GROUP, 1, 60, entry, stored, b"{}", 1, 2, b'{"job": 1}']
         assert await FANOUT(client, [keys.events, stream], args) == 1
         assert await FANOUT(client, [keys.events, stream], args) == 0
+        assert await client.get(stored) == b"{}"  # kept for `tocsin events replay`
         assert await client.xlen(stream) == 1
     finally:
         await client.aclose()

@@ -25,6 +25,7 @@ from gateway import (
     Signer,
     TransientError,
     hookimpl,
+    outbound_error,
     raise_for_outcome,
     template_context,
 )
@@ -69,8 +70,8 @@ class JsonHook(Channel[JsonHookConfig]):
         return []
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.config.max_connections),
+        self._session = self.context.outbound.client_session(
+            connector_limit=self.config.max_connections,
             timeout=aiohttp.ClientTimeout(total=float(self.config.timeout)),
             auto_decompress=False,
         )
@@ -117,7 +118,7 @@ class JsonHook(Channel[JsonHookConfig]):
                     response.status, response.headers, excerpt.decode("utf-8", "replace")
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from None
+            raise outbound_error(exc) from None
 
 
 @hookimpl

@@ -1,0 +1,105 @@
+"""What happened to each delivery: every attempt, kept for the retention period.
+
+A delivery's attempts travel with its job (``Delivery.history``), so whoever settles it
+writes the whole record in the same Redis transaction that acknowledges the job: the
+record saying "delivered" exists if and only if the job left its stream as delivered.
+Records are one JSON string each (``Keys.record``), expiring after the retention, and
+indexed by last update in a sorted set (``Keys.history``) for listing by time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import msgspec
+from redis.asyncio import Redis
+
+from .delivery import Attempt, Delivery
+from .keys import Keys
+
+Status = Literal["delivered", "retrying", "dead", "pending"]
+STATUSES: tuple[str, ...] = ("delivered", "retrying", "dead", "pending")
+
+
+class DeliveryRecord(msgspec.Struct, omit_defaults=True):
+    id: str
+    event_id: str
+    event_type: str
+    rule: str
+    channel: str
+    status: Status
+    #: Epoch seconds of the last change.
+    updated: float
+    #: Epoch seconds of the next attempt, while ``retrying``.
+    next_at: float | None = None
+    #: Where the message went (an address or phone), when a recipient was named.
+    to: str | None = None
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(DeliveryRecord)
+
+
+def record_of(
+    delivery: Delivery, status: Status, *, now: float | None = None, next_at: float | None = None
+) -> DeliveryRecord:
+    recipient = delivery.recipient
+    to = None
+    if recipient is not None:
+        to = recipient.address or recipient.email or recipient.phone
+    return DeliveryRecord(
+        id=delivery.id,
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        rule=delivery.rule,
+        channel=delivery.channel,
+        status=status,
+        updated=time.time() if now is None else now,
+        next_at=next_at,
+        to=to,
+        attempts=delivery.history,
+    )
+
+
+def encode_record(record: DeliveryRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_record(data: bytes) -> DeliveryRecord:
+    return _decoder.decode(data)
+
+
+async def get_record(redis: Redis, keys: Keys, delivery_id: str) -> DeliveryRecord | None:
+    data: Any = await redis.get(keys.record(delivery_id))
+    return None if data is None else decode_record(data)
+
+
+async def iter_records(
+    redis: Redis,
+    keys: Keys,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    newest_first: bool = True,
+    chunk: int = 500,
+) -> AsyncIterator[DeliveryRecord]:
+    """Records by last update, from the index; expired ones are skipped."""
+    low = "-inf" if since is None else since * 1000
+    high = "+inf" if until is None else until * 1000
+    offset = 0
+    while True:
+        ids: Any
+        if newest_first:
+            ids = await redis.zrevrangebyscore(keys.history, high, low, start=offset, num=chunk)
+        else:
+            ids = await redis.zrangebyscore(keys.history, low, high, start=offset, num=chunk)
+        if not ids:
+            return
+        offset += len(ids)
+        values: Any = await redis.mget([keys.record(i.decode()) for i in ids])
+        for value in values:
+            if value is not None:
+                yield decode_record(value)
