@@ -132,7 +132,10 @@ class GuardedResolver(AbstractResolver):
 
 
 def delivery_error(exc: BaseException) -> DeliveryError:
-    """The outcome of an aiohttp/OS error: refused by the guard is for good, else retried."""
+    """The outcome of an aiohttp/OS error: refused by the guard or an invalid URL is for
+    good; anything else (timeouts, connection errors) is retried."""
+    if isinstance(exc, aiohttp.InvalidURL):
+        return PermanentError(f"invalid URL: {exc}")
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, OutboundRefused):

@@ -228,7 +228,7 @@ def check_plan(conf: Conf, registry: Registry) -> tuple[Plan, list[str]]:
         if visibility is not None and float(visibility) < needed:
             problems.append(
                 f"{conf.path}: worker.visibility_timeout: {float(visibility):g}s would let a "
-                f"second worker take over channel {name!r}'s jobs while the first may still be "
+                f"second worker take over jobs of channel {name!r} while the first may still be "
                 f"sending (send timeout {channel.send_timeout:g}s + {VISIBILITY_MARGIN:g}s "
                 f"margin): raise it to at least {needed:g}s or lower the channel's timeout"
             )

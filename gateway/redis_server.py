@@ -84,6 +84,20 @@ class RedisServer:
     def pidfile(self) -> Path:
         return self.data_dir / "redis.pid"
 
+    @property
+    def urlfile(self) -> Path:
+        """Where a running embedded Redis leaves its URL for `tocsin` admin commands."""
+        return self.data_dir / "redis.url"
+
+    def running_url(self) -> str | None:
+        """The URL of the embedded Redis another `tocsin serve` runs on this data dir."""
+        if self._running_pid() is None:
+            return None
+        try:
+            return self.urlfile.read_text().strip() or self.url
+        except OSError:
+            return self.url
+
     def _running_pid(self) -> int | None:
         try:
             pid = int(self.pidfile.read_text().strip())
@@ -160,6 +174,7 @@ class RedisServer:
                 time.sleep(0.02)
         finally:
             client.close()
+        self.urlfile.write_text(self.url + "\n")
         return self.url
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -1,0 +1,312 @@
+"""Operator actions on a running deployment's Redis: history, dead letters, replay, endpoints.
+
+The ``tocsin deliveries | dlq | events | endpoints`` commands are thin wrappers around
+these, so tests drive the same code an operator does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from .conf import Conf
+from .delivery import Attempt, Delivery, decode_delivery, encode_delivery
+from .event import Event
+from .history import DeliveryRecord, encode_record, get_record, iter_records, record_of
+from .keys import WORKER_GROUP, Keys
+from .plan import CompiledRule
+from .redis_server import RedisServer
+from .router import plan_deliveries
+from .scripts import REPLAY
+
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+@contextlib.asynccontextmanager
+async def open_redis(conf: Conf) -> AsyncIterator[Redis]:
+    """The deployment's Redis: ``redis.url``, the embedded one a running gateway owns, or
+    the embedded one started just for this command (its data is on disk either way)."""
+    from .service import connect  # noqa: PLC0415 - service pulls in aiohttp's server side
+
+    started: RedisServer | None = None
+    url = conf.redis.url
+    if not url:
+        server = RedisServer(conf.data_dir / "redis")
+        url = server.running_url() or ""
+        if not url:
+            url = server.start()
+            started = server
+    redis = connect(url)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+        if started is not None:
+            started.stop()
+
+
+# -- history -------------------------------------------------------------------------
+
+
+async def find_deliveries(
+    redis: Redis,
+    keys: Keys,
+    *,
+    event_id: str | None = None,
+    channel: str | None = None,
+    status: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 50,
+) -> list[DeliveryRecord]:
+    """Newest first, filtered; scans the time index (bounded by ``since``/``until``)."""
+    found: list[DeliveryRecord] = []
+    async for record in iter_records(redis, keys, since=since, until=until):
+        if event_id is not None and record.event_id != event_id:
+            continue
+        if channel is not None and record.channel != channel:
+            continue
+        if status is not None and record.status != status:
+            continue
+        found.append(record)
+        if len(found) >= limit:
+            break
+    return found
+
+
+async def show_delivery(redis: Redis, keys: Keys, delivery_id: str) -> DeliveryRecord | None:
+    return await get_record(redis, keys, delivery_id)
+
+
+# -- dead letters --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    entry_id: str
+    #: ``delivery`` (a job that failed) or ``event`` (an event that could not be routed).
+    kind: str
+    channel: str | None
+    reason: str
+    at: float
+    status: int | None
+    payload: bytes
+    delivery: Delivery | None
+
+    @property
+    def delivery_id(self) -> str | None:
+        return self.delivery.id if self.delivery is not None else None
+
+
+def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    kind = fields.get(b"kind", b"delivery").decode()
+    payload = fields.get(b"j" if kind == "delivery" else b"e", b"")
+    delivery = None
+    if kind == "delivery":
+        with contextlib.suppress(msgspec.DecodeError):
+            delivery = decode_delivery(payload)
+    channel = fields.get(b"channel")
+    status = fields.get(b"status")
+    at = fields.get(b"at")
+    return DeadLetter(
+        entry_id=entry_id.decode(),
+        kind=kind,
+        channel=channel.decode() if channel else None,
+        reason=fields.get(b"reason", b"").decode(),
+        at=float(at) if at else int(entry_id.split(b"-")[0]) / 1000,
+        status=int(status) if status else None,
+        payload=payload,
+        delivery=delivery,
+    )
+
+
+async def dead_letters(
+    redis: Redis,
+    keys: Keys,
+    *,
+    channel: str | None = None,
+    since: float | None = None,
+    ids: Iterable[str] = (),
+    limit: int | None = None,
+) -> list[DeadLetter]:
+    """Oldest first. ``ids`` may name stream entry ids or delivery ids."""
+    wanted = set(ids)
+    start = f"{int(since * 1000)}-0" if since is not None else "-"
+    out: list[DeadLetter] = []
+    cursor: str = start
+    while True:
+        entries: Any = await redis.xrange(keys.dead, min=cursor, max="+", count=1000)
+        if not entries:
+            return out
+        for entry_id, fields in entries:
+            letter = _dead_letter(entry_id, fields)
+            if channel is not None and letter.channel != channel:
+                continue
+            if wanted and not ({letter.entry_id, letter.delivery_id} & wanted):
+                continue
+            out.append(letter)
+            if limit is not None and len(out) >= limit:
+                return out
+        cursor = "(" + entries[-1][0].decode()
+
+
+async def replay_dead_letter(
+    redis: Redis, keys: Keys, letter: DeadLetter, *, retention: float
+) -> bool:
+    """Queue a dead letter again, once; a delivery keeps its id (``webhook-id``) and
+    history and gets the channel's whole retry schedule again."""
+    now = time.time()
+    if letter.kind == "event":
+        return bool(
+            await REPLAY(
+                redis,
+                [keys.dead, keys.events, keys.history],
+                [letter.entry_id, "e", letter.payload, "", "", 0, 0, ""],
+            )
+        )
+    if letter.channel is None:
+        return False
+    payload = letter.payload
+    record_key, record, delivery_id = "", b"", ""
+    if letter.delivery is not None:
+        job = msgspec.structs.replace(
+            letter.delivery,
+            attempt=1,
+            history=[
+                *letter.delivery.history,
+                Attempt(n=0, at=round(now, 3), outcome="replayed", ms=0),
+            ],
+        )
+        payload = encode_delivery(job)
+        record_key = keys.record(job.id)
+        record = encode_record(record_of(job, "pending", now=now))
+        delivery_id = job.id
+    return bool(
+        await REPLAY(
+            redis,
+            [keys.dead, keys.deliveries(letter.channel), keys.history],
+            [
+                letter.entry_id,
+                "j",
+                payload,
+                record_key,
+                record,
+                max(1, int(retention)),
+                int(now * 1000),
+                delivery_id,
+            ],
+        )
+    )
+
+
+# -- events --------------------------------------------------------------------------
+
+
+@dataclass
+class EventReplay:
+    queued: list[Delivery]
+    #: Deliveries left alone, with why (already delivered, retry already scheduled).
+    skipped: list[tuple[Delivery, str]]
+
+
+async def replay_event(
+    redis: Redis,
+    keys: Keys,
+    rules: list[CompiledRule],
+    event_id: str,
+    *,
+    force: bool = False,
+) -> EventReplay | None:
+    """Route a stored event again with today's rules; ``None`` if it is not stored
+    (never routed, or older than the retention).
+
+    Deliveries already delivered are skipped unless ``force`` (they keep their id, so a
+    forced resend carries the same ``webhook-id``); retries already scheduled are left
+    to run.
+    """
+    raw: Any = await redis.get(keys.stored_event(event_id))
+    if raw is None:
+        return None
+    event = _event_decoder.decode(raw)
+    result = EventReplay(queued=[], skipped=[])
+    deliveries = plan_deliveries(rules, event, raw)
+    records: list[Any] = (
+        await redis.mget([keys.record(d.id) for d in deliveries]) if deliveries else []
+    )
+    now = time.time()
+    async with redis.pipeline(transaction=True) as pipe:
+        for delivery, data in zip(deliveries, records, strict=True):
+            status = msgspec.json.decode(data).get("status") if data is not None else None
+            if status == "delivered" and not force:
+                result.skipped.append((delivery, "already delivered (use --force to resend)"))
+                continue
+            if status == "retrying":
+                result.skipped.append((delivery, "a retry is already scheduled"))
+                continue
+            if data is not None:
+                delivery.history = msgspec.json.decode(data, type=DeliveryRecord).attempts
+            delivery.history.append(Attempt(n=0, at=round(now, 3), outcome="replayed", ms=0))
+            pipe.xadd(keys.deliveries(delivery.channel), {"j": encode_delivery(delivery)})
+            result.queued.append(delivery)
+        await pipe.execute()
+    return result
+
+
+# -- endpoints -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    channel: str
+    failing_since: float | None
+    disabled_at: float | None
+    disabled_reason: str | None
+    #: Jobs waiting in the channel's stream, read or not.
+    queued: int
+    #: Of those, read by a worker and not settled yet.
+    in_flight: int
+
+
+async def endpoint_states(redis: Redis, keys: Keys, channels: Iterable[str]) -> list[EndpointState]:
+    out = []
+    for name in channels:
+        state: Any = await redis.hgetall(keys.endpoint(name))
+        stream = keys.deliveries(name)
+        queued = await redis.xlen(stream)
+        in_flight = 0
+        if queued:
+            with contextlib.suppress(Exception):  # no group yet: nothing read
+                summary: Any = await redis.xpending(stream, WORKER_GROUP)
+                in_flight = int(summary["pending"])
+
+        def number(field: bytes, state: Any = state) -> float | None:
+            value = state.get(field)
+            return float(value) if value is not None else None
+
+        reason = state.get(b"disabled_reason")
+        out.append(
+            EndpointState(
+                channel=name,
+                failing_since=number(b"failing_since"),
+                disabled_at=number(b"disabled_at"),
+                disabled_reason=reason.decode() if reason else None,
+                queued=int(queued),
+                in_flight=in_flight,
+            )
+        )
+    return out
+
+
+async def enable_endpoint(redis: Redis, keys: Keys, channel: str) -> bool:
+    """Clear the disabled flag and the failure clock; whether it was disabled."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hget(keys.endpoint(channel), "disabled_at")
+        pipe.delete(keys.endpoint(channel))
+        was, _ = await pipe.execute()
+    return was is not None
