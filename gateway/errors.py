@@ -7,6 +7,8 @@ Booleans are never used for that: an exception carries the reason to the history
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TocsinError(Exception):
     """Base class; its message is always safe to show to an operator."""
@@ -35,7 +37,24 @@ class TransientError(DeliveryError):
 
 
 class PermanentError(DeliveryError):
-    """Sending the same delivery again cannot succeed (bad template, 4xx, invalid address)."""
+    """Sending the same delivery again cannot succeed (bad template, 4xx, invalid address).
+
+    ``notify`` names an internal event type (e.g. ``erp.sync_failed``) that the core
+    emits when the delivery is dead-lettered, so rules can tell staff; ``details`` go
+    into its ``data`` next to the delivery, channel, rule, event and reason.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        notify: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(reason, status=status)
+        self.notify = notify
+        self.details = details or {}
 
 
 class EndpointGone(PermanentError):

@@ -50,6 +50,9 @@ RETENTION_INTERVAL = 60.0
 #: Error text kept per attempt in the history.
 ERROR_CHARS = 500
 
+#: ``source.provider`` of the events Tocsin emits itself (endpoint.disabled...).
+INTERNAL_PROVIDER = "tocsin"
+
 #: A finished send's outcome for the endpoint's health: failed, succeeded, or says
 #: nothing about the endpoint (a template failed, a plugin bug).
 EndpointOutcome = bool | None
@@ -250,7 +253,8 @@ class Worker:
         except PermanentError as exc:
             log.info("delivery %s to %s failed: %s", delivery.id, name, exc.reason)
             self._record(delivery, started_at, started, "failed", exc.reason, exc.status)
-            await self._dead(stream, entry_id, delivery, exc.reason, exc.status)
+            notice = self._failure_notice(delivery, exc) if exc.notify else None
+            await self._dead(stream, entry_id, delivery, exc.reason, exc.status, notice)
             return None
         except TransientError as exc:
             reason, status, retry_after, outcome = exc.reason, exc.status, exc.retry_after, True
@@ -352,7 +356,9 @@ class Worker:
         job: Delivery | bytes,
         reason: str,
         status: int | None,
+        notice: bytes | None = None,
     ) -> None:
+        """Dead-letter a job; ``notice`` is an internal event appended in the same step."""
         record = {
             "kind": "delivery",
             "channel": self.streams[stream],
@@ -368,7 +374,38 @@ class Worker:
             pipe.xdel(stream, entry_id)
             if isinstance(job, Delivery):
                 self._write_record(pipe, job, "dead")
+            if notice is not None:
+                pipe.xadd(self.keys.events, {"e": notice})
             await pipe.execute()
+
+    def _failure_notice(self, delivery: Delivery, exc: PermanentError) -> bytes | None:
+        """The internal event a plugin asked for (``PermanentError(notify=...)``)."""
+        try:
+            source = delivery.decode_event()
+        except msgspec.DecodeError:
+            return None
+        if source.source.provider == INTERNAL_PROVIDER:
+            return None  # a notice about a notice could loop
+        now = self.clock()
+        return encode_event(
+            Event(
+                id=f"{delivery.id}_{int(now * 1000)}",
+                type=exc.notify or "delivery.failed",
+                occurred_at=datetime.fromtimestamp(now, UTC),
+                source=EventSource(provider=INTERNAL_PROVIDER, event_type=exc.notify),
+                customer=source.customer,
+                refs=source.refs,
+                data={
+                    **exc.details,
+                    "reason": exc.reason,
+                    "delivery_id": delivery.id,
+                    "channel": delivery.channel,
+                    "rule": delivery.rule,
+                    "event_id": delivery.event_id,
+                    "event_type": delivery.event_type,
+                },
+            )
+        )
 
     async def _ack_loop(self, stopping: asyncio.Event) -> None:
         backoff = Backoff()
@@ -558,7 +595,7 @@ class Worker:
             id=f"endpoint_disabled_{name}_{int(now)}",
             type="endpoint.disabled",
             occurred_at=when,
-            source=EventSource(provider="tocsin", event_type="endpoint.disabled"),
+            source=EventSource(provider=INTERNAL_PROVIDER, event_type="endpoint.disabled"),
             data={
                 "channel": name,
                 "reason": reason,

@@ -484,3 +484,61 @@ def test_delivery_policy_errors_name_the_field(tmp_path, redis_url):
     result = CliRunner().invoke(main, ["check", str(conf)])
     assert result.exit_code == 2
     assert f"{conf}: channels.hook.delivery" in result.output
+
+
+REFUSING_PLUGIN = """
+import msgspec
+from gateway import Channel, PermanentError, hookimpl
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class Refusing(Channel[Config]):
+    type_name = "refusing"
+    config_type = Config
+
+    async def send(self, delivery):
+        raise PermanentError(
+            "invoice FA-1 is already paid", notify="erp.sync_failed", details={"invoice": "FA-1"}
+        )
+
+
+@hookimpl
+def tocsin_register_channels():
+    return [Refusing]
+"""
+
+
+async def test_a_plugin_failure_can_notify_staff_through_an_internal_event(
+    tmp_path, redis_url, receiver: Receiver, start_gateway, redis_client, monkeypatch
+):
+    (tmp_path / "refusing_erp.py").write_text(REFUSING_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rules = """
+    [channels.erp]
+    type = "refusing"
+    [plugins]
+    modules = ["refusing_erp"]
+    [rules.book]
+    events = ["payment.succeeded"]
+    [[rules.book.actions]]
+    channel = "erp"
+    [rules.tell-accounting]
+    events = ["erp.sync_failed"]
+    [[rules.tell-accounting.actions]]
+    channel = "hook"
+    """
+    conf = write_conf(tmp_path, redis_url=redis_url, hook_url=receiver.url, rules=rules)
+    gw = await start_gateway(conf)
+    event = make_event()
+    assert (await gw.post(event))[0] == 202
+
+    [notice] = await receiver.wait_for(1)
+    body = notice.json()
+    assert body["type"] == "erp.sync_failed" and body["source"]["provider"] == "tocsin"
+    assert body["data"]["reason"] == "invoice FA-1 is already paid"
+    assert body["data"]["invoice"] == "FA-1" and body["data"]["event_id"] == event["id"]
+    assert body["refs"] == event["refs"] and body["customer"]["id"] == "cus_1"
+    assert len(dead_letters(redis_client)) == 1
