@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,7 +19,7 @@ import msgspec
 
 from .conf import Conf, default_conf_path, load_conf, read_conf
 from .errors import ConfError, PluginError, TocsinError
-from .plan import Plan, build_plan
+from .plan import Plan, check_plan
 from .plugins import Registry, load_registry
 from .redis_server import RedisServer
 from .signing import Signer, Verifier, generate_secret
@@ -40,8 +41,14 @@ def _fail(lines: list[str], code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def _load(conf_path: Path | None) -> tuple[Conf, Registry, Plan]:
-    """Conf, plugins and plan, or every problem printed and exit 2."""
+def _load(
+    conf_path: Path | None, also: Callable[[Plan], list[str]] | None = None
+) -> tuple[Conf, Registry, Plan]:
+    """Conf, plugins and plan, or every problem printed and exit 2.
+
+    ``also`` checks more on the plan as far as it was built (``tocsin check`` renders
+    sample events); its problems are listed with the others.
+    """
     path = conf_path or default_conf_path()
     conf, problems = read_conf(path)
     if conf is None:
@@ -50,10 +57,10 @@ def _load(conf_path: Path | None) -> tuple[Conf, Registry, Plan]:
         registry = load_registry(blocked=conf.plugins.block, modules=conf.plugins.modules)
     except PluginError as exc:
         _fail([*problems, f"plugins: {exc}"])
-    try:
-        plan = build_plan(conf, registry)
-    except ConfError as exc:
-        problems = [*problems, *exc.problems]
+    plan, plan_problems = check_plan(conf, registry)
+    problems = [*problems, *plan_problems]
+    if also is not None:
+        problems = [*problems, *also(plan)]
     if problems:
         _fail([*problems, f"{len(problems)} problem(s) in {path}"])
     return conf, registry, plan
@@ -147,14 +154,71 @@ def _run(main_coro: Any) -> None:
 
 @main.command()
 @click.argument("conf_arg", required=False, type=click.Path(dir_okay=False, path_type=Path))
-def check(conf_arg: Path | None) -> None:
-    """Validate a conf: structure, plugins, channels, templates, rules. Lists every error."""
-    conf, registry, plan = _load(conf_arg)
+@click.option(
+    "--samples",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of sample events (*.json) to render templates with (default: examples/ "
+    "next to the conf).",
+)
+def check(conf_arg: Path | None, samples: Path | None) -> None:
+    """Validate a conf: structure, plugins, channels, templates, rules. Lists every error.
+
+    Every template used by a rule is also rendered against the sample events the rule
+    routes (see docs/templates.md).
+    """
+    from .render import SampleReport, render_samples  # noqa: PLC0415
+
+    reports: list[SampleReport] = []
+
+    def render(plan: Plan) -> list[str]:
+        reports.append(render_samples(plan, samples))
+        return reports[-1].problems
+
+    conf, registry, plan = _load(conf_arg, also=render)
     templates = sum(1 for _ in plan.templates.all_files())
     click.echo(
         f"{conf.path}: ok ({len(plan.channels)} channels, {len(plan.rules)} rules, "
         f"{len(plan.sources)} sources, {templates} templates, {len(registry.plugins)} plugins)"
     )
+    for line in reports[0].summary():
+        click.echo(line)
+
+
+@main.command()
+@click.argument("template")
+@click.argument("conf_arg", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--event",
+    "event_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A canonical event (JSON), e.g. conf/examples/payment_succeeded.json.",
+)
+@click.option("--locale", default=None, help="Render in this locale (default: the customer's).")
+@click.option("--channel", default=None, help="Only this channel (default: every one that can).")
+def render(
+    template: str,
+    conf_arg: Path | None,
+    event_path: Path,
+    locale: str | None,
+    channel: str | None,
+) -> None:
+    """Print exactly what would be sent for TEMPLATE and an event, without sending it.
+
+    The recipient is the event's customer; every channel with a preview that can use
+    the template shows its parts (subject, text, HTML, SMS...). Exit 1 if any fails.
+    """
+    from .render import RenderError, render_template  # noqa: PLC0415
+
+    _conf, _registry, plan = _load(conf_arg)
+    try:
+        result = render_template(plan, template, event_path, locale=locale, channel=channel)
+    except RenderError as exc:
+        _fail(exc.lines, 1)
+    click.echo(result.text, nl=False)
+    if result.problems:
+        _fail(result.problems, 1)
 
 
 @main.command()

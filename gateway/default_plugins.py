@@ -16,6 +16,7 @@ from .conditions import MISSING, Condition
 from .conf import Secret
 from .durations import Duration
 from .event import Event, decode_event
+from .filters import FILTERS
 from .markers import hookimpl
 from .signing import Verifier
 from .source import Source
@@ -119,7 +120,8 @@ def json(value: Any) -> str:
 
 @hookimpl
 def tocsin_register_template_filters() -> dict[str, Callable[..., Any]]:
-    return {"json": json}
+    # money, date, datetime, time, relative_days, card_mask, iban_mask: gateway/filters.py
+    return {"json": json, **FILTERS}
 
 
 class StandardWebhooksConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

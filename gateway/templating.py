@@ -19,7 +19,24 @@ from .errors import PermanentError
 
 
 class TemplateFailure(PermanentError):
-    """A template failed to render: the delivery fails for good, with template and line."""
+    """A template failed to render: the delivery fails for good, with template and line.
+
+    ``template`` (the file name under the templates folder), ``line`` and ``detail`` (the
+    reason alone) let ``tocsin check`` / ``tocsin render`` print ``file: line N: reason``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        template: str | None = None,
+        line: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.template = template
+        self.line = line
+        self.detail = detail if detail is not None else reason
 
 
 def _autoescape(name: str | None) -> bool:
@@ -38,6 +55,12 @@ def _line_of(exc: BaseException, template_name: str) -> int | None:
     return found
 
 
+def _failure(exc: BaseException, name: str, detail: str) -> TemplateFailure:
+    line = _line_of(exc, name)
+    where = f"{name}, line {line}" if line else name
+    return TemplateFailure(f"template {where}: {detail}", template=name, line=line, detail=detail)
+
+
 def locale_chain(locale: str | None, default: str) -> list[str]:
     chain: list[str] = []
     for candidate in (locale, default):
@@ -50,9 +73,18 @@ def locale_chain(locale: str | None, default: str) -> list[str]:
     return chain
 
 
+#: Where dates and times are shown when neither the template context (``timezone``) nor
+#: the filter (``tz=``) says otherwise.
+DEFAULT_TIMEZONE = "Europe/Paris"
+
+
 class Templates:
     def __init__(
-        self, root: Path, default_locale: str, filters: Mapping[str, Callable[..., Any]]
+        self,
+        root: Path,
+        default_locale: str,
+        filters: Mapping[str, Callable[..., Any]],
+        default_timezone: str = DEFAULT_TIMEZONE,
     ) -> None:
         self.root = root
         self.default_locale = default_locale
@@ -64,6 +96,9 @@ class Templates:
             auto_reload=False,
         )
         self.env.filters.update(filters)
+        # Locale-aware filters fall back to these when the context's `locale` is None.
+        self.env.globals["default_locale"] = default_locale
+        self.env.globals["default_timezone"] = default_timezone
 
     def from_string(self, source: str) -> jinja2.Template:
         return self.env.from_string(source)
@@ -86,19 +121,16 @@ class Templates:
     ) -> str:
         name = self.find(notification, part, locale)
         if name is None:
+            detail = f"no {part}.j2 for locale {locale or self.default_locale}"
             raise TemplateFailure(
-                f"template {notification}: no {part}.j2 for locale {locale or self.default_locale}"
+                f"template {notification}: {detail}", template=notification, detail=detail
             )
         try:
             return self.env.get_template(name).render(context)
         except jinja2.TemplateError as exc:
-            line = _line_of(exc, name)
-            where = f"{name}, line {line}" if line else name
-            raise TemplateFailure(f"template {where}: {exc.message or exc}") from None
+            raise _failure(exc, name, exc.message or str(exc)) from None
         except Exception as exc:  # a filter or a sandboxed call raising
-            line = _line_of(exc, name)
-            where = f"{name}, line {line}" if line else name
-            raise TemplateFailure(f"template {where}: {type(exc).__name__}: {exc}") from None
+            raise _failure(exc, name, f"{type(exc).__name__}: {exc}") from None
 
     def all_files(self) -> Iterator[str]:
         if not self.root.is_dir():

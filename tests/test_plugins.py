@@ -342,7 +342,9 @@ def test_guide_condition_and_filter_example_works(tmp_path, plugin_modules):
     channel = "hook"
     template = "receipt"
     """
-    templates = {"receipt/json.j2": '{"paid": {{ data.amount | money(data.currency) | json }}}'}
+    templates = {
+        "receipt/json.j2": '{"paid": {{ data.amount | iso_amount(data.currency) | json }}}'
+    }
     conf_path = write_conf(
         tmp_path,
         redis_url=UNUSED_REDIS,
