@@ -50,6 +50,9 @@ class Channel(ABC, Generic[ConfigT]):
     needs_recipients: ClassVar[bool] = False
     #: Whether an action on this channel needs a ``template``.
     needs_template: ClassVar[bool] = False
+    #: The ``Recipient`` field this channel addresses (``"email"``, ``"phone"``): members
+    #: of an audience without one are not sent to on this channel.
+    recipient_field: ClassVar[str | None] = None
 
     def __init__(self, name: str, config: ConfigT, context: ChannelContext) -> None:
         self.name = name

@@ -357,5 +357,15 @@ def secret() -> None:
     click.echo(generate_secret())
 
 
+def _add_admin_commands() -> None:
+    from .cli_admin import COMMANDS  # noqa: PLC0415 - after `main` exists
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_admin_commands()
+
+
 if __name__ == "__main__":
     main()

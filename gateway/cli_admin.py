@@ -19,7 +19,7 @@ from . import admin
 from .conf import Conf, default_conf_path, load_conf
 from .durations import Duration
 from .errors import ConfError, TocsinError
-from .history import STATUSES, DeliveryRecord
+from .history import SENDS, STATUSES, DeliveryRecord
 from .keys import Keys
 
 T = TypeVar("T")
@@ -129,7 +129,7 @@ def deliveries(
         return
     click.echo(f"{'UPDATED (UTC)':19}  {'STATUS':9}  {'ATT':>3}  {'CHANNEL':16}  ID / EVENT")
     for r in records:
-        tries = sum(1 for a in r.attempts if a.n > 0)
+        tries = sum(1 for a in r.attempts if a.outcome in SENDS)
         click.echo(
             f"{_stamp(r.updated):19}  {r.status:9}  {tries:>3}  {r.channel:16}  "
             f"{r.id}  {r.event_id} ({r.event_type})"
@@ -163,6 +163,9 @@ def _print_record(r: DeliveryRecord) -> None:
     for a in r.attempts:
         if a.outcome == "replayed":
             click.echo(f"  -  {_stamp(a.at)}  replayed by an operator")
+            continue
+        if a.outcome == "deferred":
+            click.echo(f"  -  {_stamp(a.at)}  {a.error}")
             continue
         code = f"  [{a.status}]" if a.status is not None else ""
         error = f"  {a.error}" if a.error else ""

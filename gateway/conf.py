@@ -13,12 +13,15 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from .durations import Duration
 from .errors import ConfError
+from .windows import WindowConf
+
+T = TypeVar("T")
 
 DEFAULT_CONF_PATH = Path("conf/tocsin.toml")
 CONF_ENV_VAR = "TOCSIN_CONF"
@@ -57,6 +60,10 @@ class GatewaySection(_Section):
     #: Folder of templates: ``<notification>/<locale>/<part>.j2``.
     templates: str = "templates"
     default_locale: str = "fr"
+    #: Time zone templates show dates in when the context sets none.
+    timezone: str = "Europe/Paris"
+    #: Sample events (canonical JSON) that `tocsin check` renders every template with.
+    samples: str = "examples"
 
 
 class IntakeSection(_Section):
@@ -130,6 +137,64 @@ class Rule(_Section, kw_only=True):
     actions: list[Action]
     enabled: bool = True
     description: str = ""
+    #: A sending window (``[windows.NAME]``, ``courtesy`` built in) overriding the
+    #: channel's; ``"none"`` sends at once (transactional messages).
+    window: str | None = None
+
+
+class Member(_Section, kw_only=True):
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+
+
+class Audience(_Section, kw_only=True):
+    """A staff group (``to = ["audience:sales"]``): each member gets the message on the
+    channels they have an address for."""
+
+    members: list[Member]
+    description: str = ""
+
+
+class Match(_Section, kw_only=True):
+    """Event types (exact or glob) and conditions, as in a rule."""
+
+    events: list[str]
+    when: list[str] = msgspec.field(default_factory=list)
+
+
+class Step(_Section, kw_only=True):
+    name: str
+    #: When, from the trigger: ``"24h"``...
+    after: Duration | None = None
+    #: Or relative to a date of the scenario's state: ``"data.due_at - 3d"``.
+    at: str | None = None
+    #: Conditions re-checked at fire time against the latest state.
+    when: list[str] = msgspec.field(default_factory=list)
+    actions: list[Action]
+    #: A sending window; unset: the channel's.
+    window: str | None = None
+
+
+class Scenario(_Section, kw_only=True):
+    description: str = ""
+    trigger: Match
+    #: A template naming the business object:
+    #: ``payment_request:{{ refs.payment_request_id }}``.
+    key: str
+    steps: list[Step]
+    #: Events that stop the scenario for the same key (also when they come first).
+    cancel_on: list[Match] = msgspec.field(default_factory=list)
+    #: Events whose fields update the scenario's state for later steps.
+    update_on: list[Match] = msgspec.field(default_factory=list)
+    #: A trigger for a key already running: ``ignore`` it or ``restart`` the scenario.
+    on_retrigger: Literal["ignore", "restart"] = "ignore"
+    #: Steps already due when the scenario starts: ``skip`` them or ``fire`` them once.
+    past_steps: Literal["skip", "fire"] = "skip"
+    #: How long a cancel that came before its trigger keeps the scenario from starting.
+    tombstone_ttl: Duration = Duration(30 * 86400)
+    enabled: bool = True
 
 
 @dataclass
@@ -158,6 +223,10 @@ class Conf:
     sources: dict[str, PluginTable] = field(default_factory=dict)
     rules: dict[str, Rule] = field(default_factory=dict)
     rule_files: dict[str, Path] = field(default_factory=dict)
+    scenarios: dict[str, Scenario] = field(default_factory=dict)
+    scenario_files: dict[str, Path] = field(default_factory=dict)
+    windows: dict[str, WindowConf] = field(default_factory=dict)
+    audiences: dict[str, Audience] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
@@ -174,6 +243,10 @@ class Conf:
     def templates_dir(self) -> Path:
         return self.resolve(self.gateway.templates)
 
+    @property
+    def samples_dir(self) -> Path:
+        return self.resolve(self.gateway.samples)
+
 
 _SECTIONS: dict[str, type[_Section]] = {
     "gateway": GatewaySection,
@@ -185,7 +258,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "outbound": OutboundSection,
 }
 #: Tables an included file may add to (the core sections live in the main file only).
-_MERGEABLE = ("channels", "sources", "rules")
+_MERGEABLE = ("channels", "sources", "rules", "scenarios", "windows", "audiences")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 
@@ -315,18 +388,19 @@ def _plugin_tables(kind: str, raw: Any, file: Path, problems: _Problems) -> dict
     return out
 
 
-def _rules(raw: Any, file: Path, problems: _Problems) -> dict[str, Rule]:
-    out: dict[str, Rule] = {}
+def _named(kind: str, raw: Any, type_: type[T], file: Path, problems: _Problems) -> dict[str, T]:
+    """``[KIND.NAME]`` tables, each decoded into ``type_``; problems name the field."""
+    out: dict[str, T] = {}
     if not isinstance(raw, dict):
-        problems.add(file, "rules", "must be a table of named rules: [rules.my-rule]")
+        problems.add(file, kind, f"must be a table of named tables: [{kind}.my-name]")
         return out
     for name, table in raw.items():
-        where = f"rules.{name}"
+        where = f"{kind}.{name}"
         if not _NAME.match(name):
             problems.add(file, where, "names use letters, digits, '_' and '-' (64 at most)")
             continue
         try:
-            out[name] = convert(table, Rule)
+            out[name] = convert(table, type_)
         except msgspec.ValidationError as exc:
             problems.items.append(f"{file}: {describe_validation_error(exc, where)}")
     return out
@@ -384,6 +458,12 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     conf = Conf(path=main, **sections)
     channel_files: dict[str, Path] = {}
     source_files: dict[str, Path] = {}
+    named: dict[str, tuple[Any, dict[str, Any], dict[str, Path]]] = {
+        "rules": (Rule, conf.rules, conf.rule_files),
+        "scenarios": (Scenario, conf.scenarios, conf.scenario_files),
+        "windows": (WindowConf, conf.windows, {}),
+        "audiences": (Audience, conf.audiences, {}),
+    }
     files: list[tuple[Path, dict[str, Any]]] = [(main, raw)]
     for pattern in includes:
         matched = sorted(glob.glob(str(main.parent / pattern)))
@@ -407,9 +487,10 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
         if "sources" in data:
             tables = _plugin_tables("sources", data["sources"], file, problems)
             _merge(conf.sources, source_files, tables, "sources", file, problems)
-        if "rules" in data:
-            rules = _rules(data["rules"], file, problems)
-            _merge(conf.rules, conf.rule_files, rules, "rules", file, problems)
+        for kind, (type_, target, origin) in named.items():
+            if kind in data:
+                tables = _named(kind, data[kind], type_, file, problems)
+                _merge(target, origin, tables, kind, file, problems)
 
     if conf.intake.max_body <= 0:
         problems.add(main, "intake.max_body", "must be a positive number of bytes")

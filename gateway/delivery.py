@@ -53,6 +53,8 @@ class Delivery(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     locale: str | None = None
     recipient: Recipient | None = None
     attempt: int = 1
+    #: The sending window this message must wait for, if any.
+    window: str | None = None
     #: Earlier attempts, newest last; travels with the job so settling needs no read.
     history: list[Attempt] = msgspec.field(default_factory=list)
 
@@ -88,8 +90,10 @@ def template_context(delivery: Delivery, event: Event) -> dict[str, Any]:
     """What a template sees: the event's fields at top level, plus recipient and delivery."""
     context = event.to_context()
     context["event"] = dict(context)
+    # Every field present (None when unknown), so `recipient.email or recipient.phone`
+    # works under StrictUndefined.
     context["recipient"] = (
-        msgspec.to_builtins(delivery.recipient) if delivery.recipient is not None else None
+        msgspec.structs.asdict(delivery.recipient) if delivery.recipient is not None else None
     )
     context["delivery"] = {"id": delivery.id, "rule": delivery.rule, "attempt": delivery.attempt}
     # Locale-aware filters (money, dates) read this: the rule's, else the recipient's,

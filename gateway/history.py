@@ -19,8 +19,10 @@ from redis.asyncio import Redis
 from .delivery import Attempt, Delivery
 from .keys import Keys
 
-Status = Literal["delivered", "retrying", "dead", "pending"]
-STATUSES: tuple[str, ...] = ("delivered", "retrying", "dead", "pending")
+Status = Literal["delivered", "retrying", "deferred", "dead", "pending"]
+STATUSES: tuple[str, ...] = ("delivered", "retrying", "deferred", "dead", "pending")
+#: Attempt outcomes that were a real try at sending (not a deferral or a replay mark).
+SENDS = frozenset({"delivered", "retry", "failed"})
 
 
 class DeliveryRecord(msgspec.Struct, omit_defaults=True):
@@ -32,7 +34,7 @@ class DeliveryRecord(msgspec.Struct, omit_defaults=True):
     status: Status
     #: Epoch seconds of the last change.
     updated: float
-    #: Epoch seconds of the next attempt, while ``retrying``.
+    #: Epoch seconds of the next attempt, while ``retrying`` or ``deferred``.
     next_at: float | None = None
     #: Where the message went (an address or phone), when a recipient was named.
     to: str | None = None

@@ -17,13 +17,17 @@ from .channel import Channel, ChannelContext
 from .conditions import Compiled, compile_condition
 from .conf import Action, Conf, PluginTable, convert, describe_validation_error
 from .default_plugins import StandardWebhooksConfig, StandardWebhooksSource
+from .delivery import Recipient
 from .errors import ConfError
 from .outbound import OutboundPolicy
 from .plugins import Registry
 from .policy import ChannelPolicy
 from .source import Source
 from .templating import Templates
+from .windows import NO_WINDOW, SendingWindow, build_windows
 
+#: ``to = ["audience:sales"]`` names a staff group from ``[audiences.sales]``.
+AUDIENCE_PREFIX = "audience:"
 #: The name under which ``POST /v1/events`` appears among sources.
 EVENTS_SOURCE = "events"
 #: A job is taken over only this long after its channel's send timeout would have fired.
@@ -31,12 +35,12 @@ VISIBILITY_MARGIN = 5.0
 
 
 @dataclass(frozen=True)
-class CompiledRule:
-    name: str
+class Matcher:
+    """Event types (exact or glob) and conditions: what a rule, trigger or cancel matches."""
+
     exact: frozenset[str]
     globs: tuple[str, ...]
     conditions: tuple[Compiled, ...]
-    actions: tuple[Action, ...]
 
     def matches_type(self, event_type: str) -> bool:
         return event_type in self.exact or any(
@@ -45,6 +49,44 @@ class CompiledRule:
 
     def matches(self, context: Mapping[str, Any]) -> bool:
         return all(condition(context) for condition in self.conditions)
+
+
+#: Whom an action is for: ``("customer", None)`` is filled from each event; the others
+#: are fixed at start-up (``(key, recipient)``; key goes into the delivery id).
+Target = tuple[str, Recipient | None]
+
+
+@dataclass(frozen=True)
+class CompiledAction:
+    action: Action
+    targets: tuple[Target, ...]
+    #: The sending window's name, or ``None`` to send at once.
+    window: str | None
+
+    @property
+    def channel(self) -> str:
+        return self.action.channel
+
+    @property
+    def template(self) -> str | None:
+        return self.action.template
+
+    @property
+    def locale(self) -> str | None:
+        return self.action.locale
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    name: str
+    matcher: Matcher
+    actions: tuple[CompiledAction, ...]
+
+    def matches_type(self, event_type: str) -> bool:
+        return self.matcher.matches_type(event_type)
+
+    def matches(self, context: Mapping[str, Any]) -> bool:
+        return self.matcher.matches(context)
 
 
 @dataclass
@@ -57,6 +99,7 @@ class Plan:
     policies: dict[str, ChannelPolicy] = field(default_factory=dict)
     sources: dict[str, Source[Any]] = field(default_factory=dict)
     rules: list[CompiledRule] = field(default_factory=list)
+    windows: dict[str, SendingWindow] = field(default_factory=dict)
 
     def visibility_timeout(self, channel: str) -> float:
         """How long a job of this channel may stay read but unsettled before a takeover."""
@@ -92,35 +135,88 @@ def _plugin_instance(
 _glob_chars = frozenset("*?[")
 
 
-def _compile_rule(name: str, conf: Conf, plan: Plan, problems: list[str]) -> CompiledRule | None:
-    rule = conf.rules[name]
-    file = conf.rule_files[name]
-    where = f"rules.{name}"
+def compile_match(
+    events: list[str], when: list[str], where: str, plan: Plan, problems: list[str]
+) -> Matcher | None:
+    """``where`` is ``file: path`` of the table holding ``events`` and ``when``."""
     ok = True
-    if not rule.events:
-        problems.append(f"{file}: {where}.events: lists no event type")
+    if not events:
+        problems.append(f"{where}.events: lists no event type")
         ok = False
     exact, globs = set(), []
-    for i, pattern in enumerate(rule.events):
+    for i, pattern in enumerate(events):
         if fnmatch.fnmatchcase(pattern, "*[A-Z ]*") or not pattern:
-            problems.append(f"{file}: {where}.events[{i}]: {pattern!r} is not an event type")
+            problems.append(f"{where}.events[{i}]: {pattern!r} is not an event type")
             ok = False
         elif _glob_chars & set(pattern):
             globs.append(pattern)
         else:
             exact.add(pattern)
     compiled = []
-    for i, text in enumerate(rule.when):
+    for i, text in enumerate(when):
         try:
             compiled.append(compile_condition(text, plan.registry.conditions))
         except ValueError as exc:
-            problems.append(f"{file}: {where}.when[{i}]: {exc}")
+            problems.append(f"{where}.when[{i}]: {exc}")
             ok = False
-    if not rule.actions:
-        problems.append(f"{file}: {where}.actions: no action")
-        ok = False
-    for i, action in enumerate(rule.actions):
-        at = f"{file}: {where}.actions[{i}]"
+    return Matcher(frozenset(exact), tuple(globs), tuple(compiled)) if ok else None
+
+
+def _targets(
+    action: Action, channel: Channel[Any], where: str, conf: Conf, problems: list[str]
+) -> tuple[Target, ...] | None:
+    targets: list[Target] = []
+    ok = True
+    for i, target in enumerate(action.to):
+        if target == "customer":
+            targets.append((target, None))
+        elif target.startswith(AUDIENCE_PREFIX):
+            name = target[len(AUDIENCE_PREFIX) :]
+            audience = conf.audiences.get(name)
+            if audience is None:
+                known = ", ".join(sorted(conf.audiences)) or "none"
+                problems.append(f"{where}.to[{i}]: no audience {name!r} (audiences: {known})")
+                ok = False
+                continue
+            field_name = channel.recipient_field
+            for n, member in enumerate(audience.members):
+                if field_name is not None and getattr(member, field_name) is None:
+                    continue  # this member has no address on this channel
+                key = f"{target}:{member.email or member.phone or n}"
+                targets.append(
+                    (
+                        key,
+                        Recipient(
+                            kind="audience",
+                            address=getattr(member, field_name) if field_name else None,
+                            name=member.name,
+                            email=member.email,
+                            phone=member.phone,
+                            locale=member.locale,
+                        ),
+                    )
+                )
+        else:
+            targets.append((target, Recipient(kind="address", address=target)))
+    return tuple(targets) if ok else None
+
+
+def compile_actions(
+    actions: list[Action],
+    where: str,
+    conf: Conf,
+    plan: Plan,
+    window: str | None,
+    problems: list[str],
+) -> tuple[CompiledAction, ...] | None:
+    """``window``: the rule's or step's own (``"none"`` for none), else each channel's."""
+    ok = True
+    if not actions:
+        problems.append(f"{where}.actions: no action")
+        return None
+    out = []
+    for i, action in enumerate(actions):
+        at = f"{where}.actions[{i}]"
         channel = plan.channels.get(action.channel)
         if channel is None:
             if action.channel not in conf.channels:  # else its own error is already reported
@@ -143,9 +239,28 @@ def _compile_rule(name: str, conf: Conf, plan: Plan, problems: list[str]) -> Com
             for problem in channel.check_action(action):
                 problems.append(f"{at}: {problem}")
                 ok = False
-    if not ok:
+        targets = _targets(action, channel, at, conf, problems)
+        policy = plan.policies.get(action.channel)
+        chosen = window if window is not None else (policy.window if policy else None)
+        if chosen is not None and chosen != NO_WINDOW and chosen not in plan.windows:
+            known = ", ".join(sorted(plan.windows))
+            problems.append(f"{where}.window: no window {chosen!r} (windows: {known})")
+            ok = False
+        if targets is None:
+            ok = False
+            continue
+        out.append(CompiledAction(action, targets, None if chosen == NO_WINDOW else chosen))
+    return tuple(out) if ok else None
+
+
+def _compile_rule(name: str, conf: Conf, plan: Plan, problems: list[str]) -> CompiledRule | None:
+    rule = conf.rules[name]
+    where = f"{conf.rule_files[name]}: rules.{name}"
+    matcher = compile_match(rule.events, rule.when, where, plan, problems)
+    actions = compile_actions(rule.actions, where, conf, plan, rule.window, problems)
+    if matcher is None or actions is None:
         return None
-    return CompiledRule(name, frozenset(exact), tuple(globs), tuple(compiled), tuple(rule.actions))
+    return CompiledRule(name, matcher, actions)
 
 
 def build_plan(conf: Conf, registry: Registry) -> Plan:
@@ -163,7 +278,12 @@ def check_plan(conf: Conf, registry: Registry) -> tuple[Plan, list[str]]:
     run reports everything.
     """
     problems: list[str] = []
-    templates = Templates(conf.templates_dir, conf.gateway.default_locale, registry.filters)
+    templates = Templates(
+        conf.templates_dir,
+        conf.gateway.default_locale,
+        registry.filters,
+        default_timezone=conf.gateway.timezone,
+    )
     plan = Plan(conf=conf, registry=registry, templates=templates)
     if not conf.templates_dir.is_dir() and conf.gateway.templates != "templates":
         problems.append(f"{conf.path}: gateway.templates: no folder {conf.templates_dir}")
@@ -180,6 +300,8 @@ def check_plan(conf: Conf, registry: Registry) -> tuple[Plan, list[str]]:
         default_locale=conf.gateway.default_locale,
         outbound=outbound,
     )
+    plan.windows, window_problems = build_windows(conf.windows)
+    problems.extend(f"{conf.path}: {problem}" for problem in window_problems)
     for name, table in conf.channels.items():
         try:
             plan.policies[name] = convert(table.delivery, ChannelPolicy)

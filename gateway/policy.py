@@ -37,14 +37,15 @@ class ChannelPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: An endpoint failing without a single success for this long is disabled (staff told
     #: through an ``endpoint.disabled`` event); 0 never disables.
     disable_after: Duration = Duration(5 * 86400)
+    #: A sending window (``[windows.NAME]``; ``courtesy`` is built in) for messages on
+    #: this channel: outside it they are deferred. A rule's ``window`` overrides it.
+    window: str | None = None
 
 
 class ChannelGate:
     """Concurrency limit, token-bucket rate limit and circuit breaker for one endpoint."""
 
-    def __init__(
-        self, policy: ChannelPolicy, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, policy: ChannelPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self.clock = clock
         self.in_flight = 0

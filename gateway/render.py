@@ -27,7 +27,6 @@ from .plan import Plan, relative
 from .templating import TemplateFailure
 
 #: Where ``tocsin check`` looks for sample events, relative to the conf file's folder.
-SAMPLES_FOLDER = "examples"
 #: The rule name a ``tocsin render`` delivery carries (``delivery.rule`` in templates).
 RENDER_RULE = "render"
 
@@ -268,7 +267,7 @@ def render_samples(plan: Plan, folder: Path | None = None) -> SampleReport:
     """Route each sample event and render every templated delivery; report each failure."""
     from .router import plan_deliveries  # noqa: PLC0415 - only when there are samples
 
-    folder = folder if folder is not None else plan.conf.base_dir / SAMPLES_FOLDER
+    folder = folder if folder is not None else plan.conf.samples_dir
     report = SampleReport(folder=folder)
     templated = [
         (rule.name, i, action)

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from .delivery import Delivery, Recipient, delivery_id, encode_delivery
 from .event import Event
 from .keys import ROUTER_GROUP, Keys
-from .plan import CompiledRule
+from .plan import CompiledAction, CompiledRule, Target
 from .scripts import FANOUT, is_noscript
 from .streams import Backoff, Entry, ensure_group, is_nogroup, read_group
 
@@ -28,11 +28,11 @@ RECLAIM_INTERVAL = 5.0
 _event_decoder = msgspec.json.Decoder(Event)
 
 
-def _recipients(to: list[str], event: Event) -> list[tuple[str, Recipient | None]]:
-    if not to:
+def _recipients(targets: tuple[Target, ...], event: Event) -> list[Target]:
+    if not targets:
         return [("", None)]
-    out: list[tuple[str, Recipient | None]] = []
-    for target in to:
+    out: list[Target] = []
+    for target, fixed in targets:
         if target == "customer":
             c = event.customer
             recipient = Recipient(
@@ -42,10 +42,39 @@ def _recipients(to: list[str], event: Event) -> list[tuple[str, Recipient | None
                 phone=c.phone if c else None,
                 locale=c.locale if c else None,
             )
+            out.append((target, recipient))
         else:
-            recipient = Recipient(kind="address", address=target)
-        out.append((target, recipient))
+            out.append((target, fixed))
     return out
+
+
+def action_deliveries(
+    actions: tuple[CompiledAction, ...], event: Event, raw: bytes, rule: str, id_base: str
+) -> list[Delivery]:
+    """One delivery per (action, recipient). ``id_base`` (the event id, or a scenario
+    step's) makes delivery ids stable: the same routing always yields the same ids."""
+    deliveries = []
+    customer_locale = event.customer.locale if event.customer else None
+    for index, compiled in enumerate(actions):
+        action = compiled.action
+        for target, recipient in _recipients(compiled.targets, event):
+            deliveries.append(
+                Delivery(
+                    id=delivery_id(id_base, rule, index, target),
+                    event_id=event.id,
+                    event_type=event.type,
+                    rule=rule,
+                    channel=action.channel,
+                    event=msgspec.Raw(raw),
+                    template=action.template,
+                    locale=action.locale
+                    or (recipient.locale if recipient is not None else None)
+                    or customer_locale,
+                    recipient=recipient,
+                    window=compiled.window,
+                )
+            )
+    return deliveries
 
 
 def plan_deliveries(rules: list[CompiledRule], event: Event, raw: bytes) -> list[Delivery]:
@@ -55,28 +84,12 @@ def plan_deliveries(rules: list[CompiledRule], event: Event, raw: bytes) -> list
     for rule in rules:
         if not rule.matches_type(event.type):
             continue
-        if rule.conditions:
+        if rule.matcher.conditions:
             if context is None:
                 context = event.to_context()
             if not rule.matches(context):
                 continue
-        for index, action in enumerate(rule.actions):
-            for target, recipient in _recipients(action.to, event):
-                deliveries.append(
-                    Delivery(
-                        id=delivery_id(event.id, rule.name, index, target),
-                        event_id=event.id,
-                        event_type=event.type,
-                        rule=rule.name,
-                        channel=action.channel,
-                        event=msgspec.Raw(raw),
-                        template=action.template,
-                        locale=action.locale
-                        or (recipient.locale if recipient is not None else None)
-                        or (event.customer.locale if event.customer else None),
-                        recipient=recipient,
-                    )
-                )
+        deliveries += action_deliveries(rule.actions, event, raw, rule.name, event.id)
     return deliveries
 
 

@@ -164,6 +164,7 @@ class Gateway:
             poison_after=conf.worker.poison_after,
             retention=float(conf.history.retention),
             dedupe_window=float(conf.intake.dedupe_window),
+            windows=self.plan.windows,
         )
 
     async def _start_intake(

@@ -31,6 +31,7 @@ from .policy import ChannelGate, ChannelPolicy
 from .retry import next_delay
 from .scripts import DISABLE, PROMOTE, SETTLE
 from .streams import Backoff, ensure_group, is_nogroup, read_group
+from .windows import SendingWindow
 
 log = logging.getLogger("tocsin.worker")
 
@@ -74,7 +75,9 @@ class Worker:
         retention: float = 30 * 86400,
         dedupe_window: float = 7 * 86400,
         clock: Callable[[], float] = time.time,
+        windows: dict[str, SendingWindow] | None = None,
     ) -> None:
+        self.windows = windows or {}
         self.redis = redis
         self.keys = keys
         self.channels = channels
@@ -160,6 +163,7 @@ class Worker:
                 if not groups_ready:
                     for stream in self.streams:
                         await ensure_group(self.redis, stream, WORKER_GROUP)
+                    await SETTLE.load(self.redis)  # used inside pipelines: no NOSCRIPT retry
                     groups_ready = True
                 reading = {stream: cursors[stream] for stream in room}
                 pending_pass = any(c == "0" for c in reading.values())
@@ -232,12 +236,9 @@ class Worker:
             return None
         name = self.streams[stream]
         channel = self.channels[name]
-        if recheck and await self._already_delivered(delivery):
-            log.info("delivery %s was already delivered: not sent again", delivery.id)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xack(stream, WORKER_GROUP, entry_id)
-                pipe.xdel(stream, entry_id)
-                await pipe.execute()
+        if recheck and await self._already_delivered(stream, entry_id, delivery):
+            return None
+        if delivery.window is not None and await self._outside_window(stream, entry_id, delivery):
             return None
         started_at = self.clock()
         started = time.monotonic()
@@ -302,9 +303,46 @@ class Worker:
             )
         )
 
-    async def _already_delivered(self, delivery: Delivery) -> bool:
+    async def _outside_window(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
+        """Defer a message outside its sending window to the window's next opening."""
+        window = self.windows.get(delivery.window or "")
+        if window is None:
+            return False
+        now = self.clock()
+        opens = window.next_open(datetime.fromtimestamp(now, UTC))
+        if opens is None:
+            return False
+        due = opens.timestamp()
+        delivery.history.append(
+            Attempt(
+                n=delivery.attempt,
+                at=round(now, 3),
+                outcome="deferred",
+                ms=0,
+                error=f"outside sending window {window.name!r}; deferred to {opens.isoformat()}",
+            )
+        )
+        log.info("delivery %s deferred to %s (window %s)", delivery.id, opens, window.name)
+        member = stream.encode() + b"\n" + encode_delivery(delivery)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.retries, {member: due * 1000})
+            pipe.xack(stream, WORKER_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            self._write_record(pipe, delivery, "deferred", next_at=round(due, 3))
+            await pipe.execute()
+        return True
+
+    async def _already_delivered(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
+        """A job taken over after its sender recorded it delivered: acknowledge, don't send."""
         data = await self.redis.get(self.keys.record(delivery.id))
-        return data is not None and b'"status":"delivered"' in data
+        if data is None or b'"status":"delivered"' not in data:
+            return False
+        log.info("delivery %s was already delivered: not sent again", delivery.id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, WORKER_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            await pipe.execute()
+        return True
 
     def _write_record(self, pipe: Any, delivery: Delivery, status: Status, **kw: Any) -> None:
         now = self.clock()

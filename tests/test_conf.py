@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -471,7 +472,7 @@ def test_durations_in_conf(tmp_path):
 def test_shipped_default_conf_passes_check():
     result = check(ROOT / "conf" / "tocsin.toml")
     assert result.exit_code == 0, result.output
-    assert "ok (1 channels, 2 rules, 1 sources, 1 templates" in result.stdout
+    assert re.search(r": ok \(\d+ channels, \d+ rules, \d+ sources, \d+ templates", result.stdout)
 
 
 def test_serve_refuses_an_invalid_conf_with_the_same_messages(tmp_path):

@@ -173,8 +173,11 @@ async def test_dead_letter_replay_keeps_the_webhook_id(
     assert set(sink.ids) == failed_ids, "a replay must keep its webhook-id"
     assert dead_letters(redis_client) == []
 
-    rec = record(redis_client, first)
-    assert rec is not None and rec["status"] == "delivered"
+    # The record is written when the job is settled, just after the receiver's 2xx.
+    rec = await eventually(
+        lambda: (r := record(redis_client, first)) and r["status"] == "delivered" and r,
+        what="the delivered record",
+    )
     assert [a["outcome"] for a in rec["attempts"]] == ["failed", "replayed", "delivered"]
 
     again = await cli("dlq", "replay", first, "--conf", str(conf))
