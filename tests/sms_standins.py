@@ -1,0 +1,383 @@
+"""Stand-ins for the SMS providers' HTTP APIs, on real sockets (127.0.0.1).
+
+Each one implements its provider's documented request and answer shapes, and refuses
+what the real API refuses, with the real error shapes and codes:
+
+- ``TwilioStandIn``: ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json``, HTTP Basic
+  auth, form fields ``To``/``From``/``MessagingServiceSid``/``Body``/``StatusCallback``;
+  ``201`` with the Message resource, or ``{"code", "message", "more_info", "status"}``.
+  Twilio's documented test numbers behave as with test credentials (+15005550001 invalid,
+  +15005550004 blocked...).
+- ``VonageStandIn``: ``POST /sms/json``, ``api_key``/``api_secret`` in the body (form or
+  JSON), always ``200`` with ``{"message-count", "messages": [...]}``, one entry per
+  segment, ``status`` ``"0"`` or an error code with ``error-text``.
+
+Both record what they accepted (``accepted``), everything they were sent (``requests``),
+and answer ``fail_next`` failures first, to play 429s, 500s or throttling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway.redis_server import free_port
+
+_E164 = re.compile(r"\+[1-9]\d{1,14}")
+_ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+
+#: The GSM-7 repertoire, written out independently of gateway_sms (stand-ins must not
+#: reuse the code they check): basic table, then the extension table (2 septets each).
+_GSM_BASIC = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM_EXTENSION = set("\f^{}\\[~]|€")
+
+
+def naive_segments(text: str, unicode: bool) -> int:
+    """How many parts a provider bills: the plain formula, enough for a stand-in."""
+    if unicode:
+        units = len(text.encode("utf-16-le")) // 2
+        return 1 if units <= 70 else math.ceil(units / 67)
+    units = sum(2 if ch in _GSM_EXTENSION else 1 for ch in text)
+    return 1 if units <= 160 else math.ceil(units / 153)
+
+
+def is_gsm(text: str) -> bool:
+    return all(ch in _GSM_BASIC or ch in _GSM_EXTENSION for ch in text)
+
+
+@dataclass
+class Failure:
+    """An answer to give instead of processing the next request."""
+
+    status: int
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StandIn:
+    port: int = field(default_factory=free_port)
+    #: Messages accepted, as the provider received them (plus the ids it gave).
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    #: Every request: method, path, content type, headers and body bytes.
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    fail_next: list[Failure] = field(default_factory=list)
+    #: When set, requests wait for this event before being answered (to play a timeout).
+    hold: asyncio.Event | None = None
+    _runner: web.AppRunner | None = None
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> StandIn:
+        app = web.Application()
+        self.routes(app)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def close(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def record(self, request: web.Request) -> bytes:
+        if self.hold is not None:
+            await self.hold.wait()
+        body = await request.read()
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "content_type": request.content_type,
+                "headers": dict(request.headers),
+                "body": body,
+            }
+        )
+        return body
+
+    def accept(self, message: dict[str, Any]) -> None:
+        self.accepted.append(message)
+        self._arrived.set()
+
+    def injected(self) -> web.Response | None:
+        if not self.fail_next:
+            return None
+        failure = self.fail_next.pop(0)
+        return web.json_response(failure.body, status=failure.status, headers=failure.headers)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.accepted) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"expected {count} messages, got {len(self.accepted)}")
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return self.accepted
+
+
+# --- Twilio -------------------------------------------------------------------------------
+
+TWILIO_SID = "AC" + "0123456789abcdef" * 2
+TWILIO_TOKEN = "twilio-test-auth-token-0123456789"
+TWILIO_SERVICE = "MG" + "fedcba9876543210" * 2
+
+#: Twilio's magic test numbers (https://www.twilio.com/docs/iam/test-credentials).
+TWILIO_MAGIC_TO = {
+    "+15005550001": (21211, "The 'To' number +15005550001 is not a valid phone number."),
+    "+15005550002": (21612, "The 'To' phone number: +15005550002, is not currently reachable."),
+    "+15005550003": (21408, "Permission to send an SMS has not been enabled for the region."),
+    "+15005550004": (21610, "Attempt to send to unsubscribed recipient"),
+    "+15005550009": (21614, "'To' number is not a valid mobile number"),
+}
+TWILIO_MAGIC_FROM = {
+    "+15005550001": (21212, "The 'From' number +15005550001 is not a valid phone number."),
+    "+15005550007": (
+        21606,
+        "The 'From' phone number provided is not a valid, "
+        "message-capable Twilio phone number for this destination.",
+    ),
+    "+15005550008": (
+        21611,
+        "This 'From' number has exceeded the maximum number of queued messages",
+    ),
+}
+
+
+def twilio_error(code: int, message: str, status: int = 400) -> web.Response:
+    body = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return web.json_response(body, status=status)
+
+
+@dataclass
+class TwilioStandIn(StandIn):
+    account_sid: str = TWILIO_SID
+    auth_token: str = TWILIO_TOKEN
+    #: Phone numbers this account owns (valid ``From`` numbers).
+    owned_numbers: set[str] = field(default_factory=lambda: {"+15005550006", "+33757000001"})
+    services: set[str] = field(default_factory=lambda: {TWILIO_SERVICE})
+    #: Numbers Twilio's own lookup rejects with 21211, on top of the format check.
+    invalid_numbers: set[str] = field(default_factory=set)
+    unsubscribed: set[str] = field(default_factory=set)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.create_message)
+
+    def authenticated(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:
+            return False
+        return secrets.compare_digest(f"{user}:{password}", f"{self.account_sid}:{self.auth_token}")
+
+    async def create_message(self, request: web.Request) -> web.Response:
+        await self.record(request)
+        if not self.authenticated(request):
+            response = twilio_error(20003, "Authenticate", 401)
+            response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
+            return response
+        if request.match_info["sid"] != self.account_sid:
+            return twilio_error(20404, f"The requested resource {request.path} was not found", 404)
+        if (injected := self.injected()) is not None:
+            return injected
+        # Twilio reads form parameters only: a JSON body leaves them all missing.
+        form: dict[str, str] = {}
+        if request.content_type == "application/x-www-form-urlencoded":
+            form = {k: str(v) for k, v in (await request.post()).items()}
+        to, sender = form.get("To"), form.get("From")
+        service, body = form.get("MessagingServiceSid"), form.get("Body")
+        if not to:
+            return twilio_error(21604, "A 'To' phone number is required.")
+        if not _E164.fullmatch(to) or to in self.invalid_numbers:
+            return twilio_error(21211, f"The 'To' number {to} is not a valid phone number.")
+        if to in TWILIO_MAGIC_TO:
+            return twilio_error(*TWILIO_MAGIC_TO[to])
+        if to in self.unsubscribed:
+            return twilio_error(21610, "Attempt to send to unsubscribed recipient")
+        if not sender and not service:
+            return twilio_error(21603, "A 'From' phone number is required.")
+        if service and service not in self.services:
+            return twilio_error(21701, f"The Messaging Service Sid {service} is invalid.")
+        if sender:
+            if sender in TWILIO_MAGIC_FROM:
+                return twilio_error(*TWILIO_MAGIC_FROM[sender])
+            if sender.startswith("+"):
+                if sender not in self.owned_numbers:
+                    return twilio_error(
+                        21606,
+                        f"The From phone number {sender} is not a valid, SMS-capable inbound "
+                        "phone number or short code for your account.",
+                    )
+            elif not _ALPHANUMERIC.fullmatch(sender):
+                return twilio_error(
+                    21212,
+                    f"The 'From' number {sender} is not a valid phone number, shortcode, or "
+                    "alphanumeric sender ID.",
+                )
+        if not body:
+            return twilio_error(21602, "Message body is required.")
+        if len(body) > 1600:
+            return twilio_error(
+                21617, "The concatenated message body exceeds the 1600 character limit."
+            )
+        sid = "SM" + secrets.token_hex(16)
+        status = "accepted" if service else "queued"
+        segments = naive_segments(body, unicode=not is_gsm(body))
+        self.accept({**form, "sid": sid})
+        now = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
+        resource = {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": body,
+            "date_created": now,
+            "date_sent": None,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": sender,
+            "messaging_service_sid": service,
+            "num_media": "0",
+            "num_segments": str(segments),
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": status,
+            "subresource_uris": {
+                "media": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}/Media.json"
+            },
+            "to": to,
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
+        }
+        return web.json_response(resource, status=201)
+
+
+# --- Vonage -------------------------------------------------------------------------------
+
+VONAGE_KEY = "abcd1234"
+VONAGE_SECRET = "vonage-secret-0123456789"
+
+
+def vonage_answer(*messages: dict[str, Any]) -> web.Response:
+    """Vonage answers 200 whatever happened; the status codes are in the body."""
+    return web.json_response({"message-count": str(len(messages)), "messages": list(messages)})
+
+
+def vonage_error(status: str, text: str) -> web.Response:
+    return vonage_answer({"status": status, "error-text": text})
+
+
+@dataclass
+class VonageStandIn(StandIn):
+    api_key: str = VONAGE_KEY
+    api_secret: str = VONAGE_SECRET
+    #: Numbers Vonage cannot route (status 6), barred ones (status 7).
+    unroutable: set[str] = field(default_factory=set)
+    barred: set[str] = field(default_factory=set)
+    #: When set, the only sender IDs the account may use (others: status 15).
+    allowed_senders: set[str] | None = None
+    balance: float = 10.0
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/sms/json", self.send_sms)
+
+    async def params(self, request: web.Request) -> dict[str, str]:
+        if request.content_type == "application/x-www-form-urlencoded":
+            return {k: str(v) for k, v in (await request.post()).items()}
+        if request.content_type == "application/json":
+            try:
+                data = json.loads(await request.read())
+            except ValueError:
+                return {}
+            return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        return {}  # any other body: no parameter is read
+
+    async def send_sms(self, request: web.Request) -> web.Response:
+        await self.record(request)
+        p = await self.params(request)
+        for required in ("api_key", "api_secret"):
+            if not p.get(required):
+                return vonage_error("2", f"Missing {required}")
+        if not (
+            secrets.compare_digest(p["api_key"], self.api_key)
+            and secrets.compare_digest(p["api_secret"], self.api_secret)
+        ):
+            return vonage_error("4", "Bad Credentials")
+        if (injected := self.injected()) is not None:
+            return injected
+        for required in ("from", "to"):
+            if not p.get(required):
+                return vonage_error("2", f"Missing {required} param")
+        kind = p.get("type", "text")
+        if kind not in ("text", "unicode", "binary"):
+            return vonage_error("3", "Invalid type param")
+        if kind != "binary" and not p.get("text"):
+            return vonage_error("2", "Missing text param")
+        to, sender, text = p["to"], p["from"], p.get("text", "")
+        if not re.fullmatch(r"\d{7,15}", to):
+            return vonage_error("3", "Invalid to param: digits only, E.164 without '+'")
+        if len(p.get("client-ref", "")) > 100:
+            return vonage_error("3", "Invalid client-ref param: at most 100 characters")
+        if not (_ALPHANUMERIC.fullmatch(sender) or re.fullmatch(r"\d{1,15}", sender)) or (
+            self.allowed_senders is not None and sender not in self.allowed_senders
+        ):
+            return vonage_error("15", "Illegal Sender Address - rejected")
+        if to in self.unroutable:
+            return vonage_error("6", "Unroutable message - rejected")
+        if to in self.barred:
+            return vonage_error("7", "Number barred")
+        parts = naive_segments(text, unicode=kind == "unicode")
+        messages = []
+        for _ in range(parts):
+            self.balance -= 0.0333
+            message = {
+                "to": to,
+                "message-id": secrets.token_hex(8).upper(),
+                "status": "0",
+                "remaining-balance": f"{self.balance:.8f}",
+                "message-price": "0.03330000",
+                "network": "20801",
+            }
+            if "client-ref" in p:
+                message["client-ref"] = p["client-ref"]
+            messages.append(message)
+        self.accept(
+            {
+                **{k: v for k, v in p.items() if k != "api_secret"},
+                "message-ids": [m["message-id"] for m in messages],
+                # What a phone would show: 'text' with non-GSM characters is garbled.
+                "garbled": kind == "text" and not is_gsm(text),
+            }
+        )
+        return vonage_answer(*messages)
