@@ -147,6 +147,9 @@ class Router:
             except (RedisError, OSError) as exc:
                 if is_nogroup(exc) or is_noscript(exc):
                     group_ready = False
+                # What this router read before the error is pending under its own name:
+                # read it again first (fan-out skips what was already routed).
+                cursor = "0"
                 await backoff.wait("router", exc)
 
     async def _reclaim(self) -> None:

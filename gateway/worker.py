@@ -98,6 +98,8 @@ class Worker:
         self.streams = {keys.deliveries(name): name for name in channels}
         self._inflight: set[asyncio.Task[EndpointOutcome]] = set()
         self._inflight_ids: set[tuple[str, bytes]] = set()
+        #: Delivered, waiting for the batched acknowledgement: never to be sent again.
+        self._settling: set[tuple[str, bytes]] = set()
         self._slot_free = asyncio.Event()
         self._acks: dict[str, list[tuple[bytes, str, bytes]]] = defaultdict(list)
         self._ack_wakeup = asyncio.Event()
@@ -166,7 +168,7 @@ class Worker:
                     await SETTLE.load(self.redis)  # used inside pipelines: no NOSCRIPT retry
                     groups_ready = True
                 reading = {stream: cursors[stream] for stream in room}
-                pending_pass = any(c == "0" for c in reading.values())
+                pending_pass = any(c != ">" for c in reading.values())
                 # COUNT applies to each stream: share the free slots out.
                 count = max(1, min(free // len(reading), *room.values()))
                 reply = await read_group(
@@ -181,26 +183,30 @@ class Worker:
             except (RedisError, OSError) as exc:
                 if is_nogroup(exc):
                     groups_ready = False
+                # A reply lost with the connection left jobs pending under our name:
+                # read our own pending entries again before new ones.
+                cursors = dict.fromkeys(self.streams, "0")
                 await backoff.wait("worker", exc)
                 continue
-            seen = set()
+            last: dict[str, str] = {}
             for stream, entries in reply:
-                if entries:
-                    seen.add(stream)
-                recheck = reading[stream] == "0"
+                recheck = reading[stream] != ">"
                 for entry_id, fields in entries:
                     self._start(stream, entry_id, fields, recheck=recheck)
-            if pending_pass:
-                for stream, cursor in reading.items():
-                    if cursor == "0" and stream not in seen:
-                        cursors[stream] = ">"
+                if entries:
+                    last[stream] = entries[-1][0].decode()
+            # Own pending entries are read from an id on, past the last one seen (some
+            # may still be in flight here); once none is left, on to new entries.
+            for stream, cursor in reading.items():
+                if cursor != ">":
+                    cursors[stream] = last.get(stream, ">")
 
     def _start(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], *, recheck: bool
     ) -> None:
         key = (stream, entry_id)
-        if key in self._inflight_ids or not fields:
-            return  # our own send, still running: not reclaimed from ourselves
+        if key in self._inflight_ids or key in self._settling or not fields:
+            return  # our own send, still running or being acknowledged
         gate = self.gates[self.streams[stream]]
         gate.started(1)
         self._inflight_ids.add(key)
@@ -273,6 +279,7 @@ class Worker:
             log.debug("delivered %s via %s in %.1f ms", delivery.id, name, delivery.history[-1].ms)
             record = record_of(delivery, "delivered", now=self.clock())
             self._acks[stream].append((entry_id, delivery.id, encode_record(record)))
+            self._settling.add((stream, entry_id))
             self._ack_wakeup.set()
             if self._failing[name] is not False:
                 await self._healthy(name)
@@ -480,6 +487,8 @@ class Worker:
             for stream, jobs in acks.items():  # keep them for the next flush
                 self._acks[stream].extend(jobs)
             raise
+        for stream, jobs in acks.items():
+            self._settling.difference_update((stream, job[0]) for job in jobs)
 
     # -- retries and takeovers ---------------------------------------------------------
 

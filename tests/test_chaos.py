@@ -419,12 +419,6 @@ async def test_redis_crash_and_restart_mid_stream_loses_no_acknowledged_event(
         assert log_problems(proc, errors_allowed=True) == [], proc.proc.stderr[-3000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug, reported: after a Redis error between XREADGROUP and fanout the router "
-    "reads only new entries ('>'), so the batch it holds waits for the 30 s takeover "
-    "(router.RECLAIM_IDLE_MS); seen in 1 of ~5 runs of the Redis-restart test above",
-)
 async def test_router_routes_its_own_read_batch_once_redis_answers_again(
     tmp_path, own_redis, figures
 ):
@@ -460,7 +454,9 @@ async def test_router_routes_its_own_read_batch_once_redis_answers_again(
             def read_by_router() -> int:
                 return _pending(admin, KEYS.events, ROUTER_GROUP)
 
-            await wait_for(lambda: read_by_router() >= count, 30, "the router read the events")
+            # It holds what it read when the fan-out failed (and, retrying that batch
+            # first, reads nothing newer until it goes through).
+            await wait_for(lambda: read_by_router() >= 1, 30, "the router read events")
             await router.proc.wait_output("NoPermissionError", 30, stream="stderr")
             admin.execute_command("ACL", "SETUSER", "router", "+evalsha")
         restored_at = time.monotonic()
