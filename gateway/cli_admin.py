@@ -303,6 +303,25 @@ def events_replay(event_id: str, force: bool, conf_path: Path | None) -> None:
     click.echo(f"{len(result.queued)} queued, {len(result.skipped)} skipped")
 
 
+@events.command("catalog")
+@click.option("--markdown", is_flag=True, help="Print docs/events.md, generated from the catalog.")
+@json_option
+def events_catalog(markdown: bool, as_json: bool) -> None:
+    """The canonical event types and the fields each guarantees (needs no conf or Redis)."""
+    from .catalog import CATALOG, catalog_json, catalog_markdown  # noqa: PLC0415
+
+    if markdown:
+        click.echo(catalog_markdown(), nl=False)
+        return
+    if as_json:
+        for item in catalog_json():
+            _echo_json(item)
+        return
+    for spec in CATALOG:
+        required = ", ".join(f.path for f in spec.required)
+        click.echo(f"{spec.type:32} {'(generated) ' if spec.generated else ''}{required}")
+
+
 # -- tocsin endpoints --------------------------------------------------------------------
 
 
@@ -342,4 +361,146 @@ def endpoints_enable(channel: str, conf_path: Path | None) -> None:
     click.echo(f"{channel}: enabled" if was else f"{channel}: was not disabled (clock reset)")
 
 
-COMMANDS = (deliveries, dlq, events, endpoints)
+# -- tocsin scenarios / simulate -------------------------------------------------------
+
+
+def _engine(conf: Conf, redis: Redis, keys: Keys) -> Any:
+    from .scenarios import ScenarioEngine  # noqa: PLC0415 - only for these commands
+
+    return ScenarioEngine(redis, keys, [], timezone=conf.gateway.timezone, clock=time.time)
+
+
+@click.group()
+def scenarios() -> None:
+    """Running and finished scenario instances (reminder sequences...)."""
+
+
+@scenarios.command("list")
+@click.option("--key", default=None, help="Only the instances for this business key.")
+@click.option("--limit", default=100, show_default=True)
+@json_option
+@conf_option
+def scenarios_list(key: str | None, limit: int, as_json: bool, conf_path: Path | None) -> None:
+    """Instances, most recently changed first, with their steps' progress."""
+    conf = _conf(conf_path)
+    found = _with_redis(conf, lambda r, k: _engine(conf, r, k).list(key=key, limit=limit))
+    if as_json:
+        for instance in found:
+            _echo_json(instance)
+        return
+    if not found:
+        click.echo("no scenario instances")
+        return
+    for i in found:
+        counts = {s: sum(1 for st in i.steps if st.status == s) for s in ("done", "pending")}
+        nxt = min((st.due for st in i.steps if st.status == "pending" and st.due), default=None)
+        click.echo(
+            f"{i.scenario:28} {i.key:36} {i.status:9} {counts['done']} done, "
+            f"{counts['pending']} pending" + (f", next {_stamp(nxt)} UTC" if nxt else "")
+        )
+
+
+def _print_instance(i: Any) -> None:
+    click.echo(f"scenario  {i.scenario}")
+    click.echo(f"key       {i.key}")
+    click.echo(f"status    {i.status}" + (f": {i.reason}" if i.reason else ""))
+    click.echo(f"started   {_stamp(i.started)} UTC by {i.trigger_type} {i.trigger_event}")
+    click.echo("events    " + "; ".join(i.events))
+    click.echo("steps")
+    for st in i.steps:
+        when = _stamp(st.fired or st.due)
+        extra = f" ({st.deliveries} deliveries)" if st.status == "done" else ""
+        note = f"  {st.note}" if st.note else ""
+        click.echo(f"  {st.name:24} {st.status:9} {when}{extra}{note}")
+
+
+@scenarios.command("show")
+@click.argument("key")
+@json_option
+@conf_option
+def scenarios_show(key: str, as_json: bool, conf_path: Path | None) -> None:
+    """Every instance for KEY: steps done, pending (with due times), cancelled, and why."""
+    conf = _conf(conf_path)
+    found = _with_redis(conf, lambda r, k: _engine(conf, r, k).list(key=key))
+    if not found:
+        raise click.ClickException(f"no scenario instance for key {key!r}")
+    for n, instance in enumerate(found):
+        if as_json:
+            _echo_json(instance)
+            continue
+        if n:
+            click.echo()
+        _print_instance(instance)
+
+
+@scenarios.command("cancel")
+@click.argument("key")
+@click.option("--scenario", "name", default=None, help="Only this scenario's instance.")
+@conf_option
+def scenarios_cancel(key: str, name: str | None, conf_path: Path | None) -> None:
+    """Cancel the active instances for KEY: their pending steps will not fire."""
+    conf = _conf(conf_path)
+
+    async def cancel(redis: Redis, keys: Keys) -> list[str]:
+        engine = _engine(conf, redis, keys)
+        done = []
+        for instance in await engine.list(key=key):
+            if instance.status == "active" and name in (None, instance.scenario):
+                await engine.cancel(instance.scenario, key, "cancelled by an operator")
+                done.append(instance.scenario)
+        return done
+
+    cancelled = _with_redis(conf, cancel)
+    if not cancelled:
+        raise click.ClickException(f"no active scenario instance for key {key!r}")
+    for scenario in cancelled:
+        click.echo(f"{scenario} {key}: cancelled")
+
+
+@click.command()
+@click.argument("events_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--until", default="120d", show_default=True, help="How far past the last event.")
+@click.option("--redis-url", default=None, help="A scratch Redis (default: a temporary one).")
+@conf_option
+def simulate(events_file: Path, until: str, redis_url: str | None, conf_path: Path | None) -> None:
+    """Replay EVENTS_FILE (JSON lines or a JSON array of canonical events) against the
+    conf with a virtual clock and print every notification that would be sent: when (in
+    the conf's time zone, after sending windows), channel, to whom, template, and why."""
+    import tempfile  # noqa: PLC0415
+
+    from . import simulate as sim  # noqa: PLC0415
+    from .cli import _load  # noqa: PLC0415
+    from .event import EventInvalid  # noqa: PLC0415
+    from .redis_server import RedisServer, free_port  # noqa: PLC0415
+    from .service import connect  # noqa: PLC0415
+
+    _conf_obj, _registry, plan = _load(conf_path)
+    try:
+        events = sim.read_events(events_file.read_bytes())
+    except (EventInvalid, ValueError, msgspec.DecodeError) as exc:
+        raise click.ClickException(f"{events_file}: {exc}") from None
+    horizon = float(Duration.parse(until))
+
+    async def run(url: str) -> list[Any]:
+        redis = connect(url)
+        try:
+            return await sim.simulate(plan, redis, events, horizon=horizon)
+        finally:
+            await redis.aclose()
+
+    with tempfile.TemporaryDirectory(prefix="tocsin-simulate-") as scratch:
+        server = None
+        if redis_url is None:
+            server = RedisServer(Path(scratch), port=free_port(), appendfsync="no")
+            redis_url = server.start()
+        try:
+            notifications = asyncio.run(run(redis_url))
+        finally:
+            if server is not None:
+                server.stop()
+    for line in sim.format_notifications(plan, notifications):
+        click.echo(line)
+    click.echo(f"{len(notifications)} notification(s) from {len(events)} event(s)")
+
+
+COMMANDS = (deliveries, dlq, events, endpoints, scenarios, simulate)

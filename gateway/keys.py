@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 ROUTER_GROUP = "router"
 WORKER_GROUP = "workers"
+SCENARIO_GROUP = "scenarios"
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,26 @@ class Keys:
     def endpoint(self, channel: str) -> str:
         """Hash of an endpoint's health: failing_since, disabled_at, disabled_reason."""
         return f"{self.prefix}:endpoint:{channel}"
+
+    def scenario(self, name: str, key: str) -> str:
+        """Hash of one scenario instance: ``rev`` (compare-and-set) and ``doc`` (JSON)."""
+        return f"{self.prefix}:scenario:{name}:{key}"
+
+    @property
+    def scenarios(self) -> str:
+        """Sorted set of ``name\x1fkey`` by last change (ms): lists instances."""
+        return f"{self.prefix}:scenarios"
+
+    def tombstone(self, name: str, key: str) -> str:
+        """A cancel that came before its trigger: the scenario must not start for the key."""
+        return f"{self.prefix}:tombstone:{name}:{key}"
+
+    @property
+    def timers(self) -> str:
+        """Sorted set of scenario steps by due time (ms); due ones move to ``steps``."""
+        return f"{self.prefix}:timers"
+
+    @property
+    def steps(self) -> str:
+        """Stream of due scenario steps, read by group ``scenarios``."""
+        return f"{self.prefix}:steps"

@@ -9,7 +9,7 @@ import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -24,6 +24,9 @@ from .plugins import Registry
 from .policy import ChannelPolicy
 from .source import Source
 from .templating import Templates
+
+if TYPE_CHECKING:
+    from .scenarios import CompiledScenario
 from .windows import NO_WINDOW, SendingWindow, build_windows
 
 #: ``to = ["audience:sales"]`` names a staff group from ``[audiences.sales]``.
@@ -100,6 +103,7 @@ class Plan:
     sources: dict[str, Source[Any]] = field(default_factory=dict)
     rules: list[CompiledRule] = field(default_factory=list)
     windows: dict[str, SendingWindow] = field(default_factory=dict)
+    scenarios: list[CompiledScenario] = field(default_factory=list)
 
     def visibility_timeout(self, channel: str) -> float:
         """How long a job of this channel may stay read but unsettled before a takeover."""
@@ -263,6 +267,19 @@ def _compile_rule(name: str, conf: Conf, plan: Plan, problems: list[str]) -> Com
     return CompiledRule(name, matcher, actions)
 
 
+def _check_visibility(conf: Conf, plan: Plan, problems: list[str]) -> None:
+    visibility = conf.worker.visibility_timeout
+    for name, channel in plan.channels.items():
+        needed = channel.send_timeout + VISIBILITY_MARGIN
+        if visibility is not None and float(visibility) < needed:
+            problems.append(
+                f"{conf.path}: worker.visibility_timeout: {float(visibility):g}s would let a "
+                f"second worker take over jobs of channel {name!r} while the first may still be "
+                f"sending (send timeout {channel.send_timeout:g}s + {VISIBILITY_MARGIN:g}s "
+                f"margin): raise it to at least {needed:g}s or lower the channel's timeout"
+            )
+
+
 def build_plan(conf: Conf, registry: Registry) -> Plan:
     """Validate everything a conf refers to; ``ConfError`` lists every problem at once."""
     plan, problems = check_plan(conf, registry)
@@ -344,21 +361,15 @@ def check_plan(conf: Conf, registry: Registry) -> tuple[Plan, list[str]]:
             except ValueError as exc:
                 problems.append(f"{table.file}: sources.{name}: {exc}")
 
-    visibility = conf.worker.visibility_timeout
-    for name, channel in plan.channels.items():
-        needed = channel.send_timeout + VISIBILITY_MARGIN
-        if visibility is not None and float(visibility) < needed:
-            problems.append(
-                f"{conf.path}: worker.visibility_timeout: {float(visibility):g}s would let a "
-                f"second worker take over jobs of channel {name!r} while the first may still be "
-                f"sending (send timeout {channel.send_timeout:g}s + {VISIBILITY_MARGIN:g}s "
-                f"margin): raise it to at least {needed:g}s or lower the channel's timeout"
-            )
+    _check_visibility(conf, plan, problems)
 
     for name in conf.rules:
         compiled = _compile_rule(name, conf, plan, problems)
         if compiled is not None and conf.rules[name].enabled:
             plan.rules.append(compiled)
+    from .scenarios import compile_scenarios  # noqa: PLC0415 - scenarios build on this module
+
+    plan.scenarios = compile_scenarios(plan, problems)
     return plan, problems
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -17,6 +17,9 @@ from .keys import ROUTER_GROUP, Keys
 from .plan import CompiledAction, CompiledRule, Target
 from .scripts import FANOUT, is_noscript
 from .streams import Backoff, Entry, ensure_group, is_nogroup, read_group
+
+if TYPE_CHECKING:
+    from .scenarios import ScenarioEngine
 
 log = logging.getLogger("tocsin.router")
 
@@ -104,7 +107,9 @@ class Router:
         *,
         reclaim_idle_ms: int = RECLAIM_IDLE_MS,
         retention: float = 30 * 86400,
+        scenarios: ScenarioEngine | None = None,
     ) -> None:
+        self.scenarios = scenarios
         self.retention = max(1, int(retention))
         self.reclaim_idle_ms = reclaim_idle_ms
         self.redis = redis
@@ -183,6 +188,8 @@ class Router:
                 await self._dead_event(entry_id, raw, f"undecodable event: {exc}")
                 args[1] -= 1
                 continue
+            if self.scenarios is not None:
+                await self.scenarios.on_event(event)
             jobs = plan_deliveries(self.rules, event, raw)
             args += [entry_id, self.keys.stored_event(event.id), raw, len(jobs)]
             for job in jobs:

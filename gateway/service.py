@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
@@ -22,6 +23,7 @@ from .intake import Enqueuer, Intake
 from .keys import Keys
 from .plan import EVENTS_SOURCE, Plan
 from .router import Router
+from .scenarios import ScenarioEngine
 from .streams import Backoff
 from .worker import Worker
 
@@ -109,7 +111,10 @@ class Gateway:
             if "worker" in roles:
                 await self._start_channels(stack)
             if "router" in roles:
-                tasks.append(asyncio.create_task(self._router(redis).run(stopping)))
+                scenarios = self._scenarios(redis)
+                tasks.append(asyncio.create_task(self._router(redis, scenarios).run(stopping)))
+                if scenarios is not None:
+                    tasks.append(asyncio.create_task(scenarios.run(stopping, self.consumer)))
             if "worker" in roles:
                 tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
@@ -138,7 +143,19 @@ class Gateway:
             await channel.start()
             stack.push_async_callback(_close_channel, channel)
 
-    def _router(self, redis: Redis) -> Router:
+    def _scenarios(self, redis: Redis) -> ScenarioEngine | None:
+        if not self.plan.scenarios:
+            return None
+        conf = self.plan.conf
+        return ScenarioEngine(
+            redis,
+            Keys(conf.redis.prefix),
+            self.plan.scenarios,
+            timezone=conf.gateway.timezone,
+            clock=time.time,
+        )
+
+    def _router(self, redis: Redis, scenarios: ScenarioEngine | None = None) -> Router:
         conf = self.plan.conf
         keys = Keys(conf.redis.prefix)
         return Router(
@@ -148,6 +165,7 @@ class Gateway:
             self.consumer,
             conf.worker.router_batch,
             retention=float(conf.history.retention),
+            scenarios=scenarios,
         )
 
     def _worker(self, redis: Redis) -> Worker:

@@ -1,0 +1,732 @@
+"""Scenarios: multi-step notification sequences that stop when a later event makes them moot.
+
+A scenario instance is keyed by a business object (``payment_request:pr_42``). Events
+start it (trigger), update its state (``update_on``) or cancel it (``cancel_on``, which
+also works when the cancel arrives before the trigger: a tombstone keeps the scenario
+from starting). Each step has a due time; timers live in a Redis sorted set and move,
+once due, to a stream read by a consumer group, so a step fires exactly once however
+many gateways run. Every write to an instance is a compare-and-set on its revision.
+
+The clock is injected: ``tocsin simulate`` drives the same code with a virtual one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .conditions import Compiled, compile_condition
+from .durations import Duration
+from .event import Event, encode_event
+from .keys import SCENARIO_GROUP, Keys
+from .plan import CompiledAction, Matcher, Plan, compile_actions, compile_match
+from .router import action_deliveries
+from .scripts import PROMOTE, SCENARIO_CAS, SCENARIO_STEP
+from .streams import Backoff, Entry, ensure_group, read_group
+
+log = logging.getLogger("tocsin.scenarios")
+
+_AT = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?:([+-])\s*(\S+))?\s*$")
+_SEP = "\x1f"
+#: Writes retried this many times on compare-and-set conflicts before giving up.
+CAS_ATTEMPTS = 20
+#: How often due timers are looked for: steps fire within this of their due time.
+TIMER_INTERVAL = 0.25
+#: A due step read by a gateway that died is taken over after this long.
+RECLAIM_IDLE_MS = 30_000
+RECLAIM_INTERVAL = 5.0
+
+
+# -- compiled form ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class At:
+    """``data.due_at - 3d``: a date in the state, shifted."""
+
+    path: tuple[str, ...]
+    offset: float
+
+    @classmethod
+    def parse(cls, text: str) -> At:
+        match = _AT.match(text)
+        if not match:
+            raise ValueError(f"{text!r}: write a date path and an offset, e.g. 'data.due_at - 3d'")
+        path, sign, amount = match.groups()
+        offset = 0.0
+        if sign:
+            offset = float(Duration.parse(amount)) * (-1 if sign == "-" else 1)
+        return cls(tuple(path.split(".")), offset)
+
+    def resolve(self, state: Mapping[str, Any], zone: ZoneInfo) -> float | None:
+        value: Any = state
+        for part in self.path:
+            if not isinstance(value, Mapping) or part not in value:
+                return None
+            value = value[part]
+        when = parse_moment(value, zone)
+        return None if when is None else when + self.offset
+
+
+def parse_moment(value: Any, zone: ZoneInfo) -> float | None:
+    """Epoch seconds of an ISO date-time, or of a date's midnight in ``zone``."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime.combine(value, datetime.min.time(), zone)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if len(value) == 10:  # a bare date
+            moment = moment.replace(tzinfo=zone)
+    else:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return moment.timestamp()
+
+
+@dataclass(frozen=True)
+class CompiledStep:
+    name: str
+    after: float | None
+    at: At | None
+    conditions: tuple[Compiled, ...]
+    actions: tuple[CompiledAction, ...]
+
+
+@dataclass(frozen=True)
+class CompiledScenario:
+    name: str
+    trigger: Matcher
+    key: jinja2.Template
+    key_source: str
+    steps: tuple[CompiledStep, ...]
+    cancel_on: tuple[Matcher, ...]
+    update_on: tuple[Matcher, ...]
+    on_retrigger: str
+    past_steps: str
+    tombstone_ttl: float
+
+
+# -- instance documents -----------------------------------------------------------------
+
+
+class StepState(msgspec.Struct, omit_defaults=True):
+    name: str
+    status: str  # pending | done | skipped | cancelled
+    due: float | None = None
+    fired: float | None = None
+    note: str | None = None
+    deliveries: int = 0
+
+
+class Instance(msgspec.Struct, omit_defaults=True):
+    scenario: str
+    key: str
+    id: str
+    status: str  # active | completed | cancelled
+    started: float
+    trigger_event: str
+    trigger_type: str
+    #: The event as last known: the trigger, updated by later events for the key.
+    state: dict[str, Any]
+    last_occurred: str
+    steps: list[StepState]
+    updated: float = 0.0
+    reason: str | None = None
+    #: Events that changed this instance, oldest first: ``type id``.
+    events: list[str] = msgspec.field(default_factory=list)
+
+
+_doc_decoder = msgspec.json.Decoder(Instance)
+_encoder = msgspec.json.Encoder()
+
+
+class Timer(msgspec.Struct, array_like=True):
+    scenario: str
+    key: str
+    instance: str
+    step: int
+
+
+def instance_id(scenario: str, key: str, trigger_event: str) -> str:
+    """Deterministic: the same trigger for the same key is the same instance."""
+    digest = hashlib.blake2b(
+        f"{scenario}{_SEP}{key}{_SEP}{trigger_event}".encode(), digest_size=8
+    ).hexdigest()
+    return f"scn_{digest}"
+
+
+# -- the engine -------------------------------------------------------------------------
+
+
+class ScenarioEngine:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        scenarios: list[CompiledScenario],
+        *,
+        timezone: str = "Europe/Paris",
+        clock: Callable[[], float],
+        retention: float = 30 * 86400,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scenarios = scenarios
+        self.zone = ZoneInfo(timezone)
+        self.clock = clock
+        self.retention = retention
+        self.reclaim_idle_ms = RECLAIM_IDLE_MS
+
+    def _timer(self, instance: Instance, step: int) -> bytes:
+        """A timers member: where it goes when due (the steps stream) and what fires."""
+        payload = _encoder.encode(Timer(instance.scenario, instance.key, instance.id, step))
+        return self.keys.steps.encode() + b"\n" + payload
+
+    # -- reading and writing instances ------------------------------------------------
+
+    async def load(self, name: str, key: str) -> tuple[str, Instance | None]:
+        reply: Any = await self.redis.hmget(self.keys.scenario(name, key), "rev", "doc")
+        rev, doc = reply
+        rev_text = rev.decode() if rev is not None else "0"
+        return rev_text, (_doc_decoder.decode(doc) if doc is not None else None)
+
+    async def _cas(
+        self,
+        rev: str,
+        instance: Instance,
+        remove: list[bytes],
+        add: list[tuple[float, bytes]],
+    ) -> bool:
+        now = self.clock()
+        instance.updated = round(now, 3)
+        args: list[Any] = [
+            rev,
+            _encoder.encode(instance),
+            f"{instance.scenario}{_SEP}{instance.key}",
+            int(now * 1000),
+            len(remove),
+            *remove,
+            len(add),
+        ]
+        for due, member in add:
+            args += [int(due * 1000), member]
+        keys = [
+            self.keys.scenario(instance.scenario, instance.key),
+            self.keys.timers,
+            self.keys.scenarios,
+        ]
+        return bool(await SCENARIO_CAS(self.redis, keys, args))
+
+    # -- events -----------------------------------------------------------------------
+
+    async def on_event(self, event: Event) -> None:
+        """Start, update or cancel the scenarios this event concerns. Idempotent: an
+        event seen twice (a router crash before its fan-out) changes nothing more."""
+        context: dict[str, Any] | None = None
+        for scenario in self.scenarios:
+            trigger = scenario.trigger.matches_type(event.type)
+            cancel = any(m.matches_type(event.type) for m in scenario.cancel_on)
+            update = any(m.matches_type(event.type) for m in scenario.update_on)
+            if not (trigger or cancel or update):
+                continue
+            if context is None:
+                context = event.to_context()
+            trigger = trigger and scenario.trigger.matches(context)
+            cancel = cancel and any(
+                m.matches_type(event.type) and m.matches(context) for m in scenario.cancel_on
+            )
+            update = update and any(
+                m.matches_type(event.type) and m.matches(context) for m in scenario.update_on
+            )
+            if not (trigger or cancel or update):
+                continue
+            try:
+                key = scenario.key.render(context).strip()
+            except jinja2.TemplateError as exc:
+                log.warning(
+                    "scenario %s: event %s (%s) has no key (%s): %s",
+                    scenario.name,
+                    event.id,
+                    event.type,
+                    scenario.key_source,
+                    exc,
+                )
+                continue
+            if not key:
+                continue
+            try:
+                await self._apply(scenario, key, event, context, cancel=cancel, trigger=trigger)
+            except (RedisError, OSError):
+                raise  # the router retries the whole event: every step here is idempotent
+            except Exception:
+                log.exception("scenario %s/%s: event %s not applied", scenario.name, key, event.id)
+
+    async def _apply(
+        self,
+        scenario: CompiledScenario,
+        key: str,
+        event: Event,
+        context: dict[str, Any],
+        *,
+        cancel: bool,
+        trigger: bool,
+    ) -> None:
+        for _ in range(CAS_ATTEMPTS):
+            if cancel:
+                done = await self._cancel(scenario, key, event)
+            elif trigger:
+                done = await self._start(scenario, key, event, context)
+            else:
+                done = await self._update(scenario, key, event, context)
+            if done:
+                return
+        log.error("scenario %s/%s: gave up after %d conflicts", scenario.name, key, CAS_ATTEMPTS)
+
+    async def _cancel(self, scenario: CompiledScenario, key: str, event: Event) -> bool:
+        rev, instance = await self.load(scenario.name, key)
+        why = f"cancelled by {event.type} {event.id}"
+        if instance is None or instance.status != "active":
+            # Providers do not guarantee order: a cancel may precede its trigger.
+            await self.redis.set(
+                self.keys.tombstone(scenario.name, key),
+                why,
+                ex=max(1, int(scenario.tombstone_ttl)),
+            )
+            return True
+        remove = []
+        for n, step in enumerate(instance.steps):
+            if step.status == "pending":
+                step.status = "cancelled"
+                step.note = why
+                remove.append(self._timer(instance, n))
+        instance.status = "cancelled"
+        instance.reason = why
+        instance.events.append(f"{event.type} {event.id}")
+        return await self._cas(rev, instance, remove, [])
+
+    async def _start(
+        self, scenario: CompiledScenario, key: str, event: Event, context: dict[str, Any]
+    ) -> bool:
+        rev, current = await self.load(scenario.name, key)
+        remove: list[bytes] = []
+        if current is not None and current.status == "active":
+            if current.trigger_event == event.id or scenario.on_retrigger == "ignore":
+                return True
+            for n, step in enumerate(current.steps):  # restart: the old timers go
+                if step.status == "pending":
+                    remove.append(self._timer(current, n))
+        now = self.clock()
+        tombstone: Any = await self.redis.get(self.keys.tombstone(scenario.name, key))
+        instance = Instance(
+            scenario=scenario.name,
+            key=key,
+            id=instance_id(scenario.name, key, event.id),
+            status="active",
+            started=round(now, 3),
+            trigger_event=event.id,
+            trigger_type=event.type,
+            state=context,
+            last_occurred=event.occurred_at.isoformat(),
+            steps=[],
+            events=[f"{event.type} {event.id}"],
+        )
+        if current is not None and current.id == instance.id:
+            return True  # this very trigger already ran and ended
+        if tombstone is not None:
+            instance.status = "cancelled"
+            instance.reason = f"not started: {tombstone.decode()} before its trigger arrived"
+            instance.steps = [
+                StepState(name=s.name, status="cancelled", note=instance.reason)
+                for s in scenario.steps
+            ]
+            return await self._cas(rev, instance, remove, [])
+        add = []
+        for n, compiled in enumerate(scenario.steps):
+            scheduled = self._schedule(scenario, compiled, context, now)
+            instance.steps.append(scheduled)
+            if scheduled.status == "pending" and scheduled.due is not None:
+                add.append((scheduled.due, self._timer(instance, n)))
+        if not add:
+            instance.status = "completed"
+        return await self._cas(rev, instance, remove, add)
+
+    def _schedule(
+        self, scenario: CompiledScenario, step: CompiledStep, state: Mapping[str, Any], now: float
+    ) -> StepState:
+        if step.at is not None:
+            due = step.at.resolve(state, self.zone)
+            if due is None:
+                return StepState(
+                    name=step.name,
+                    status="skipped",
+                    note=f"no date at {'.'.join(step.at.path)} in the event",
+                )
+        else:
+            due = now + (step.after or 0.0)
+        if due < now - 1:
+            stamp = datetime.fromtimestamp(due, UTC).isoformat(timespec="seconds")
+            if scenario.past_steps == "skip":
+                return StepState(
+                    name=step.name,
+                    status="skipped",
+                    due=round(due, 3),
+                    note=f"already past when the scenario started (due {stamp})",
+                )
+            return StepState(
+                name=step.name,
+                status="pending",
+                due=round(now, 3),
+                note=f"due {stamp}, already past at start: fired once now",
+            )
+        return StepState(name=step.name, status="pending", due=round(due, 3))
+
+    async def _update(
+        self, scenario: CompiledScenario, key: str, event: Event, context: dict[str, Any]
+    ) -> bool:
+        rev, instance = await self.load(scenario.name, key)
+        if instance is None or instance.status != "active":
+            return True
+        marker = f"{event.type} {event.id}"
+        if marker in instance.events:
+            return True
+        instance.events.append(marker)
+        if event.occurred_at.isoformat() >= instance.last_occurred:
+            merge_state(instance.state, context)
+            instance.last_occurred = event.occurred_at.isoformat()
+        # Dates may have moved (a new due date): reschedule pending dated steps.
+        now = self.clock()
+        remove, add = [], []
+        for n, (step, state) in enumerate(zip(scenario.steps, instance.steps, strict=True)):
+            if state.status != "pending" or step.at is None:
+                continue
+            due = step.at.resolve(instance.state, self.zone)
+            if due is not None and round(max(due, now), 3) != state.due:
+                remove.append(self._timer(instance, n))
+                state.due = round(max(due, now), 3)
+                add.append((state.due, self._timer(instance, n)))
+        return await self._cas(rev, instance, remove, add)
+
+    # -- timers -----------------------------------------------------------------------
+
+    async def promote(self) -> int:
+        """Move due timers to the steps stream (each exactly once, whoever runs this)."""
+        moved = 0
+        while True:
+            count = int(
+                await PROMOTE(self.redis, [self.keys.timers], [int(self.clock() * 1000), 500])
+            )
+            moved += count
+            if count < 500:
+                return moved
+
+    async def fire_pending(self, consumer: str, block_ms: int | None = None) -> int:
+        """Fire the due steps in the stream; returns how many entries were handled."""
+        await ensure_group(self.redis, self.keys.steps, SCENARIO_GROUP)
+        handled = 0
+        for cursor in ("0", ">"):
+            while True:
+                reply = await read_group(
+                    self.redis,
+                    SCENARIO_GROUP,
+                    consumer,
+                    {self.keys.steps: cursor},
+                    100,
+                    block_ms if cursor == ">" else None,
+                )
+                entries = reply[0][1] if reply else []
+                if not entries:
+                    break
+                for entry in entries:
+                    await self.fire(entry)
+                    handled += 1
+                if cursor == ">" and block_ms is not None:
+                    break
+        return handled
+
+    async def fire(self, entry: Entry) -> None:
+        entry_id, fields = entry
+        try:
+            timer = msgspec.json.decode(fields.get(b"j", b""), type=Timer)
+        except msgspec.DecodeError:
+            log.error("scenario step entry %s is unreadable: dropped", entry_id)
+            await self._ack_only(entry_id)
+            return
+        scenario = next((s for s in self.scenarios if s.name == timer.scenario), None)
+        for _ in range(CAS_ATTEMPTS):
+            rev, instance = await self.load(timer.scenario, timer.key)
+            if (
+                scenario is None
+                or instance is None
+                or instance.id != timer.instance
+                or instance.status != "active"
+                or timer.step >= len(instance.steps)
+                or instance.steps[timer.step].status != "pending"
+            ):
+                await self._ack_only(entry_id)  # cancelled, restarted or already fired
+                return
+            outcome = await self._fire_step(entry_id, scenario, rev, instance, timer.step)
+            if outcome >= 0:
+                return
+        log.error("scenario %s/%s: step kept conflicting", timer.scenario, timer.key)
+
+    async def _fire_step(
+        self,
+        entry_id: bytes,
+        scenario: CompiledScenario,
+        rev: str,
+        instance: Instance,
+        index: int,
+    ) -> int:
+        step = scenario.steps[index]
+        state = instance.steps[index]
+        now = self.clock()
+        state.fired = round(now, 3)
+        jobs: list[Any] = []
+        if all(condition(instance.state) for condition in step.conditions):
+            event = state_event(instance)
+            raw = encode_event(event)
+            deliveries = action_deliveries(
+                step.actions,
+                event,
+                raw,
+                f"scenario:{scenario.name}/{step.name}",
+                f"{instance.id}:{index}",
+            )
+            state.status = "done"
+            state.deliveries = len(deliveries)
+            jobs = deliveries
+        else:
+            state.status = "skipped"
+            state.note = "conditions false at fire time: " + "; ".join(
+                c.source for c in step.conditions
+            )
+        if all(s.status != "pending" for s in instance.steps):
+            instance.status = "completed"
+        instance.updated = round(now, 3)
+        from .delivery import encode_delivery  # noqa: PLC0415 - avoids an import cycle
+
+        stream_keys: list[str] = []
+        job_args: list[Any] = []
+        for job in jobs:
+            stream = self.keys.deliveries(job.channel)
+            if stream not in stream_keys:
+                stream_keys.append(stream)
+            job_args += [4 + stream_keys.index(stream), encode_delivery(job)]
+        result = await SCENARIO_STEP(
+            self.redis,
+            [
+                self.keys.steps,
+                self.keys.scenario(instance.scenario, instance.key),
+                self.keys.scenarios,
+                *stream_keys,
+            ],
+            [
+                SCENARIO_GROUP,
+                entry_id,
+                rev,
+                _encoder.encode(instance),
+                f"{instance.scenario}{_SEP}{instance.key}",
+                int(now * 1000),
+                len(jobs),
+                *job_args,
+            ],
+        )
+        if result == 1:
+            log.info(
+                "scenario %s/%s step %s: %s (%d deliveries)",
+                instance.scenario,
+                instance.key,
+                step.name,
+                state.status,
+                state.deliveries,
+            )
+        return int(result)
+
+    async def _ack_only(self, entry_id: bytes) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.steps, SCENARIO_GROUP, entry_id)
+            pipe.xdel(self.keys.steps, entry_id)
+            await pipe.execute()
+
+    async def run(self, stopping: asyncio.Event, consumer: str) -> None:
+        """The timer loop: promote due timers, fire due steps, take over the steps a dead
+        gateway had read. One per router process; any number may run at once."""
+        backoff = Backoff()
+        next_reclaim = 0.0
+        while not stopping.is_set():
+            try:
+                await self.promote()
+                await self.fire_pending(consumer, block_ms=int(TIMER_INTERVAL * 1000))
+                if time.monotonic() >= next_reclaim:
+                    await self._reclaim(consumer)
+                    next_reclaim = time.monotonic() + RECLAIM_INTERVAL
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                await backoff.wait("scenarios", exc)
+
+    async def _reclaim(self, consumer: str) -> None:
+        start: Any = "0-0"
+        while True:
+            reply: Any = await self.redis.xautoclaim(
+                self.keys.steps, SCENARIO_GROUP, consumer, self.reclaim_idle_ms, start_id=start
+            )
+            start = reply[0]
+            for entry_id, fields in reply[1]:
+                if entry_id is not None and fields:
+                    await self.fire((entry_id, fields))
+            if start in (b"0-0", "0-0"):
+                return
+
+    # -- operators ----------------------------------------------------------------------
+
+    async def cancel(self, name: str, key: str, reason: str) -> Instance | None:
+        for _ in range(CAS_ATTEMPTS):
+            rev, instance = await self.load(name, key)
+            if instance is None or instance.status != "active":
+                return instance
+            remove = []
+            for n, step in enumerate(instance.steps):
+                if step.status == "pending":
+                    step.status = "cancelled"
+                    step.note = reason
+                    remove.append(self._timer(instance, n))
+            instance.status = "cancelled"
+            instance.reason = reason
+            if await self._cas(rev, instance, remove, []):
+                return instance
+        raise RuntimeError(f"scenario {name}/{key}: kept conflicting")
+
+    async def list(self, key: str | None = None, limit: int = 100) -> list[Instance]:
+        members: Any = await self.redis.zrevrange(self.keys.scenarios, 0, -1)
+        out = []
+        for member in members:
+            name, _, instance_key = member.decode().partition(_SEP)
+            if key is not None and instance_key != key:
+                continue
+            _, instance = await self.load(name, instance_key)
+            if instance is not None:
+                out.append(instance)
+            if len(out) >= limit:
+                break
+        return out
+
+
+def merge_state(state: dict[str, Any], update: Mapping[str, Any]) -> None:
+    """Later events refine the state: ``data`` and ``refs`` merge key by key, a customer
+    given replaces the known one; envelope fields stay the trigger's."""
+    for section in ("data", "refs"):
+        incoming = update.get(section)
+        if isinstance(incoming, Mapping):
+            state.setdefault(section, {}).update(incoming)
+    if update.get("customer"):
+        state["customer"] = update["customer"]
+
+
+def state_event(instance: Instance) -> Event:
+    """The instance's state as the event its step's templates and channels see."""
+    return msgspec.convert(instance.state, Event)
+
+
+def step_due_text(due: float | None) -> str:
+    if due is None:
+        return "-"
+    return datetime.fromtimestamp(due, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def shift(moment: datetime, seconds: float) -> datetime:
+    return moment + timedelta(seconds=seconds)
+
+
+# -- compiling the conf -----------------------------------------------------------------
+
+
+def compile_scenarios(plan: Plan, problems: list[str]) -> list[CompiledScenario]:
+    conf = plan.conf
+    out = []
+    for name, scenario in conf.scenarios.items():
+        where = f"{conf.scenario_files[name]}: scenarios.{name}"
+        count = len(problems)
+        trigger = compile_match(
+            scenario.trigger.events, scenario.trigger.when, f"{where}.trigger", plan, problems
+        )
+        cancels = [
+            compile_match(m.events, m.when, f"{where}.cancel_on[{i}]", plan, problems)
+            for i, m in enumerate(scenario.cancel_on)
+        ]
+        updates = [
+            compile_match(m.events, m.when, f"{where}.update_on[{i}]", plan, problems)
+            for i, m in enumerate(scenario.update_on)
+        ]
+        try:
+            key = plan.templates.from_string(scenario.key)
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(f"{where}.key: line {exc.lineno}: {exc.message}")
+        steps = []
+        if not scenario.steps:
+            problems.append(f"{where}.steps: no step")
+        names: set[str] = set()
+        for i, step in enumerate(scenario.steps):
+            at_where = f"{where}.steps[{i}]"
+            if step.name in names:
+                problems.append(f"{at_where}.name: {step.name!r} is used by an earlier step")
+            names.add(step.name)
+            at = None
+            if (step.after is None) == (step.at is None):
+                problems.append(f'{at_where}: give one of after = "24h" or at = "data.due_at - 3d"')
+            elif step.at is not None:
+                try:
+                    at = At.parse(step.at)
+                except ValueError as exc:
+                    problems.append(f"{at_where}.at: {exc}")
+            conditions = []
+            for j, text in enumerate(step.when):
+                try:
+                    conditions.append(compile_condition(text, plan.registry.conditions))
+                except ValueError as exc:
+                    problems.append(f"{at_where}.when[{j}]: {exc}")
+            actions = compile_actions(step.actions, at_where, conf, plan, step.window, problems)
+            if actions is not None:
+                steps.append(
+                    CompiledStep(
+                        name=step.name,
+                        after=float(step.after) if step.after is not None else None,
+                        at=at,
+                        conditions=tuple(conditions),
+                        actions=actions,
+                    )
+                )
+        if len(problems) > count or trigger is None or not scenario.enabled:
+            continue
+        out.append(
+            CompiledScenario(
+                name=name,
+                trigger=trigger,
+                key=key,
+                key_source=scenario.key,
+                steps=tuple(steps),
+                cancel_on=tuple(m for m in cancels if m is not None),
+                update_on=tuple(m for m in updates if m is not None),
+                on_retrigger=scenario.on_retrigger,
+                past_steps=scenario.past_steps,
+                tombstone_ttl=float(scenario.tombstone_ttl),
+            )
+        )
+    return out
