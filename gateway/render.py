@@ -274,6 +274,12 @@ def render_samples(plan: Plan, folder: Path | None = None) -> SampleReport:
         for rule in plan.rules
         for i, action in enumerate(rule.actions)
         if action.template is not None
+    ] + [
+        (f"scenario:{scenario.name}/{step.name}", i, action)
+        for scenario in plan.scenarios
+        for step in scenario.steps
+        for i, action in enumerate(step.actions)
+        if action.template is not None
     ]
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     if not files:
@@ -293,7 +299,10 @@ def render_samples(plan: Plan, folder: Path | None = None) -> SampleReport:
         for where, event, raw in events:
             report.samples += 1
             sample = _sample_label(plan, path, where)
-            for delivery in plan_deliveries(plan.rules, event, raw):
+            routed = plan_deliveries(plan.rules, event, raw) + _scenario_deliveries(
+                plan, event, raw
+            )
+            for delivery in routed:
                 if delivery.template is None:
                     continue
                 reached.add((delivery.rule, delivery.channel, delivery.template))
@@ -307,11 +316,32 @@ def render_samples(plan: Plan, folder: Path | None = None) -> SampleReport:
     report.problems = list(problems)
     for rule, i, action in templated:
         if (rule, action.channel, action.template or "") not in reached:
+            where = (
+                f"scenarios.{rule[len('scenario:') :].replace('/', ' step ')}"
+                if rule.startswith("scenario:")
+                else f"rules.{rule}"
+            )
             report.notes.append(
-                f"note: rules.{rule}.actions[{i}]: template {action.template!r} not rendered: "
+                f"note: {where}.actions[{i}]: template {action.template!r} not rendered: "
                 "no sample event reaches it"
             )
     return report
+
+
+def _scenario_deliveries(plan: Plan, event: Event, raw: bytes) -> list[Delivery]:
+    """Every step of every scenario this sample would start, rendered with the sample
+    as the scenario's state (what a step sees when nothing updated it)."""
+    from .router import action_deliveries  # noqa: PLC0415
+
+    out: list[Delivery] = []
+    context = event.to_context()
+    for scenario in plan.scenarios:
+        if not (scenario.trigger.matches_type(event.type) and scenario.trigger.matches(context)):
+            continue
+        for n, step in enumerate(scenario.steps):
+            rule = f"scenario:{scenario.name}/{step.name}"
+            out += action_deliveries(step.actions, event, raw, rule, f"{event.id}:{n}")
+    return out
 
 
 def _locales(plan: Plan, delivery: Delivery) -> list[str | None]:

@@ -352,3 +352,18 @@ def test_scenario_conf_mistakes_are_all_reported(tmp_path, redis_url):
     assert f'{where}.steps[0]: give one of after = "24h" or at = "data.due_at - 3d"' in out
     assert f"{where}.steps[0].actions[0].channel: no channel 'nowhere'" in out
     assert f"{where}.steps[1].at: 'data.due_at minus three days'" in out
+
+
+def test_check_renders_scenario_step_templates_against_samples(tmp_path, redis_url):
+    conf = conf_for(tmp_path, redis_url)
+    (tmp_path / "templates" / "remaining" / "json.j2").write_text(
+        '{"remaining": {{ data.remaining_amount }},\n "oops": {{ data.no_such_field }}}'
+    )
+    (tmp_path / "examples").mkdir()
+    event, raw = pr_event("created", T0, remaining_amount=5)
+    (tmp_path / "examples" / "pr_created.json").write_bytes(raw)
+    result = CliRunner().invoke(main, ["check", str(conf)])
+    assert result.exit_code == 2, result.output
+    assert "remaining/json.j2: line 2:" in result.output
+    assert "no_such_field" in result.output
+    assert "scenario:reminders/nudge" in result.output
