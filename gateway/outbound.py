@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from .errors import DeliveryError, PermanentError, TransientError
@@ -87,14 +88,31 @@ class OutboundPolicy:
         if reason is not None:
             raise OutboundRefused(f"refused to connect to {host}: {reason}")
 
-    def client_session(self, **kwargs: Any) -> aiohttp.ClientSession:
+    def url_refusal(self, url: str) -> str | None:
+        """Why a URL whose host is an IP literal is refused (names are checked when
+        resolved, at connect time); ``None`` if it may be tried."""
+        host = (yarl.URL(url).host or "").strip("[]")
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return None
+        reason = self.refusal(host)
+        return None if reason is None else f"refused to connect to {host}: {reason}"
+
+    def client_session(
+        self, *, literal_hosts_checked: bool = False, **kwargs: Any
+    ) -> aiohttp.ClientSession:
         """An ``aiohttp.ClientSession`` that only connects where this policy allows.
 
         ``connector_limit`` sets the connection pool size; other keyword arguments go to
-        ``ClientSession``. Requests must pass ``allow_redirects=False``.
+        ``ClientSession``. Requests must pass ``allow_redirects=False``. A channel that
+        only ever calls URLs it checked with ``url_refusal`` (a fixed endpoint) passes
+        ``literal_hosts_checked=True`` and saves a per-request hook.
         """
         limit = kwargs.pop("connector_limit", 100)
         connector = aiohttp.TCPConnector(limit=limit, resolver=GuardedResolver(self))
+        if literal_hosts_checked:
+            return aiohttp.ClientSession(connector=connector, **kwargs)
         trace = aiohttp.TraceConfig()
         trace.on_request_start.append(self._check_literal)
         return aiohttp.ClientSession(connector=connector, trace_configs=[trace], **kwargs)

@@ -7,8 +7,10 @@ import json
 import time
 
 import pytest
+from click.testing import CliRunner
 
 from gateway import OutboundPolicy, OutboundRefused, PermanentError, outbound_error
+from gateway.cli import main
 
 from .conftest import Receiver, make_event, write_conf
 
@@ -72,16 +74,17 @@ def _without_allow_list(conf) -> None:
     conf.write_text(conf.read_text().replace('allow = ["127.0.0.0/8"]', "allow = []"))
 
 
-async def test_loopback_receiver_is_refused_without_the_allow_list(
-    tmp_path, redis_url, receiver: Receiver, start_gateway, redis_client
+def test_loopback_webhook_url_is_refused_at_check_without_the_allow_list(
+    tmp_path, redis_url, receiver: Receiver
 ):
     conf = write_conf(tmp_path, redis_url=redis_url, hook_url=receiver.url)
     _without_allow_list(conf)
-    gw = await start_gateway(conf)
-    assert (await gw.post(make_event()))[0] == 202
-    reason = await _dead_reason(redis_client)
-    assert "refused to connect to 127.0.0.1: 127.0.0.1 is a loopback address" in reason
-    assert receiver.received == [] and receiver.rejected == []
+    result = CliRunner().invoke(main, ["check", str(conf)])
+    assert result.exit_code == 2
+    assert (
+        f"{conf}: channels.hook: url: refused to connect to 127.0.0.1: "
+        "127.0.0.1 is a loopback address (allow it with [outbound] allow = [...])"
+    ) in result.output
 
 
 async def test_decimal_host_form_never_connects(

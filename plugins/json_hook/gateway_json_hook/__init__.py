@@ -55,6 +55,9 @@ class JsonHook(Channel[JsonHookConfig]):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             # Not echoed: webhook URLs often carry a token.
             raise ValueError("url must be an http:// or https:// URL with a host")
+        refusal = context.outbound.url_refusal(config.url)
+        if refusal is not None:
+            raise ValueError(f"url: {refusal}")
         if any(k.lower().startswith("webhook-") for k in config.headers):
             raise ValueError("headers: webhook-* headers are set by the signature")
         self._signer = Signer([s.reveal() for s in (config.secret, *config.previous_secrets)])
@@ -71,6 +74,7 @@ class JsonHook(Channel[JsonHookConfig]):
 
     async def start(self) -> None:
         self._session = self.context.outbound.client_session(
+            literal_hosts_checked=True,  # the one URL, checked in __init__
             connector_limit=self.config.max_connections,
             timeout=aiohttp.ClientTimeout(total=float(self.config.timeout)),
             auto_decompress=False,
