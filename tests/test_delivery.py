@@ -545,3 +545,22 @@ async def test_a_plugin_failure_can_notify_staff_through_an_internal_event(
     assert body["data"]["invoice"] == "FA-1" and body["data"]["event_id"] == event["id"]
     assert body["refs"] == event["refs"] and body["customer"]["id"] == "cus_1"
     assert len(dead_letters(redis_client)) == 1
+
+
+async def test_a_lost_consumer_group_is_recreated_and_nothing_waiting_is_lost(
+    tmp_path, redis_url, sink: Sink, start_gateway, redis_client
+):
+    """Redis restarted without its AOF (or a careless FLUSH of one key) loses the groups."""
+    conf = write_conf(tmp_path, redis_url=redis_url, hook_url=sink.url)
+    gw = await start_gateway(conf)
+    assert (await gw.post(make_event()))[0] == 202
+    await eventually(lambda: len(sink.ok) == 1, what="the first delivery")
+
+    redis_client.xgroup_destroy("tocsin:events", "router")
+    redis_client.xgroup_destroy("tocsin:deliveries:hook", "workers")
+    later = [make_event() for _ in range(5)]
+    for event in later:
+        assert (await gw.post(event))[0] == 202
+    await eventually(lambda: len(sink.ok) == 6, what="deliveries after the groups were lost")
+    assert {e["id"] for e in sink.ok[1:]} == {e["id"] for e in later}
+    assert len(set(sink.ids)) == 6
