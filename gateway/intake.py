@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from .event import EventInvalid, encode_event
 from .keys import Keys
+from .openapi import serve_openapi
 from .scripts import ENQUEUE, is_noscript
 from .signing import SignatureError
 from .source import Source
@@ -171,6 +172,7 @@ class Intake:
         app.router.add_post("/v1/sources/{name}", self.post_source)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/openapi.json", serve_openapi)
         return app
 
     async def post_events(self, request: web.Request) -> web.StreamResponse:
