@@ -104,11 +104,18 @@ class Templates:
         return self.env.from_string(source)
 
     def find(self, notification: str, part: str, locale: str | None) -> str | None:
-        """The template file name to use, following the locale fallback chain."""
+        """The template file name to use.
+
+        The locale folder is chosen once per notification (the first of the fallback
+        chain that exists), and every part comes from it, else from the notification's
+        own folder: an English email never borrows its HTML from the French folder.
+        """
         for loc in locale_chain(locale, self.default_locale):
-            name = f"{notification}/{loc}/{part}.j2"
-            if (self.root / name).is_file():
-                return name
+            if (self.root / notification / loc).is_dir():
+                name = f"{notification}/{loc}/{part}.j2"
+                if (self.root / name).is_file():
+                    return name
+                break
         name = f"{notification}/{part}.j2"
         return name if (self.root / name).is_file() else None
 
