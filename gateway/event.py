@@ -119,6 +119,8 @@ def decode_event(body: bytes) -> Event:
         raise EventInvalid(*_split_msgspec_error(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise EventInvalid("$", f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise EventInvalid("$", "nested too deeply") from None
     if event.occurred_at.tzinfo is None:
         raise EventInvalid("$.occurred_at", "needs a time zone offset (e.g. Z or +01:00)")
     _check_money(event.data, "$.data")

@@ -100,15 +100,19 @@ class Verifier:
             raise SignatureError("webhook-timestamp is too old")
         if timestamp > current + self.tolerance:
             raise SignatureError("webhook-timestamp is too far in the future")
-        signed = f"{msg_id}.{timestamp}.".encode() + body
+        try:
+            # aiohttp keeps header bytes that are not UTF-8 as surrogates: not a signature.
+            signed = f"{msg_id}.{timestamp}.".encode() + body
+            candidates = [c.encode() for c in sig_header.split(" ")]
+        except UnicodeError:
+            raise SignatureError("webhook-id or webhook-signature is not valid text") from None
         expected = [
             base64.b64encode(hmac.digest(key, signed, hashlib.sha256)) for key in self._keys
         ]
-        for candidate in sig_header.split(" "):
-            version, _, sig = candidate.partition(",")
-            if version != "v1":
+        for candidate in candidates:
+            version, _, raw = candidate.partition(b",")
+            if version != b"v1":
                 continue
-            raw = sig.encode()
             # Compare against every key without short-circuiting on the first mismatch.
             if any(hmac.compare_digest(raw, good) for good in expected):
                 return msg_id

@@ -133,7 +133,16 @@ async def test_channel_window_applies_unless_the_rule_opts_out(
         tmp_path, redis_url=redis_url, hook_url=receiver.url, rules=rules, extra=extra
     )
     gw = await start_gateway(conf)
-    routine, urgent = make_event(), make_event(type="dispute.opened")
+    routine = make_event()
+    urgent = make_event(
+        type="dispute.opened",
+        data={
+            "dispute_id": "dp_1",
+            "amount": 1250,
+            "currency": "EUR",
+            "respond_by": "2026-12-10T23:59:00Z",
+        },
+    )
     assert (await gw.post(routine))[0] == 202
     assert (await gw.post(urgent))[0] == 202
     [got] = await receiver.wait_for(1)
