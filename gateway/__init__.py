@@ -4,6 +4,7 @@ A channel plugin needs: ``hookimpl``, ``Channel`` (+ ``ChannelContext``), ``Deli
 ``TransientError`` / ``PermanentError``, and for conf fields ``Duration`` / ``Secret``.
 """
 
+from . import catalog  # the event catalog and the mapping helpers source plugins use
 from .channel import Channel, ChannelContext
 from .conditions import MISSING, Condition
 from .conf import Action, Secret
@@ -55,6 +56,7 @@ __all__ = [
     "Templates",
     "TransientError",
     "Verifier",
+    "catalog",
     "decode_event",
     "encode_event",
     "hookimpl",

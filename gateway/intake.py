@@ -17,6 +17,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .catalog import UnknownTypes, check_event
 from .event import EventInvalid, encode_event
 from .keys import Keys
 from .openapi import serve_openapi
@@ -158,12 +159,19 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 class Intake:
     def __init__(
-        self, enqueuer: Enqueuer, sources: dict[str, Source[Any]], events_source: str, max_body: int
+        self,
+        enqueuer: Enqueuer,
+        sources: dict[str, Source[Any]],
+        events_source: str,
+        max_body: int,
+        unknown_types: UnknownTypes = "accept",
     ) -> None:
         self.enqueuer = enqueuer
         self.sources = sources
         self.events_source = events_source
         self.max_body = max_body
+        #: ``[intake] unknown_types``: what to do with types outside the catalog.
+        self.unknown_types = unknown_types
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body, middlewares=[json_errors])
@@ -197,6 +205,8 @@ class Intake:
             return error(401, "bad_signature", str(exc))
         try:
             events = source.parse(body)
+            for event in events:  # the catalog's contract: required fields, field types
+                check_event(event, self.unknown_types)
         except EventInvalid as exc:
             return error(400, "invalid_event", exc.reason, path=exc.path)
         try:
