@@ -14,6 +14,18 @@ what the real API refuses, with the real error shapes and codes:
 
 Both record what they accepted (``accepted``), everything they were sent (``requests``),
 and answer ``fail_next`` failures first, to play 429s, 500s or throttling.
+
+After accepting a message, each can call back with a delivery receipt as the provider
+does (``receipt(...)`` builds the call, ``send_receipt(...)`` makes it):
+
+- Twilio: a form POST to the message's ``StatusCallback`` (``MessageSid``,
+  ``MessageStatus``, ``ErrorCode``...), signed in ``X-Twilio-Signature``;
+- Vonage: a GET query, POST form or POST JSON (``dlr_method``) to the message's
+  ``callback`` or the account's ``dlr_url``, one per segment (``messageId``, ``status``,
+  ``err-code``, ``client-ref``...), signed with ``sig`` when ``signature_secret`` is set.
+
+The signing code here is written from the providers' documentation, independently of
+``gateway_sms``; the tests check it against the providers' own libraries.
 """
 
 from __future__ import annotations
@@ -21,14 +33,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import math
 import re
 import secrets
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+import aiohttp
 from aiohttp import web
 
 from gateway.redis_server import free_port
@@ -138,6 +155,48 @@ class StandIn:
         return self.accepted
 
 
+@dataclass
+class ReceiptCall:
+    """A status callback as a provider makes it: tests may alter it before it is sent."""
+
+    method: str
+    #: The URL the provider calls (and signs, for Twilio).
+    url: str
+    #: Query (GET), form fields or JSON members (POST), as the provider sends them.
+    params: dict[str, str]
+    #: How ``params`` travel: ``query``, ``form`` or ``json``.
+    encoding: Literal["query", "form", "json"]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def send(self, via: str | None = None) -> tuple[int, Any]:
+        """Make the call; ``via`` (``http://127.0.0.1:PORT``) stands for a proxy that the
+        public URL's host points to. Returns the status and the JSON (or text) answer."""
+        url = self.url
+        if via is not None:
+            proxy = urlsplit(via)
+            url = urlunsplit(urlsplit(url)._replace(scheme=proxy.scheme, netloc=proxy.netloc))
+        kwargs: dict[str, Any] = {"headers": dict(self.headers)}
+        if self.encoding == "query":
+            parts = urlsplit(url)
+            query = "&".join(q for q in (parts.query, urlencode(self.params)) if q)
+            url = urlunsplit(parts._replace(query=query))
+        elif self.encoding == "form":
+            kwargs["data"] = urlencode(self.params).encode()
+            kwargs["headers"].setdefault("Content-Type", "application/x-www-form-urlencoded")
+        else:
+            kwargs["data"] = json.dumps(self.params).encode()
+            kwargs["headers"].setdefault("Content-Type", "application/json")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(self.method, url, **kwargs) as response,
+        ):
+            text = await response.text()
+            try:
+                return response.status, json.loads(text)
+            except ValueError:
+                return response.status, text
+
+
 # --- Twilio -------------------------------------------------------------------------------
 
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
@@ -164,6 +223,14 @@ TWILIO_MAGIC_FROM = {
         "This 'From' number has exceeded the maximum number of queued messages",
     ),
 }
+
+
+def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
+    """Twilio's ``X-Twilio-Signature``: base64(HMAC-SHA1(auth token, URL + each POST
+    parameter's name and value, by name)), per Twilio's webhook-security documentation."""
+    data = url + "".join(f"{name}{params[name]}" for name in sorted(params))
+    mac = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1)
+    return base64.b64encode(mac.digest()).decode()
 
 
 def twilio_error(code: int, message: str, status: int = 400) -> web.Response:
@@ -282,11 +349,79 @@ class TwilioStandIn(StandIn):
         }
         return web.json_response(resource, status=201)
 
+    def receipt(
+        self,
+        message: dict[str, Any],
+        status: str,
+        *,
+        error_code: int | None = None,
+        auth_token: str | None = None,
+    ) -> ReceiptCall:
+        """The status callback Twilio makes for an accepted ``message`` reaching ``status``
+        (``sent``, ``delivered``, ``undelivered``...), signed with the account's auth token
+        (or ``auth_token``, to forge one)."""
+        url = message.get("StatusCallback")
+        if not url:
+            raise AssertionError("the message was sent without a StatusCallback")
+        params = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": "2010-04-01",
+            "From": message.get("From") or "",
+            "MessageSid": message["sid"],
+            "MessageStatus": status,
+            "SmsSid": message["sid"],
+            "SmsStatus": status,
+            "To": message["To"],
+        }
+        if message.get("MessagingServiceSid"):
+            params["MessagingServiceSid"] = message["MessagingServiceSid"]
+        if error_code is not None:
+            params["ErrorCode"] = str(error_code)
+        if status == "delivered":
+            params["RawDlrDoneDate"] = time.strftime("%y%m%d%H%M", time.gmtime())
+        token = self.auth_token if auth_token is None else auth_token
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+            "User-Agent": "TwilioProxy/1.1",
+            "I-Twilio-Idempotency-Token": str(uuid.uuid4()),
+            "X-Twilio-Signature": twilio_signature(token, url, params),
+        }
+        return ReceiptCall("POST", url, params, "form", headers)
+
+    async def send_receipt(
+        self,
+        message: dict[str, Any],
+        status: str,
+        *,
+        error_code: int | None = None,
+        via: str | None = None,
+    ) -> tuple[int, Any]:
+        return await self.receipt(message, status, error_code=error_code).send(via)
+
+
+def delivery_of(message: dict[str, Any]) -> str:
+    """The Tocsin delivery id in a Twilio message's ``StatusCallback``."""
+    [delivery] = parse_qs(urlsplit(message["StatusCallback"]).query)["delivery"]
+    return delivery
+
 
 # --- Vonage -------------------------------------------------------------------------------
 
 VONAGE_KEY = "abcd1234"
 VONAGE_SECRET = "vonage-secret-0123456789"
+
+
+VonageSignatureMethod = Literal["md5hash", "md5", "sha1", "sha256", "sha512"]
+
+
+def vonage_signature(secret: str, method: VonageSignatureMethod, params: dict[str, str]) -> str:
+    """Vonage's ``sig``, per its "Signing messages" guide: ``&name=value`` for each
+    parameter by name, ``&`` and ``=`` in values replaced by ``_``; then MD5 of that and
+    the secret (``md5hash``), or its HMAC keyed with the secret; in hexadecimal."""
+    data = "".join("&" + name + "=" + re.sub("[&=]", "_", params[name]) for name in sorted(params))
+    if method == "md5hash":
+        return hashlib.md5((data + secret).encode()).hexdigest()
+    return hmac.new(secret.encode(), data.encode(), getattr(hashlib, method)).hexdigest()
 
 
 def vonage_answer(*messages: dict[str, Any]) -> web.Response:
@@ -308,6 +443,13 @@ class VonageStandIn(StandIn):
     #: When set, the only sender IDs the account may use (others: status 15).
     allowed_senders: set[str] | None = None
     balance: float = 10.0
+    #: The account's default delivery-receipt URL (dashboard), for messages without
+    #: ``callback``, and how receipts are sent there (dashboard: GET, POST, POST-JSON).
+    dlr_url: str | None = None
+    dlr_method: Literal["GET", "POST", "POST-JSON"] = "POST-JSON"
+    #: Set when Vonage support has turned on signed webhooks for the account.
+    signature_secret: str | None = None
+    signature_method: VonageSignatureMethod = "md5hash"
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/sms/json", self.send_sms)
@@ -381,3 +523,52 @@ class VonageStandIn(StandIn):
             }
         )
         return vonage_answer(*messages)
+
+    def receipts(
+        self,
+        message: dict[str, Any],
+        status: str,
+        *,
+        err_code: int = 0,
+        secret: str | None = None,
+    ) -> list[ReceiptCall]:
+        """The delivery receipts Vonage sends for an accepted ``message``: one per segment,
+        each signed when the account signs webhooks (``secret`` forges a signature)."""
+        url = message.get("callback") or self.dlr_url
+        if not url:
+            raise AssertionError("no callback for this message and no dlr_url for the account")
+        now = time.gmtime()
+        calls = []
+        for message_id in message["message-ids"]:
+            params = {
+                "msisdn": message["to"],
+                "to": message["from"],
+                "network-code": "20801",
+                "messageId": message_id,
+                "price": "0.03330000",
+                "status": status,
+                "scts": time.strftime("%y%m%d%H%M", now),
+                "err-code": str(err_code),
+                "api-key": self.api_key,
+                "message-timestamp": time.strftime("%Y-%m-%d %H:%M:%S", now),
+            }
+            if "client-ref" in message:
+                params["client-ref"] = message["client-ref"]
+            signing = self.signature_secret if secret is None else secret
+            if signing is not None:
+                params["timestamp"] = str(int(time.time()))
+                params["nonce"] = str(uuid.uuid4())
+                params["sig"] = vonage_signature(signing, self.signature_method, params)
+            if self.dlr_method == "GET":
+                calls.append(ReceiptCall("GET", url, params, "query"))
+            else:
+                encoding: Literal["form", "json"] = (
+                    "json" if self.dlr_method == "POST-JSON" else "form"
+                )
+                calls.append(ReceiptCall("POST", url, params, encoding))
+        return calls
+
+    async def send_receipts(
+        self, message: dict[str, Any], status: str, *, err_code: int = 0, via: str | None = None
+    ) -> list[tuple[int, Any]]:
+        return [await call.send(via) for call in self.receipts(message, status, err_code=err_code)]

@@ -15,6 +15,8 @@ Conf (see docs/sms.md for every option)::
 
 Before anything is sent the number is normalised to E.164, the text is measured
 (GSM-7 or UCS-2, segments) and refused when it needs more than ``max_segments``.
+Twilio and Vonage delivery receipts come back to ``/v1/receipts/<channel>``, checked
+against the provider's signature (``SmsChannel.parse_receipt``).
 """
 
 from __future__ import annotations

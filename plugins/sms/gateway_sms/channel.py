@@ -11,6 +11,8 @@ from gateway import (
     ChannelContext,
     Delivery,
     PermanentError,
+    Receipt,
+    ReceiptRequest,
     template_context,
 )
 
@@ -186,3 +188,20 @@ class SmsChannel(Channel[SmsConfig]):
 
     async def send(self, delivery: Delivery) -> None:
         await self.send_sms(delivery)
+
+    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
+        """A provider's status callback to ``/v1/receipts/NAME``, read by its adapter.
+
+        Twilio's are always signed (``X-Twilio-Signature``, the auth token); Vonage's when
+        ``vonage.signature_secret`` is set. The outbox takes none (``NotImplementedError``).
+        """
+        receipts = self.provider.parse_receipt(request)
+        for item in receipts:
+            log.info(
+                "sms %s: receipt for delivery %s: %s (%s)",
+                self.name,
+                item.delivery_id,
+                item.status,
+                item.detail,
+            )
+        return receipts

@@ -32,6 +32,9 @@ import msgspec
 from gateway import Duration, Secret
 
 ProviderName = Literal["outbox", "twilio", "vonage"]
+#: Vonage's signature methods: ``md5hash`` (MD5 of the parameters and the secret, the
+#: dashboard's default) or an HMAC keyed with the secret.
+VonageSignatureMethod = Literal["md5hash", "md5", "sha1", "sha256", "sha512"]
 
 _TWILIO_ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
 _TWILIO_SERVICE_SID: Final = re.compile(r"MG[0-9a-fA-F]{32}")
@@ -74,12 +77,21 @@ class VonageOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     api_secret: Secret
     #: Delivery-receipt URL for these messages (``callback``), overriding the dashboard's.
     callback: str | None = None
+    #: The account's signature secret (dashboard, API settings): when set, delivery
+    #: receipts must carry a valid ``sig`` (ask Vonage support to sign webhooks) and
+    #: unsigned or forged ones are refused. Unset, receipts are taken unsigned.
+    signature_secret: Secret | None = None
+    #: The signature method chosen in the dashboard for that secret.
+    signature_method: VonageSignatureMethod = "md5hash"
     base_url: str = "https://rest.nexmo.com"
 
     def problems(self) -> list[str]:
+        found = []
         if not self.api_key.strip():
-            return ["vonage.api_key: must not be empty"]
-        return []
+            found.append("vonage.api_key: must not be empty")
+        if self.signature_secret is not None and not self.signature_secret.reveal().strip():
+            found.append("vonage.signature_secret: must not be empty (or leave it unset)")
+        return found
 
 
 class SmsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

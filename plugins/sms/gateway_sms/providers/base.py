@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 
 from gateway import (
     OutboundPolicy,
     PermanentError,
+    Receipt,
+    ReceiptRequest,
     TransientError,
     outbound_error,
     parse_retry_after,
@@ -25,6 +28,9 @@ from ..encoding import Encoding
 MAX_ANSWER_BYTES = 64 * 1024
 #: Of an unexpected answer, this much is kept in the delivery's history.
 EXCERPT_CHARS = 300
+#: What a delivery id echoed by a provider may look like (Tocsin's are ``msg_`` + hex;
+#: Vonage's ``client-ref`` takes at most 100 characters).
+_DELIVERY_REFERENCE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,14 @@ class Provider(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
         """Release what ``start`` opened."""
+
+    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
+        """Verify and read a status callback (see ``gateway.Channel.parse_receipt``).
+
+        ``gateway.SignatureError`` when it is not genuine, ``ValueError`` when it cannot be
+        read; providers without receipts (the outbox) leave this as is.
+        """
+        raise NotImplementedError(f"provider {self.name!r} sends no receipts")
 
     def target(self) -> str:
         """Where messages go, for previews and logs (never with a secret)."""
@@ -176,3 +190,43 @@ def refuse_redirect(provider: str, status: int, headers: Mapping[str, str]) -> P
     return PermanentError(
         f"{provider}: HTTP {status} redirect{where} not followed (check base_url)", status=status
     )
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A request header by name, whatever its case (``headers`` may be a plain dict)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    wanted = name.lower()
+    for key, item in headers.items():
+        if key.lower() == wanted:
+            return item
+    return None
+
+
+def media_type(headers: Mapping[str, str]) -> str:
+    """``Content-Type`` without its parameters, lower case (``""`` when absent)."""
+    return (header(headers, "Content-Type") or "").split(";", 1)[0].strip().lower()
+
+
+def form_pairs(request: ReceiptRequest) -> list[tuple[str, str]]:
+    """The form fields of a ``application/x-www-form-urlencoded`` body, repeats kept.
+
+    ``ValueError`` for a body that is not UTF-8 (providers send UTF-8, percent-encoded).
+    """
+    try:
+        text = request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("form body is not UTF-8") from None
+    return parse_qsl(text, keep_blank_values=True)
+
+
+def delivery_reference(value: str | None) -> str | None:
+    """The delivery id a receipt echoes, or ``None`` when it names none Tocsin could have set.
+
+    Receipts about messages another application sent through the same provider account
+    (no reference, or one of theirs) are not ours to record.
+    """
+    if value is None or not _DELIVERY_REFERENCE.fullmatch(value):
+        return None
+    return value

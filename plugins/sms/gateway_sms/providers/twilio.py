@@ -13,16 +13,34 @@ Wire format (https://www.twilio.com/docs/messaging/api/message-resource#create-a
 Twilio takes no idempotency key on this call: a send retried after a timeout may reach
 the phone twice. The delivery id travels in the status callback URL instead, so the
 receipts Twilio posts there name the Tocsin delivery.
+
+Status callbacks (https://www.twilio.com/docs/messaging/guides/track-outbound-message-status,
+https://www.twilio.com/docs/usage/webhooks/webhooks-security): Twilio POSTs a form
+(``MessageSid``, ``MessageStatus``, ``ErrorCode``, ``To``, ``From``, ``AccountSid``...) to
+``StatusCallback`` at each status change, signed in ``X-Twilio-Signature``: base64 of the
+HMAC-SHA1, keyed with the auth token, of the full URL followed by every POST parameter's
+name and value, in parameter-name order.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from gateway import OutboundPolicy, PermanentError, TransientError
+from gateway import (
+    OutboundPolicy,
+    PermanentError,
+    Receipt,
+    ReceiptRequest,
+    SignatureError,
+    TransientError,
+)
+from gateway.receipts import ReceiptStatus
 
 from ..config import TwilioOptions
 from .base import (
@@ -31,10 +49,16 @@ from .base import (
     OutgoingSms,
     check_base_url,
     decode_json,
+    delivery_reference,
     excerpt,
+    form_pairs,
+    header,
+    media_type,
     refuse_redirect,
     retry_after,
 )
+
+log = logging.getLogger("tocsin.sms")
 
 API_VERSION: Final = "2010-04-01"
 
@@ -61,6 +85,32 @@ PERMANENT_CODES: Final = {
 TRANSIENT_CODES: Final = {
     20429: "too many requests",
     21611: "the sender's queue of outgoing messages is full",
+}
+
+
+SIGNATURE_HEADER: Final = "X-Twilio-Signature"
+#: Present when a Webhooks Rule signs with its own shared key instead of the auth token.
+SIGNATURE_SETTINGS_HEADER: Final = "X-Twilio-Webhooks-Signature-Settings"
+#: The query parameter of ``StatusCallback`` naming the Tocsin delivery.
+DELIVERY_PARAMETER: Final = "delivery"
+
+#: ``MessageStatus`` values that end the story; the others (``queued``, ``accepted``,
+#: ``scheduled``, ``sending``, ``sent``...) are steps on the way.
+DELIVERED_STATUSES: Final = frozenset({"delivered", "read"})
+FAILED_STATUSES: Final = frozenset({"undelivered", "failed"})
+
+#: ``ErrorCode`` values of undelivered and failed messages (https://www.twilio.com/docs/api/errors).
+DELIVERY_ERRORS: Final = {
+    "30001": "queue overflow",
+    "30002": "account suspended",
+    "30003": "unreachable destination handset",
+    "30004": "message blocked",
+    "30005": "unknown destination handset",
+    "30006": "landline or unreachable carrier",
+    "30007": "message filtered by the carrier",
+    "30008": "unknown error",
+    "30009": "missing inbound segment",
+    "30010": "message price exceeds max price",
 }
 
 
@@ -105,6 +155,89 @@ class Twilio(HttpProvider):
                 return Accepted(self.name, (sid,), state if isinstance(state, str) else None)
             return Accepted(self.name, ())
         raise error_for(status, headers, answer, body)
+
+    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
+        """A status callback: signature checked against the auth token, then read."""
+        params: list[tuple[str, str]] = []
+        if request.method == "POST" and (
+            media_type(request.headers) == "application/x-www-form-urlencoded"
+        ):
+            params = form_pairs(request)
+        verify_signature(self.options.auth_token.reveal(), request, params)
+        fields = {**request.query, **dict(params)}  # a GET callback has them in the query
+        sid = fields.get("MessageSid") or fields.get("SmsSid")
+        state = fields.get("MessageStatus") or fields.get("SmsStatus")
+        if not sid or not state:
+            raise ValueError("not a Twilio message status callback: no MessageSid or MessageStatus")
+        delivery_id = delivery_reference(request.query.get(DELIVERY_PARAMETER))
+        if delivery_id is None:
+            # Genuine, but about a message sent without our StatusCallback: nothing to record,
+            # and refusing it would only make Twilio call again.
+            log.info("twilio: receipt for %s names no Tocsin delivery: ignored", sid)
+            return []
+        status: ReceiptStatus = "pending"
+        if state in DELIVERED_STATUSES:
+            status = "delivered"
+        elif state in FAILED_STATUSES:
+            status = "failed"
+        detail = f"twilio {sid}: {state}"
+        code = fields.get("ErrorCode", "")
+        if code and code != "0":
+            meaning = DELIVERY_ERRORS.get(code)
+            detail += f" (error {code}: {meaning})" if meaning else f" (error {code})"
+        return [Receipt(delivery_id=delivery_id, status=status, detail=detail, provider_id=sid)]
+
+
+def signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
+    """``X-Twilio-Signature`` for a request to ``url`` carrying ``params`` (POST fields)."""
+    signed = url + "".join(name + value for name, value in sorted(set(params)))
+    digest = hmac.new(auth_token.encode(), signed.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def signed_urls(url: str) -> list[str]:
+    """The URL as called, and its spellings with and without the port.
+
+    Twilio's own validators accept both, since Twilio signs some URLs with the default
+    port written out and others without it.
+    """
+    parts = urlsplit(url)
+    urls = [url]
+    try:
+        port = parts.port
+    except ValueError:  # not a number: no other spelling to try
+        return urls
+    host = parts.netloc.rpartition(":")[0]
+    if port is not None and host:
+        urls.append(urlunsplit(parts._replace(netloc=host)))
+    elif parts.scheme in ("http", "https"):
+        default = "443" if parts.scheme == "https" else "80"
+        urls.append(urlunsplit(parts._replace(netloc=f"{parts.netloc}:{default}")))
+    return urls
+
+
+def verify_signature(
+    auth_token: str, request: ReceiptRequest, params: list[tuple[str, str]]
+) -> None:
+    """``SignatureError`` unless ``X-Twilio-Signature`` is the auth token's for this call."""
+    given = header(request.headers, SIGNATURE_HEADER)
+    if not given:
+        raise SignatureError(f"no {SIGNATURE_HEADER} header: not a request from Twilio")
+    if header(request.headers, SIGNATURE_SETTINGS_HEADER):
+        raise SignatureError(
+            "signed with a Webhooks Rule shared key, not the auth token: remove the rule "
+            "for this URL in Twilio"
+        )
+    given_bytes = given.strip().encode("utf-8", "replace")
+    matches = [
+        hmac.compare_digest(signature(auth_token, url, params).encode("ascii"), given_bytes)
+        for url in signed_urls(request.url)
+    ]
+    if not any(matches):
+        raise SignatureError(
+            f"{SIGNATURE_HEADER} does not match (wrong auth_token, or the URL Twilio called "
+            "is not the one the gateway sees: set [intake] public_url behind a proxy)"
+        )
 
 
 def error_for(

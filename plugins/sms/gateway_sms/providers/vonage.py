@@ -11,26 +11,53 @@ https://developer.vonage.com/en/messaging/sms/guides/troubleshooting-sms):
   [{"to": ..., "message-id": ..., "status": "0", ...}, ...]}`` with one entry per segment.
   ``status`` ``"0"`` is success; anything else is an error code with ``error-text``.
   Credentials are checked the same way: a wrong secret is ``status "4"`` in a 200.
+
+Delivery receipts (https://developer.vonage.com/en/messaging/sms/guides/delivery-receipts):
+Vonage calls ``callback`` (or the dashboard's URL) once per segment, as a GET query, a
+POST form or a POST JSON object (the dashboard chooses), with ``messageId``, ``status``,
+``err-code``, ``client-ref``, ``msisdn``, ``to``, ``api-key``, ``message-timestamp``...
+Signed webhooks (https://developer.vonage.com/en/getting-started/concepts/signing-messages)
+add ``timestamp``, ``nonce`` and ``sig``: over every other parameter, sorted by name, the
+string ``&name=value&name=value`` (``&`` and ``=`` in values replaced by ``_``), then
+either the MD5 of that string followed by the signature secret (``md5hash``), or its
+HMAC keyed with the secret (``md5``, ``sha1``, ``sha256``, ``sha512``), in hexadecimal.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import logging
 from collections.abc import Mapping
 from typing import Final
 
-from gateway import OutboundPolicy, PermanentError, TransientError
+from gateway import (
+    OutboundPolicy,
+    PermanentError,
+    Receipt,
+    ReceiptRequest,
+    SignatureError,
+    TransientError,
+)
+from gateway.receipts import ReceiptStatus
 
-from ..config import VonageOptions
+from ..config import VonageOptions, VonageSignatureMethod
 from .base import (
     Accepted,
     HttpProvider,
     OutgoingSms,
     check_base_url,
     decode_json,
+    delivery_reference,
     excerpt,
+    form_pairs,
+    media_type,
     refuse_redirect,
     retry_after,
 )
+
+log = logging.getLogger("tocsin.sms")
 
 #: Vonage status codes: (worth retrying, what it means).
 STATUS_CODES: Final[dict[str, tuple[bool, str]]] = {
@@ -54,6 +81,38 @@ STATUS_CODES: Final[dict[str, tuple[bool, str]]] = {
     "29": (False, "destination not whitelisted (the Vonage account is in demo mode)"),
     "32": (False, "signature and API secret both given"),
     "33": (False, "recipient number de-activated"),
+}
+
+
+#: Delivery-receipt ``status`` values and what they mean for the delivery.
+RECEIPT_STATUSES: Final[dict[str, ReceiptStatus]] = {
+    "delivered": "delivered",
+    "failed": "failed",
+    "rejected": "failed",
+    "expired": "failed",
+    "accepted": "pending",
+    "buffered": "pending",
+    "unknown": "pending",
+}
+
+#: Delivery-receipt ``err-code`` values.
+RECEIPT_ERRORS: Final = {
+    "1": "unknown",
+    "2": "absent subscriber, temporary",
+    "3": "absent subscriber, permanent",
+    "4": "call barred by user",
+    "5": "portability error",
+    "6": "anti-spam rejection",
+    "7": "handset busy",
+    "8": "network error",
+    "9": "illegal number",
+    "10": "invalid message",
+    "11": "unroutable",
+    "12": "destination unreachable",
+    "13": "subscriber age restriction",
+    "14": "number blocked by carrier",
+    "15": "pre-paid, insufficient funds",
+    "99": "general error",
 }
 
 
@@ -91,6 +150,90 @@ class Vonage(HttpProvider):
         if status != 200:
             raise http_error(status, headers, body)
         return accepted_or_error(decode_json(body), body)
+
+    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
+        """A delivery receipt (one per segment): signature checked when configured, then read."""
+        params = receipt_params(request)
+        secret = self.options.signature_secret
+        if secret is not None:
+            verify_signature(secret.reveal(), self.options.signature_method, params)
+        message_id, state = params.get("messageId"), params.get("status")
+        if not message_id or not state:
+            raise ValueError("not a Vonage delivery receipt: no messageId or status")
+        account = params.get("api-key")
+        if account is not None and account != self.options.api_key:
+            raise ValueError(f"receipt for Vonage account {account!r}, not this channel's api_key")
+        delivery_id = delivery_reference(params.get("client-ref"))
+        if delivery_id is None:
+            # A message this channel did not send (another application on the account).
+            log.info("vonage: receipt for %s names no Tocsin delivery: ignored", message_id)
+            return []
+        detail = f"vonage {message_id}: {state}"
+        code = params.get("err-code", "")
+        if code and code != "0":
+            meaning = RECEIPT_ERRORS.get(code)
+            detail += f" (err-code {code}: {meaning})" if meaning else f" (err-code {code})"
+        return [
+            Receipt(
+                delivery_id=delivery_id,
+                status=RECEIPT_STATUSES.get(state, "pending"),
+                detail=detail,
+                provider_id=message_id,
+            )
+        ]
+
+
+def receipt_params(request: ReceiptRequest) -> dict[str, str]:
+    """A receipt's parameters: the query of a GET, the form or JSON object of a POST."""
+    if request.method == "GET":
+        return dict(request.query)
+    kind = media_type(request.headers)
+    if kind == "application/x-www-form-urlencoded":
+        return dict(form_pairs(request))
+    if kind == "application/json":
+        try:
+            data = json.loads(request.body)
+        except ValueError:
+            raise ValueError("body is not JSON") from None
+        if not isinstance(data, dict):
+            raise ValueError("JSON body is not an object")
+        params = {}
+        for name, value in data.items():
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise ValueError(f"{name}: expected a string, got {type(value).__name__}")
+            params[name] = str(value)
+        return params
+    raise ValueError(
+        f"unexpected {request.method} body {kind or 'without Content-Type'}: Vonage sends "
+        "a query (GET), a form or JSON (POST)"
+    )
+
+
+def signature(secret: str, method: VonageSignatureMethod, params: Mapping[str, str]) -> str:
+    """``sig`` for ``params`` (without ``sig``), lower-case hexadecimal."""
+    signed = "".join(
+        f"&{name}={value.replace('&', '_').replace('=', '_')}"
+        for name, value in sorted(params.items())
+    )
+    if method == "md5hash":
+        return hashlib.md5((signed + secret).encode()).hexdigest()
+    return hmac.new(secret.encode(), signed.encode(), method).hexdigest()
+
+
+def verify_signature(secret: str, method: VonageSignatureMethod, params: dict[str, str]) -> None:
+    """``SignatureError`` unless ``sig`` is the secret's for the other parameters.
+
+    ``sig`` is removed from ``params``.
+    """
+    given = params.pop("sig", "")
+    if not given:
+        raise SignatureError("no 'sig' parameter, and vonage.signature_secret is set")
+    expected = signature(secret, method, params)
+    if not hmac.compare_digest(expected.encode(), given.strip().lower().encode("utf-8", "replace")):
+        raise SignatureError(
+            f"'sig' does not match (wrong signature_secret, or the dashboard signs with another "
+            f"method than {method!r})"
+        )
 
 
 def http_error(
