@@ -126,7 +126,7 @@ def many_errors_conf(directory: Path) -> Path:
 
         [channels.ok]
         type = "json_hook"
-        url = "http://127.0.0.1:9/ok"
+        url = "http://hooks.example.invalid/ok"
         secret = "{HOOK_SECRET}"
 
         [channels.sms]
