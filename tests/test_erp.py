@@ -731,25 +731,34 @@ async def test_tls_is_verified_and_a_private_ca_can_be_trusted(tmp_path, make_ch
 
 
 async def test_the_ssrf_guard_applies_without_an_allow_list(tmp_path, erpnext):
-    options = {
-        "connector": "erpnext",
-        "url": erpnext.url,
-        "erpnext": {"api_key": "k", "api_secret": "s"},
-    }
-    config = convert(options, ErpConfig)
     context = ChannelContext(
         templates=Templates(tmp_path, "fr", {}),
         data_dir=tmp_path,
         default_locale="fr",
         outbound=OutboundPolicy(),  # no [outbound] allow: loopback is refused
     )
-    channel = ErpChannel("erp", config, context)
+
+    def channel_for(url: str) -> ErpChannel:
+        options = {
+            "connector": "erpnext",
+            "url": url,
+            "erpnext": {"api_key": "k", "api_secret": "s"},
+        }
+        return ErpChannel("erp", convert(options, ErpConfig), context)
+
+    # An IP literal is refused once, as a conf error...
+    with pytest.raises(
+        ValueError, match=r"url: refused to connect to 127\.0\.0\.1: 127\.0\.0\.1 is a loopback"
+    ):
+        channel_for(erpnext.url)
+    # ...a name each time it resolves: the delivery fails for good.
+    channel = channel_for(erpnext.url.replace("127.0.0.1", "localhost"))
     await channel.start()
     try:
         error = await refused(channel, delivery_of(payment_event("X", 100, "tx_1")))
     finally:
         await channel.close()
-    assert "127.0.0.1 is a loopback address" in error.reason
+    assert "refused to connect to localhost" in error.reason and "loopback" in error.reason
     assert erpnext.calls == []
 
 

@@ -57,6 +57,12 @@ class ErpChannel(Channel[ErpConfig]):
     def __init__(self, name: str, config: ErpConfig, context: ChannelContext) -> None:
         super().__init__(name, config, context)
         problems = config.problems(name)
+        # The URL is fixed: an IP literal the SSRF guard refuses is a conf error, reported
+        # once by `tocsin check`, not a dead letter per payment (names are checked when
+        # they resolve, on every connection).
+        refusal = context.outbound.url_refusal(config.url) if not problems else None
+        if refusal is not None:
+            problems.append(f"url: {refusal}")
         try:
             self.zone = ZoneInfo(config.timezone)
         except (ZoneInfoNotFoundError, ValueError):

@@ -90,7 +90,10 @@ class Transport:
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
 
     async def start(self) -> None:
+        # Every request goes to base_url's origin (``url`` refuses others), whose literal
+        # host the channel checked at start-up: no per-request hook needed.
         self._session = self.outbound.client_session(
+            literal_hosts_checked=True,
             connector_limit=self.max_connections,
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             headers={"User-Agent": USER_AGENT},
