@@ -23,6 +23,7 @@ from .http import parse_retry_after, raise_for_outcome
 from .markers import hookimpl, hookspec
 from .outbound import OutboundPolicy, OutboundRefused
 from .outbound import delivery_error as outbound_error
+from .receipts import Receipt, ReceiptRequest, ReceiptStatus
 from .signing import SignatureError, Signer, Verifier
 from .source import Source
 from .templating import TemplateFailure, Templates
@@ -47,6 +48,9 @@ __all__ = [
     "OutboundRefused",
     "PermanentError",
     "PluginError",
+    "Receipt",
+    "ReceiptRequest",
+    "ReceiptStatus",
     "Recipient",
     "Secret",
     "SignatureError",

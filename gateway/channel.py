@@ -11,6 +11,7 @@ import msgspec
 
 from .delivery import Delivery
 from .outbound import OutboundPolicy
+from .receipts import Receipt, ReceiptRequest
 
 if TYPE_CHECKING:
     from .conf import Action
@@ -74,6 +75,15 @@ class Channel(ABC, Generic[ConfigT]):
     @abstractmethod
     async def send(self, delivery: Delivery) -> None:
         """Deliver, or raise ``TransientError`` / ``PermanentError``."""
+
+    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
+        """Read a provider's status callback to ``/v1/receipts/NAME``.
+
+        Verify it first (raise ``gateway.SignatureError`` if it is not genuine), then
+        return the receipts it carries; ``ValueError`` for a call that cannot be read.
+        Channels without receipts leave this as is (the route answers 404).
+        """
+        raise NotImplementedError(f"channel type {self.type_name!r} takes no receipts")
 
     def preview(self, delivery: Delivery) -> dict[str, str]:
         """What ``send`` would send, as labelled text parts, without sending it.

@@ -21,6 +21,7 @@ from .durations import Duration
 from .errors import ConfError, TocsinError
 from .history import SENDS, STATUSES, DeliveryRecord
 from .keys import Keys
+from .receipts import receipts_of
 
 T = TypeVar("T")
 
@@ -146,10 +147,16 @@ def deliveries_show(delivery_id: str, as_json: bool, conf_path: Path | None) -> 
     record = _with_redis(conf, lambda r, k: admin.show_delivery(r, k, delivery_id))
     if record is None:
         raise click.ClickException(f"no delivery {delivery_id} (unknown, or past the retention)")
+    receipts = _with_redis(conf, lambda r, k: receipts_of(r, k, delivery_id))
     if as_json:
-        _echo_json(record)
+        _echo_json({**msgspec.to_builtins(record), "receipts": receipts})
         return
     _print_record(record)
+    if receipts:
+        click.echo("receipts")
+        for item in receipts:
+            detail = f"  {item.detail}" if item.detail else ""
+            click.echo(f"     {_stamp(item.at)}  {item.status}{detail}")
 
 
 def _print_record(r: DeliveryRecord) -> None:

@@ -76,6 +76,9 @@ class IntakeSection(_Section):
     tolerance: Duration = Duration(300)
     #: How long an event id is remembered to refuse duplicates (providers retry for days).
     dedupe_window: Duration = Duration(7 * 86400)
+    #: The intake's public base URL (``https://hooks.acme.example``) when behind a proxy:
+    #: providers sign receipt callbacks with the URL they called.
+    public_url: str = ""
     #: Event types outside the catalog (docs/events.md): ``accept`` routes them like the
     #: others, so a new provider event never bounces; ``reject`` answers them 400.
     unknown_types: Literal["accept", "reject"] = "accept"

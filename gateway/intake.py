@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 from aiohttp import web
@@ -18,9 +20,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .catalog import UnknownTypes, check_event
+from .channel import Channel
 from .event import EventInvalid, encode_event
 from .keys import Keys
 from .openapi import serve_openapi
+from .receipts import ReceiptRequest, record_receipt
 from .scripts import ENQUEUE, is_noscript
 from .signing import SignatureError
 from .source import Source
@@ -165,7 +169,14 @@ class Intake:
         events_source: str,
         max_body: int,
         unknown_types: UnknownTypes = "accept",
+        *,
+        channels: Mapping[str, Channel[Any]] | None = None,
+        public_url: str = "",
+        retention: float = 30 * 86400,
     ) -> None:
+        self.channels = channels or {}
+        self.public_url = public_url
+        self.retention = retention
         self.enqueuer = enqueuer
         self.sources = sources
         self.events_source = events_source
@@ -181,7 +192,51 @@ class Intake:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/openapi.json", serve_openapi)
+        app.router.add_get("/v1/receipts/{channel}", self.receipt)
+        app.router.add_post("/v1/receipts/{channel}", self.receipt)
         return app
+
+    async def receipt(self, request: web.Request) -> web.StreamResponse:
+        """A provider's delivery receipt for a message a channel sent (SMS status...)."""
+        name = request.match_info["channel"]
+        channel = self.channels.get(name)
+        if channel is None:
+            return error(404, "unknown_channel", f"no channel named {name!r}")
+        if request.content_length is not None and request.content_length > self.max_body:
+            return error(413, "too_large", f"body over the {self.max_body}-byte limit")
+        body = await request.read()
+        form: dict[str, str] = {}
+        if request.content_type == "application/x-www-form-urlencoded":
+            form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        url = str(request.url)
+        if self.public_url:  # behind a proxy: the URL the provider called, and signed
+            url = self.public_url.rstrip("/") + str(request.rel_url)
+        call = ReceiptRequest(
+            method=request.method,
+            url=url,
+            headers=request.headers,
+            query=dict(request.query),
+            body=body,
+            form=form,
+        )
+        try:
+            receipts = channel.parse_receipt(call)
+        except NotImplementedError:
+            return error(404, "no_receipts", f"channel {name!r} takes no receipts")
+        except SignatureError as exc:
+            return error(401, "bad_signature", str(exc))
+        except ValueError as exc:
+            return error(400, "invalid_receipt", str(exc))
+        try:
+            for item in receipts:
+                item.at = round(time.time(), 3)
+                await record_receipt(self.enqueuer.redis, self.enqueuer.keys, item, self.retention)
+        except RedisError as exc:
+            log.warning("intake: Redis unavailable, answering 503: %s", exc)
+            return _answer(
+                503, {"error": "unavailable", "message": "retry later"}, {"Retry-After": "5"}
+            )
+        return _answer(200, {"received": len(receipts)})
 
     async def post_events(self, request: web.Request) -> web.StreamResponse:
         return await self._ingest(request, self.sources[self.events_source])

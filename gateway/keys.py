@@ -40,6 +40,10 @@ class Keys:
         """A delivery's status and attempts (JSON), expiring after the retention."""
         return f"{self.prefix}:delivery:{delivery_id}"
 
+    def receipts(self, delivery_id: str) -> str:
+        """List of a delivery's receipts from its provider (delivered to the handset...)."""
+        return f"{self.prefix}:receipts:{delivery_id}"
+
     @property
     def history(self) -> str:
         """Sorted set of delivery ids by last update (ms): lists records by time."""

@@ -194,7 +194,16 @@ class Gateway:
         )
         enqueuer.start()
         stack.push_async_callback(enqueuer.stop)
-        intake = Intake(enqueuer, self.plan.sources, EVENTS_SOURCE, conf.intake.max_body)
+        intake = Intake(
+            enqueuer,
+            self.plan.sources,
+            EVENTS_SOURCE,
+            conf.intake.max_body,
+            conf.intake.unknown_types,
+            channels=self.plan.channels,
+            public_url=conf.intake.public_url,
+            retention=float(conf.history.retention),
+        )
         runner = web.AppRunner(intake.app(), access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
