@@ -165,6 +165,11 @@ def format_preview(preview: Preview, default_locale: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _action_for(channel: Channel[Any], action: Action) -> Action:
+    """The customer as recipient, for channels that take recipients (an ERP does not)."""
+    return action if channel.needs_recipients else msgspec.structs.replace(action, to=[])
+
+
 def _channels_for(plan: Plan, template: str, name: str | None) -> tuple[list[str], list[str]]:
     """The channels to preview ``template`` on, and why each other one was left out."""
     action = Action(channel=name or "", template=template, to=["customer"])
@@ -175,7 +180,7 @@ def _channels_for(plan: Plan, template: str, name: str | None) -> tuple[list[str
             raise RenderError([f"no channel {name!r} (channels: {known})"])
         if not has_preview(channel):
             raise RenderError([f"channel {name!r} ({channel.type_name}) has no preview"])
-        problems = channel.check_action(action)
+        problems = channel.check_action(_action_for(channel, action))
         if problems:
             why = f"channel {name!r} cannot use template {template!r}"
             raise RenderError([f"{why}: {problem}" for problem in problems])
@@ -185,7 +190,9 @@ def _channels_for(plan: Plan, template: str, name: str | None) -> tuple[list[str
         if not has_preview(channel):
             skipped.append(f"{cname} ({channel.type_name}): no preview")
             continue
-        problems = channel.check_action(msgspec.structs.replace(action, channel=cname))
+        problems = channel.check_action(
+            _action_for(channel, msgspec.structs.replace(action, channel=cname))
+        )
         if problems:
             skipped.append(f"{cname} ({channel.type_name}): {'; '.join(problems)}")
             continue
