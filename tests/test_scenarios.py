@@ -360,7 +360,7 @@ def test_check_renders_scenario_step_templates_against_samples(tmp_path, redis_u
         '{"remaining": {{ data.remaining_amount }},\n "oops": {{ data.no_such_field }}}'
     )
     (tmp_path / "examples").mkdir()
-    event, raw = pr_event("created", T0, remaining_amount=5)
+    _, raw = pr_event("created", T0, remaining_amount=5)
     (tmp_path / "examples" / "pr_created.json").write_bytes(raw)
     result = CliRunner().invoke(main, ["check", str(conf)])
     assert result.exit_code == 2, result.output
