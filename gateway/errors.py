@@ -15,33 +15,12 @@ class TocsinError(Exception):
 
 
 class DeliveryError(TocsinError):
-    """A send did not succeed. ``reason`` is recorded in the delivery's history."""
-
-    def __init__(self, reason: str, *, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-
-
-class TransientError(DeliveryError):
-    """The receiver may accept the same delivery later (timeouts, 5xx, 429...).
-
-    ``retry_after`` (seconds) asks for a delay, e.g. from an HTTP ``Retry-After``.
-    """
-
-    def __init__(
-        self, reason: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(reason, status=status)
-        self.retry_after = retry_after
-
-
-class PermanentError(DeliveryError):
-    """Sending the same delivery again cannot succeed (bad template, 4xx, invalid address).
+    """A send did not succeed. ``reason`` is recorded in the delivery's history.
 
     ``notify`` names an internal event type (e.g. ``erp.sync_failed``) that the core
-    emits when the delivery is dead-lettered, so rules can tell staff; ``details`` go
-    into its ``data`` next to the delivery, channel, rule, event and reason.
+    emits when the delivery ends in the dead letters (at once for a ``PermanentError``,
+    after the last retry for a ``TransientError``), so rules can tell staff; ``details``
+    go into its ``data`` next to the delivery, channel, rule, event and reason.
     """
 
     def __init__(
@@ -52,9 +31,34 @@ class PermanentError(DeliveryError):
         notify: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(reason, status=status)
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
         self.notify = notify
         self.details = details or {}
+
+
+class TransientError(DeliveryError):
+    """The receiver may accept the same delivery later (timeouts, 5xx, 429...).
+
+    ``retry_after`` (seconds) asks for a delay, e.g. from an HTTP ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        notify: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(reason, status=status, notify=notify, details=details)
+        self.retry_after = retry_after
+
+
+class PermanentError(DeliveryError):
+    """Sending the same delivery again cannot succeed (bad template, 4xx, invalid address)."""
 
 
 class EndpointGone(PermanentError):

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from .channel import Channel
 from .delivery import Attempt, Delivery, decode_delivery, encode_delivery
-from .errors import EndpointGone, PermanentError, TransientError
+from .errors import DeliveryError, EndpointGone, PermanentError, TransientError
 from .event import Event, EventSource, encode_event
 from .history import Status, encode_record, record_of
 from .keys import WORKER_GROUP, Keys
@@ -265,14 +265,16 @@ class Worker:
             return None
         except TransientError as exc:
             reason, status, retry_after, outcome = exc.reason, exc.status, exc.retry_after, True
+            error: TransientError | None = exc
         except TimeoutError:
             reason = f"no answer within {channel.send_timeout:g}s"
-            status, retry_after, outcome = None, None, True
+            status, retry_after, outcome, error = None, None, True, None
         except Exception as exc:
             # A plugin bug must not take the worker down; retrying gives it a chance and
             # ends in the dead letters if it keeps failing.
             log.exception("channel %s raised an unexpected error", name)
             reason, status, retry_after, outcome = f"{type(exc).__name__}: {exc}", None, None, None
+            error = None
         else:
             self.delivered += 1
             self._record(delivery, started_at, started, "delivered", None, None)
@@ -285,7 +287,7 @@ class Worker:
                 await self._healthy(name)
             return False
         self._record(delivery, started_at, started, "retry", reason, status)
-        await self._retry(stream, entry_id, delivery, reason, retry_after)
+        await self._retry(stream, entry_id, delivery, reason, retry_after, error)
         if outcome and self._failing[name] is not True:
             await self._failing_now(name)
         return outcome
@@ -364,18 +366,18 @@ class Worker:
         delivery: Delivery,
         reason: str,
         retry_after: float | None,
+        error: TransientError | None = None,
     ) -> None:
         policy = self.policies[delivery.channel]
         schedule = [float(d) for d in policy.retry_schedule]
         delay = next_delay(schedule, delivery.attempt, retry_after, jitter=policy.jitter)
         if delay is None:
-            await self._dead(
-                stream,
-                entry_id,
-                delivery,
-                f"gave up after {delivery.attempt} attempts; last error: {reason}",
-                None,
-            )
+            final = f"gave up after {delivery.attempt} attempts; last error: {reason}"
+            notice = None
+            if error is not None and error.notify:
+                error.reason = final
+                notice = self._failure_notice(delivery, error)
+            await self._dead(stream, entry_id, delivery, final, None, notice)
             return
         log.info(
             "delivery %s attempt %d failed (%s); next in %.0fs",
@@ -423,7 +425,7 @@ class Worker:
                 pipe.xadd(self.keys.events, {"e": notice})
             await pipe.execute()
 
-    def _failure_notice(self, delivery: Delivery, exc: PermanentError) -> bytes | None:
+    def _failure_notice(self, delivery: Delivery, exc: DeliveryError) -> bytes | None:
         """The internal event a plugin asked for (``PermanentError(notify=...)``)."""
         try:
             source = delivery.decode_event()

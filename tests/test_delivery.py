@@ -564,3 +564,57 @@ async def test_a_lost_consumer_group_is_recreated_and_nothing_waiting_is_lost(
     await eventually(lambda: len(sink.ok) == 6, what="deliveries after the groups were lost")
     assert {e["id"] for e in sink.ok[1:]} == {e["id"] for e in later}
     assert len(set(sink.ids)) == 6
+
+
+UNREACHABLE_PLUGIN = """
+import msgspec
+from gateway import Channel, TransientError, hookimpl
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class Unreachable(Channel[Config]):
+    type_name = "unreachable"
+    config_type = Config
+
+    async def send(self, delivery):
+        raise TransientError("ERP answered 503", notify="erp.sync_failed")
+
+
+@hookimpl
+def tocsin_register_channels():
+    return [Unreachable]
+"""
+
+
+async def test_retries_running_out_notify_staff_when_the_plugin_asked(
+    tmp_path, redis_url, receiver: Receiver, start_gateway, monkeypatch
+):
+    (tmp_path / "unreachable_erp.py").write_text(UNREACHABLE_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rules = """
+    [channels.erp]
+    type = "unreachable"
+    [channels.erp.delivery]
+    retry_schedule = ["0s", "50ms"]
+    breaker_failures = 0
+    [plugins]
+    modules = ["unreachable_erp"]
+    [rules.book]
+    events = ["payment.succeeded"]
+    [[rules.book.actions]]
+    channel = "erp"
+    [rules.tell-accounting]
+    events = ["erp.sync_failed"]
+    [[rules.tell-accounting.actions]]
+    channel = "hook"
+    """
+    conf = write_conf(tmp_path, redis_url=redis_url, hook_url=receiver.url, rules=rules)
+    gw = await start_gateway(conf)
+    assert (await gw.post(make_event()))[0] == 202
+    [notice] = await receiver.wait_for(1)
+    assert notice.json()["data"]["reason"] == (
+        "gave up after 2 attempts; last error: ERP answered 503"
+    )
