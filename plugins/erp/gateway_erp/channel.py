@@ -16,6 +16,7 @@ from gateway import (
     ChannelContext,
     Delivery,
     PermanentError,
+    TransientError,
     template_context,
 )
 
@@ -231,8 +232,9 @@ class ErpChannel(Channel[ErpConfig]):
         try:
             plain, context = self._templating(delivery)
             outcome = await self._perform(delivery, plain, context)
-        except PermanentError as exc:
-            # Every refusal reaches staff: the core turns it into an erp.sync_failed event.
+        except (PermanentError, TransientError) as exc:
+            # Every refusal reaches staff, and so does an ERP still failing when retries
+            # run out: the core turns either into an erp.sync_failed event.
             if exc.notify is None:
                 exc.notify = NOTIFY
                 exc.details = {**self._details(plain), **exc.details}
