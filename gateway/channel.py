@@ -73,8 +73,12 @@ class Channel(ABC, Generic[ConfigT]):
         """Open connections, sessions, files. Called once before the first ``send``."""
 
     @abstractmethod
-    async def send(self, delivery: Delivery) -> None:
-        """Deliver, or raise ``TransientError`` / ``PermanentError``."""
+    async def send(self, delivery: Delivery) -> str | None:
+        """Deliver, or raise ``TransientError`` / ``PermanentError``.
+
+        May return a short note for the delivery's history: the provider's message id,
+        "already booked, nothing done"...
+        """
 
     def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
         """Read a provider's status callback to ``/v1/receipts/NAME``.

@@ -175,7 +175,7 @@ def _print_record(r: DeliveryRecord) -> None:
             click.echo(f"  -  {_stamp(a.at)}  {a.error}")
             continue
         code = f"  [{a.status}]" if a.status is not None else ""
-        error = f"  {a.error}" if a.error else ""
+        error = f"  {a.error}" if a.error else (f"  {a.note}" if a.note else "")
         click.echo(f"  {a.n:>2} {_stamp(a.at)}  {a.outcome:9} {a.ms:>8.1f} ms{code}{error}")
 
 

@@ -38,6 +38,8 @@ class Attempt(msgspec.Struct, omit_defaults=True):
     #: The receiver's status code (HTTP, SMTP), when there was one.
     status: int | None = None
     error: str | None = None
+    #: What the channel said about a success (a provider's message id...).
+    note: str | None = None
 
 
 class Delivery(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):

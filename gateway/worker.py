@@ -251,7 +251,7 @@ class Worker:
         outcome: EndpointOutcome
         try:
             async with asyncio.timeout(channel.send_timeout):
-                await channel.send(delivery)
+                note = await channel.send(delivery)
         except EndpointGone as exc:
             self._record(delivery, started_at, started, "failed", exc.reason, exc.status)
             await self._disable(name, exc.reason)
@@ -277,7 +277,7 @@ class Worker:
             error = None
         else:
             self.delivered += 1
-            self._record(delivery, started_at, started, "delivered", None, None)
+            self._record(delivery, started_at, started, "delivered", None, None, note)
             log.debug("delivered %s via %s in %.1f ms", delivery.id, name, delivery.history[-1].ms)
             record = record_of(delivery, "delivered", now=self.clock())
             self._acks[stream].append((entry_id, delivery.id, encode_record(record)))
@@ -300,6 +300,7 @@ class Worker:
         outcome: str,
         error: str | None,
         status: int | None,
+        note: str | None = None,
     ) -> None:
         delivery.history.append(
             Attempt(
@@ -309,6 +310,7 @@ class Worker:
                 ms=round((time.monotonic() - started) * 1000, 1),
                 status=status,
                 error=error[:ERROR_CHARS] if error else None,
+                note=note[:ERROR_CHARS] if isinstance(note, str) and note else None,
             )
         )
 

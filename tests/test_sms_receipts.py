@@ -235,6 +235,8 @@ async def test_twilio_receipts_through_a_proxy_show_sent_then_delivered(
 
     as_json = await cli("deliveries", "show", delivery_id, "--conf", str(conf), "--json")
     assert '"provider_id":"' + sid + '"' in as_json.output.replace(" ", "")
+    # The send's own attempt names the provider's message id too.
+    assert f"twilio {sid}" in output.split("receipts")[0]
 
 
 async def test_twilio_undelivered_receipt_shows_failed_with_the_error_code(

@@ -227,7 +227,7 @@ class ErpChannel(Channel[ErpConfig]):
 
     # -- send ------------------------------------------------------------------------------
 
-    async def send(self, delivery: Delivery) -> None:
+    async def send(self, delivery: Delivery) -> str:
         plain: dict[str, Any] = {}
         try:
             plain, context = self._templating(delivery)
@@ -240,6 +240,7 @@ class ErpChannel(Channel[ErpConfig]):
                 exc.details = {**self._details(plain), **exc.details}
             raise
         log.info("%s: delivery %s: %s", self.name, delivery.id, outcome)
+        return outcome
 
     async def _perform(
         self, delivery: Delivery, plain: dict[str, Any], context: dict[str, Any]

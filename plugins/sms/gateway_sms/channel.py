@@ -186,8 +186,10 @@ class SmsChannel(Channel[SmsConfig]):
         )
         return accepted
 
-    async def send(self, delivery: Delivery) -> None:
-        await self.send_sms(delivery)
+    async def send(self, delivery: Delivery) -> str:
+        accepted = await self.send_sms(delivery)
+        ids = ",".join(accepted.message_ids) or "?"
+        return f"{accepted.provider} {ids}" + (f" ({accepted.status})" if accepted.status else "")
 
     def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
         """A provider's status callback to ``/v1/receipts/NAME``, read by its adapter.
