@@ -40,6 +40,7 @@ from gateway import (
     TransientError,
 )
 from gateway.conf import convert
+from gateway.plugins import load_registry
 from gateway.redis_server import free_port
 
 from .conftest import load_plan, make_event, write_conf
@@ -667,19 +668,23 @@ async def test_preview_shows_what_would_be_sent_without_sending(channels, tmp_pa
     assert not (tmp_path / "var" / "outbox").exists()
 
 
-async def test_sample_receipt_templates_render_in_french_and_english(channels):
+def test_sample_receipt_templates_render_in_french_and_english(tmp_path):
     """The templates shipped in conf/ render against the shipped sample event."""
-    channel = await channels(templates=SAMPLE_TEMPLATES)
+    filters = load_registry().filters  # money, date, card_mask...
+    context = ChannelContext(Templates(SAMPLE_TEMPLATES, "fr", filters), tmp_path, "fr")
+    channel = Email("mail", convert({"from_address": FROM}, EmailConfig), context)
     event = json.loads(SAMPLE_EVENT.read_text())
     fr = channel.preview(delivery(event, template="payment_receipt", locale="fr-FR"))
     assert fr["to"] == "Atelier Dupont SARL <compta@atelier-dupont.fr>"
-    assert fr["subject"] == "Paiement reçu : 1250,00 EUR — facture FA-2026-0042"
-    assert "Nous avons bien reçu votre paiement de 1250,00 EUR. Merci !" in fr["text"]
+    # One line of plain spaces in the subject; CLDR's no-break spaces in the body.
+    assert fr["subject"] == "Paiement reçu : 1 250,00 € — facture FA-2026-0042"
+    assert "Nous avons bien reçu votre paiement de 1\u202f250,00\xa0€. Merci !" in fr["text"]
+    assert "Date : 25 novembre 2026" in fr["text"]
     assert "Référence : evt_demo_0001" in fr["text"]
     assert "Carte •••• 4242" in fr["html"]
     en = channel.preview(delivery(event, template="payment_receipt", locale="en"))
-    assert en["subject"] == "Payment received: 1250.00 EUR — invoice FA-2026-0042"
-    assert "We have received your payment of 1250.00 EUR. Thank you!" in en["text"]
+    assert en["subject"] == "Payment received: €1,250.00 — invoice FA-2026-0042"
+    assert "We have received your payment of €1,250.00. Thank you!" in en["text"]
 
 
 def test_send_timeout_follows_the_configured_timeout(tmp_path):

@@ -513,8 +513,8 @@ async def test_shipped_sample_templates_stay_in_one_gsm7_segment(tmp_path):
     sms = load_plan(conf).channels["sms"]
     event = (ROOT / "conf" / "examples" / "payment_succeeded.json").read_bytes()
     expected = {
-        "fr-FR": "Paiement de 1250,00 € bien enregistré (facture FA-2026-0042). Merci !",
-        "en": "Payment of €1250.00 received (invoice FA-2026-0042). Thank you!",
+        "fr-FR": "Paiement de 1 250,00 € bien enregistré (facture FA-2026-0042). Merci !",
+        "en": "Payment of €1,250.00 received (invoice FA-2026-0042). Thank you!",
     }
     for locale, text in expected.items():
         delivery = Delivery(
