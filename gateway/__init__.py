@@ -25,7 +25,7 @@ from .outbound import OutboundPolicy, OutboundRefused
 from .outbound import delivery_error as outbound_error
 from .receipts import Receipt, ReceiptRequest, ReceiptStatus
 from .signing import SignatureError, Signer, Verifier
-from .source import Source
+from .source import Source, decode_payload
 from .templating import TemplateFailure, Templates
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "Verifier",
     "catalog",
     "decode_event",
+    "decode_payload",
     "encode_event",
     "hookimpl",
     "hookspec",

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 import msgspec
 
+from .cli_options import conf_option
 from .conf import Conf, default_conf_path, load_conf, read_conf
 from .errors import ConfError, PluginError, TocsinError
 from .plan import Plan, check_plan
@@ -25,14 +26,6 @@ from .redis_server import RedisServer
 from .signing import Signer, Verifier, generate_secret
 
 log = logging.getLogger("tocsin")
-
-conf_option = click.option(
-    "--conf",
-    "conf_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Conf file (default: $TOCSIN_CONF, else conf/tocsin.toml).",
-)
 
 
 def _fail(lines: list[str], code: int = 2) -> NoReturn:

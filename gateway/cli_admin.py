@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import admin
+from .cli_options import conf_option, json_option
 from .conf import Conf, default_conf_path, load_conf
 from .durations import Duration
 from .errors import ConfError, TocsinError
@@ -24,15 +25,6 @@ from .keys import Keys
 from .receipts import receipts_of
 
 T = TypeVar("T")
-
-conf_option = click.option(
-    "--conf",
-    "conf_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Conf file (default: $TOCSIN_CONF, else conf/tocsin.toml).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 
 
 def _conf(conf_path: Path | None) -> Conf:

@@ -311,6 +311,12 @@ class ScenarioEngine:
                 ex=max(1, int(scenario.tombstone_ttl)),
             )
             return True
+        remove = self._cancel_steps(instance, why)
+        instance.events.append(f"{event.type} {event.id}")
+        return await self._cas(rev, instance, remove, [])
+
+    def _cancel_steps(self, instance: Instance, why: str) -> list[bytes]:
+        """Mark the instance and its pending steps cancelled; the timers to remove."""
         remove = []
         for n, step in enumerate(instance.steps):
             if step.status == "pending":
@@ -319,8 +325,7 @@ class ScenarioEngine:
                 remove.append(self._timer(instance, n))
         instance.status = "cancelled"
         instance.reason = why
-        instance.events.append(f"{event.type} {event.id}")
-        return await self._cas(rev, instance, remove, [])
+        return remove
 
     async def _start(
         self, scenario: CompiledScenario, key: str, event: Event, context: dict[str, Any]
@@ -602,14 +607,7 @@ class ScenarioEngine:
             rev, instance = await self.load(name, key)
             if instance is None or instance.status != "active":
                 return instance
-            remove = []
-            for n, step in enumerate(instance.steps):
-                if step.status == "pending":
-                    step.status = "cancelled"
-                    step.note = reason
-                    remove.append(self._timer(instance, n))
-            instance.status = "cancelled"
-            instance.reason = reason
+            remove = self._cancel_steps(instance, reason)
             if await self._cas(rev, instance, remove, []):
                 return instance
         raise RuntimeError(f"scenario {name}/{key}: kept conflicting")

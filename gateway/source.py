@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
-from .event import Event
+from .event import Event, EventInvalid
 
 ConfigT = TypeVar("ConfigT", bound=msgspec.Struct)
 
@@ -35,3 +35,20 @@ class Source(ABC, Generic[ConfigT]):
 
     @abstractmethod
     def parse(self, body: bytes) -> list[Event]: ...
+
+
+_object_decoder = msgspec.json.Decoder()
+
+
+def decode_payload(body: bytes, what: str) -> dict[str, Any]:
+    """A provider's JSON object, or ``EventInvalid`` at ``$``: malformed, nested too deep
+    (msgspec raises ``RecursionError`` past ~1000 levels), or not an object."""
+    try:
+        payload = _object_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise EventInvalid("$", f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise EventInvalid("$", "JSON nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise EventInvalid("$", f"{what} is a JSON object")
+    return payload

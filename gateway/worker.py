@@ -334,14 +334,20 @@ class Worker:
             )
         )
         log.info("delivery %s deferred to %s (window %s)", delivery.id, opens, window.name)
+        await self._park(stream, entry_id, delivery, due, "deferred")
+        return True
+
+    async def _park(
+        self, stream: str, entry_id: bytes, delivery: Delivery, due: float, status: Status
+    ) -> None:
+        """Move a job to the retries sorted set until ``due``, recording why, atomically."""
         member = stream.encode() + b"\n" + encode_delivery(delivery)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self.keys.retries, {member: due * 1000})
             pipe.xack(stream, WORKER_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
-            self._write_record(pipe, delivery, "deferred", next_at=round(due, 3))
+            self._write_record(pipe, delivery, status, next_at=round(due, 3))
             await pipe.execute()
-        return True
 
     async def _already_delivered(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
         """A job taken over after its sender recorded it delivered: acknowledge, don't send."""
@@ -388,15 +394,8 @@ class Worker:
             reason,
             delay,
         )
-        due = self.clock() + delay
         delivery.attempt += 1
-        member = stream.encode() + b"\n" + encode_delivery(delivery)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.keys.retries, {member: due * 1000})
-            pipe.xack(stream, WORKER_GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            self._write_record(pipe, delivery, "retrying", next_at=round(due, 3))
-            await pipe.execute()
+        await self._park(stream, entry_id, delivery, self.clock() + delay, "retrying")
 
     async def _dead(
         self,

@@ -40,6 +40,7 @@ from gateway import (
     Source,
     catalog,
     decode_event,
+    decode_payload,
     hookimpl,
 )
 
@@ -86,7 +87,6 @@ class CentralPaySource(Source[CentralPayConfig]):
         if unknown:
             raise ValueError(f"aliases: {', '.join(unknown)} not in the mapping table")
         self._keys = [s.reveal().encode() for s in config.secrets]
-        self._decoder = msgspec.json.Decoder()
 
     def _encode(self, digest: bytes) -> bytes:
         if self.config.signature_encoding == "hex":
@@ -109,18 +109,7 @@ class CentralPaySource(Source[CentralPayConfig]):
         raise SignatureError(f"{header_name}: no valid signature")
 
     def parse(self, body: bytes) -> list[Event]:
-        try:
-            return self._parse(body)
-        except RecursionError:  # msgspec's answer to JSON nested ~1000 levels deep
-            raise EventInvalid("$", "JSON nested too deeply") from None
-
-    def _parse(self, body: bytes) -> list[Event]:
-        try:
-            payload = self._decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise EventInvalid("$", f"malformed JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise EventInvalid("$", "a CentralPay event is a JSON object")
+        payload = decode_payload(body, "a CentralPay event")
         name = _first(payload, EVENT_KEYS)
         if not isinstance(name, str) or not name:
             raise EventInvalid("$.event", "missing: the event name (TRANSACTION_SUCCEEDED...)")

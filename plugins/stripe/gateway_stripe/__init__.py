@@ -32,6 +32,7 @@ from gateway import (
     Source,
     catalog,
     decode_event,
+    decode_payload,
     hookimpl,
 )
 
@@ -64,7 +65,6 @@ class StripeSource(Source[StripeConfig]):
         if not config.secrets:
             raise ValueError("secrets: at least one endpoint signing secret (whsec_...)")
         self._keys = [s.reveal().encode() for s in config.secrets]
-        self._decoder = msgspec.json.Decoder()
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         header = headers.get(HEADER)
@@ -102,18 +102,7 @@ class StripeSource(Source[StripeConfig]):
         raise SignatureError(f"{HEADER}: no valid v1 signature")
 
     def parse(self, body: bytes) -> list[Event]:
-        try:
-            return self._parse(body)
-        except RecursionError:  # msgspec's answer to JSON nested ~1000 levels deep
-            raise EventInvalid("$", "JSON nested too deeply") from None
-
-    def _parse(self, body: bytes) -> list[Event]:
-        try:
-            payload = self._decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise EventInvalid("$", f"malformed JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise EventInvalid("$", "a Stripe event is a JSON object")
+        payload = decode_payload(body, "a Stripe event")
         event_id, event_type = payload.get("id"), payload.get("type")
         if not isinstance(event_id, str) or not event_id:
             raise EventInvalid("$.id", "missing: the Stripe event id (evt_...)")
