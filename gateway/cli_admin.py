@@ -163,8 +163,8 @@ def _print_record(r: DeliveryRecord) -> None:
         if a.outcome == "replayed":
             click.echo(f"  -  {_stamp(a.at)}  replayed by an operator")
             continue
-        if a.outcome == "deferred":
-            click.echo(f"  -  {_stamp(a.at)}  {a.error}")
+        if a.outcome in ("deferred", "cancelled"):
+            click.echo(f"  -  {_stamp(a.at)}  {a.error or a.note}")
             continue
         code = f"  [{a.status}]" if a.status is not None else ""
         error = f"  {a.error}" if a.error else (f"  {a.note}" if a.note else "")

@@ -484,7 +484,7 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
         for key in list(data):
             if key not in _MERGEABLE:
                 known = sorted([*_SECTIONS, *_MERGEABLE, "include"])
-                where = "an included file may only hold channels, sources and rules"
+                where = "an included file may only hold " + ", ".join(_MERGEABLE)
                 reason = f"unknown section (known: {', '.join(known)})" if file == main else where
                 problems.add(file, key, reason)
         if "channels" in data:

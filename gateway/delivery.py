@@ -57,6 +57,8 @@ class Delivery(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     attempt: int = 1
     #: The sending window this message must wait for, if any.
     window: str | None = None
+    #: For a scenario step's message, its instance: not sent if that was cancelled since.
+    scenario: str | None = None
     #: Earlier attempts, newest last; travels with the job so settling needs no read.
     history: list[Attempt] = msgspec.field(default_factory=list)
 

@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 from .delivery import Attempt, Delivery
 from .keys import Keys
 
-Status = Literal["delivered", "retrying", "deferred", "dead", "pending"]
-STATUSES: tuple[str, ...] = ("delivered", "retrying", "deferred", "dead", "pending")
+Status = Literal["delivered", "retrying", "deferred", "dead", "pending", "cancelled"]
+STATUSES: tuple[str, ...] = ("delivered", "retrying", "deferred", "dead", "pending", "cancelled")
 #: Attempt outcomes that were a real try at sending (not a deferral or a replay mark).
 SENDS = frozenset({"delivered", "retry", "failed"})
 

@@ -52,7 +52,13 @@ def _recipients(targets: tuple[Target, ...], event: Event) -> list[Target]:
 
 
 def action_deliveries(
-    actions: tuple[CompiledAction, ...], event: Event, raw: bytes, rule: str, id_base: str
+    actions: tuple[CompiledAction, ...],
+    event: Event,
+    raw: bytes,
+    rule: str,
+    id_base: str,
+    *,
+    scenario: str | None = None,
 ) -> list[Delivery]:
     """One delivery per (action, recipient). ``id_base`` (the event id, or a scenario
     step's) makes delivery ids stable: the same routing always yields the same ids."""
@@ -75,6 +81,7 @@ def action_deliveries(
                     or customer_locale,
                     recipient=recipient,
                     window=compiled.window,
+                    scenario=scenario,
                 )
             )
     return deliveries

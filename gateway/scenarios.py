@@ -158,6 +158,14 @@ _doc_decoder = msgspec.json.Decoder(Instance)
 _encoder = msgspec.json.Encoder()
 
 
+class Tombstone(msgspec.Struct):
+    why: str
+    #: When the cancelling event occurred: triggers that occurred later are not stopped.
+    occurred: float
+    #: Until when it applies, on the engine's clock.
+    until: float
+
+
 class Timer(msgspec.Struct, array_like=True):
     scenario: str
     key: str
@@ -304,10 +312,18 @@ class ScenarioEngine:
         rev, instance = await self.load(scenario.name, key)
         why = f"cancelled by {event.type} {event.id}"
         if instance is None or instance.status != "active":
-            # Providers do not guarantee order: a cancel may precede its trigger.
+            # Providers do not guarantee order: a cancel may precede its trigger. The
+            # tombstone stops triggers that *occurred* before this cancel, for the TTL
+            # (on the engine's clock, so simulations age it too); a later trigger is a
+            # new cycle and starts.
+            mark = Tombstone(
+                why=why,
+                occurred=event.occurred_at.timestamp(),
+                until=self.clock() + scenario.tombstone_ttl,
+            )
             await self.redis.set(
                 self.keys.tombstone(scenario.name, key),
-                why,
+                _encoder.encode(mark),
                 ex=max(1, int(scenario.tombstone_ttl)),
             )
             return True
@@ -339,7 +355,7 @@ class ScenarioEngine:
                 if step.status == "pending":
                     remove.append(self._timer(current, n))
         now = self.clock()
-        tombstone: Any = await self.redis.get(self.keys.tombstone(scenario.name, key))
+        tombstone = await self._tombstone(scenario, key, event)
         instance = Instance(
             scenario=scenario.name,
             key=key,
@@ -357,7 +373,7 @@ class ScenarioEngine:
             return True  # this very trigger already ran and ended
         if tombstone is not None:
             instance.status = "cancelled"
-            instance.reason = f"not started: {tombstone.decode()} before its trigger arrived"
+            instance.reason = f"not started: {tombstone.why}, which arrived before it"
             instance.steps = [
                 StepState(name=s.name, status="cancelled", note=instance.reason)
                 for s in scenario.steps
@@ -372,6 +388,21 @@ class ScenarioEngine:
         if not add:
             instance.status = "completed"
         return await self._cas(rev, instance, remove, add)
+
+    async def _tombstone(
+        self, scenario: CompiledScenario, key: str, event: Event
+    ) -> Tombstone | None:
+        """The cancel that came first and still applies to this trigger, if any."""
+        data: Any = await self.redis.get(self.keys.tombstone(scenario.name, key))
+        if data is None:
+            return None
+        try:
+            mark = msgspec.json.decode(data, type=Tombstone)
+        except msgspec.DecodeError:
+            return None
+        if self.clock() >= mark.until or event.occurred_at.timestamp() > mark.occurred:
+            return None
+        return mark
 
     def _schedule(
         self, scenario: CompiledScenario, step: CompiledStep, state: Mapping[str, Any], now: float
@@ -514,6 +545,7 @@ class ScenarioEngine:
                 raw,
                 f"scenario:{scenario.name}/{step.name}",
                 f"{instance.id}:{index}",
+                scenario=_SEP.join((instance.scenario, instance.key, instance.id)),
             )
             state.status = "done"
             state.deliveries = len(deliveries)
@@ -625,6 +657,21 @@ class ScenarioEngine:
             if len(out) >= limit:
                 break
         return out
+
+
+async def moot(redis: Redis, keys: Keys, ref: str) -> str | None:
+    """Why a scenario step's message must no longer go (its instance was cancelled or
+    restarted since the step fired), or ``None``. ``ref`` is ``Delivery.scenario``."""
+    name, key, wanted = ref.split(_SEP, 2)
+    doc: Any = await redis.hget(keys.scenario(name, key), "doc")
+    if doc is None:
+        return None  # past the retention: nothing says it is moot
+    instance = _doc_decoder.decode(doc)
+    if instance.id != wanted:
+        return f"scenario {name} {key} was restarted"
+    if instance.status == "cancelled":
+        return f"scenario {name} {key}: {instance.reason or 'cancelled'}"
+    return None
 
 
 def merge_state(state: dict[str, Any], update: Mapping[str, Any]) -> None:

@@ -22,7 +22,7 @@ from .event import Event, decode_event, encode_event
 from .keys import Keys
 from .plan import Plan
 from .router import plan_deliveries
-from .scenarios import ScenarioEngine
+from .scenarios import ScenarioEngine, moot
 
 #: Keys of a simulation live under their own prefix, never a deployment's.
 PREFIX = "tocsin-simulate"
@@ -41,11 +41,13 @@ class Notification:
     def deferred(self) -> bool:
         return self.at > self.queued
 
-    def to(self) -> str:
+    def to(self, field: str | None = None) -> str:
+        """The address the channel would use (its ``recipient_field`` first)."""
         r = self.delivery.recipient
         if r is None:
             return "-"
-        return r.address or r.email or r.phone or "(no address)"
+        chosen = getattr(r, field) if field else None
+        return chosen or r.address or r.email or r.phone or "(no address)"
 
 
 class _Clock:
@@ -81,10 +83,12 @@ async def simulate(
 ) -> list[Notification]:
     keys = Keys(PREFIX)
     await _wipe(redis)
-    ordered = sorted(events, key=lambda item: item[0].occurred_at)
+    # Arrival order, as recorded: providers do not promise to send in occurred_at order,
+    # and that is what cancel-before-trigger is about. The clock never goes back.
+    ordered = list(events)
     if not ordered:
         return []
-    clock = _Clock(ordered[0][0].occurred_at.timestamp())
+    clock = _Clock(min(event.occurred_at.timestamp() for event, _ in ordered))
     engine = ScenarioEngine(
         redis,
         keys,
@@ -100,10 +104,25 @@ async def simulate(
             for delivery in plan_deliveries(plan.rules, event, raw):
                 out.append(_notification(plan, delivery, clock.now))
             await engine.on_event(event)
+            out = await _without_recalled(redis, keys, out, clock.now)
         await _advance(engine, redis, keys, plan, clock, clock.now + horizon, out)
     finally:
         await _wipe(redis)
     return sorted(out, key=lambda n: (n.at, n.queued, n.delivery.rule, n.delivery.id))
+
+
+async def _without_recalled(
+    redis: Redis, keys: Keys, out: list[Notification], now: float
+) -> list[Notification]:
+    """Drop scenario messages still waiting for their window whose scenario was just
+    cancelled: the worker would not send them (see ``Worker._recalled``)."""
+    kept = []
+    for n in out:
+        ref = n.delivery.scenario
+        if ref is not None and n.at > now and await moot(redis, keys, ref) is not None:
+            continue
+        kept.append(n)
+    return kept
 
 
 async def _advance(
@@ -153,8 +172,10 @@ def format_notifications(plan: Plan, notifications: list[Notification]) -> list[
         d = n.delivery
         when = datetime.fromtimestamp(n.at, zone).strftime("%Y-%m-%d %H:%M %a")
         what = f"{d.template or '(event as JSON)'}" + (f" ({d.locale})" if d.locale else "")
+        channel = plan.channels.get(d.channel)
+        to = n.to(channel.recipient_field if channel is not None else None)
         line = (
-            f"{when}  {d.channel:<14} {n.to():<24} {what:<28} <- {d.rule}"
+            f"{when}  {d.channel:<14} {to:<24} {what:<28} <- {d.rule}"
             f"  [{d.event_type} {d.event_id}]"
         )
         if n.deferred:

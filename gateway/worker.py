@@ -244,6 +244,8 @@ class Worker:
         channel = self.channels[name]
         if recheck and await self._already_delivered(stream, entry_id, delivery):
             return None
+        if delivery.scenario is not None and await self._recalled(stream, entry_id, delivery):
+            return None
         if delivery.window is not None and await self._outside_window(stream, entry_id, delivery):
             return None
         started_at = self.clock()
@@ -313,6 +315,26 @@ class Worker:
                 note=note[:ERROR_CHARS] if isinstance(note, str) and note else None,
             )
         )
+
+    async def _recalled(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
+        """A scenario step's message whose scenario was cancelled meanwhile (paid while
+        the reminder waited for its sending window): settled without a send."""
+        from .scenarios import moot  # noqa: PLC0415 - scenarios build on the router
+
+        why = await moot(self.redis, self.keys, delivery.scenario or "")
+        if why is None:
+            return False
+        now = self.clock()
+        delivery.history.append(
+            Attempt(n=delivery.attempt, at=round(now, 3), outcome="cancelled", ms=0, note=why)
+        )
+        log.info("delivery %s not sent: %s", delivery.id, why)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, WORKER_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            self._write_record(pipe, delivery, "cancelled")
+            await pipe.execute()
+        return True
 
     async def _outside_window(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
         """Defer a message outside its sending window to the window's next opening."""

@@ -294,8 +294,9 @@ def test_included_file_cannot_hold_core_sections(tmp_path):
     included = write(tmp_path / "extra.toml", "[intake]\nport = 9999\n")
     result = check(conf)
     assert result.exit_code == 2
-    assert f"{included}: intake: an included file may only hold channels, sources and rules" in (
-        result.stderr
+    assert (
+        f"{included}: intake: an included file may only hold channels, sources, rules, scenarios, windows, audiences"
+        in (result.stderr)
     )
 
 

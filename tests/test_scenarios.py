@@ -17,6 +17,7 @@ from gateway.keys import SCENARIO_GROUP, Keys
 from gateway.scenarios import ScenarioEngine
 from gateway.simulate import format_notifications, simulate
 from gateway.streams import ensure_group
+from gateway.worker import Worker
 
 from .conftest import Receiver, load_plan, make_event, write_conf
 
@@ -124,11 +125,16 @@ async def test_a_cancel_arriving_before_its_trigger_keeps_the_scenario_from_star
     tmp_path, redis_url
 ):
     conf = conf_for(tmp_path, redis_url)
-    events = [
-        pr_event("paid", T0),  # the provider delivered "paid" first
-        pr_event("created", T0 + timedelta(seconds=5), remaining_amount=10000),
-    ]
-    assert await run_simulation(conf, redis_url, events) == []
+    created = pr_event("created", T0, remaining_amount=10000)
+    paid = pr_event("paid", T0 + timedelta(minutes=5))
+    # The provider delivered "paid" first, although it happened after "created".
+    assert await run_simulation(conf, redis_url, [paid, created]) == []
+    # A new request for the same key created after that payment is a new cycle.
+    again = pr_event("created", T0 + timedelta(days=2), remaining_amount=500)
+    assert steps_of(await run_simulation(conf, redis_url, [paid, created, again]))[0] == (
+        "link",
+        T0 + timedelta(days=2),
+    )
 
 
 async def test_partial_payment_updates_what_later_steps_see(tmp_path, redis_url):
@@ -367,3 +373,43 @@ def test_check_renders_scenario_step_templates_against_samples(tmp_path, redis_u
     assert "remaining/json.j2: line 2:" in result.output
     assert "no_such_field" in result.output
     assert "scenario:reminders/nudge" in result.output
+
+
+async def test_a_queued_step_message_is_not_sent_once_its_scenario_is_cancelled(
+    tmp_path, redis_url, receiver: Receiver
+):
+    """Paid while the reminder waited (for its window, or in a busy queue): recalled."""
+    conf = conf_for(tmp_path, redis_url, hook=receiver.url)
+    plan = load_plan(conf)
+    client = aioredis.Redis.from_url(redis_url)
+    now = [time.time()]
+    try:
+        engine = ScenarioEngine(client, Keys(), plan.scenarios, clock=lambda: now[0])
+        created, _ = pr_event("created", datetime.now(UTC), remaining_amount=5)
+        await engine.on_event(created)
+        await engine.promote()
+        await engine.fire_pending("router")  # the "link" step: its job is queued
+        assert await client.xlen("tocsin:deliveries:hook") == 1
+        paid, _ = pr_event("paid", datetime.now(UTC))
+        await engine.on_event(paid)
+
+        for channel in plan.channels.values():
+            await channel.start()
+        worker = Worker(client, Keys(), plan.channels, "w")
+        stopping = asyncio.Event()
+        task = asyncio.create_task(worker.run(stopping))
+        deadline = time.monotonic() + 10
+        while await client.xlen("tocsin:deliveries:hook"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        stopping.set()
+        await task
+        for channel in plan.channels.values():
+            await channel.close()
+        jobs = await client.keys("tocsin:delivery:*")
+        [record] = [json.loads(await client.get(k)) for k in jobs]
+    finally:
+        await client.aclose()
+    assert receiver.received == []
+    assert record["status"] == "cancelled"
+    assert "cancelled by payment_request.paid" in record["attempts"][-1]["note"]

@@ -90,6 +90,7 @@ class Email(Channel[EmailConfig]):
     type_name = "email"
     config_type = EmailConfig
     needs_recipients = True
+    recipient_field = "email"
     needs_template = True
 
     def __init__(self, name: str, config: EmailConfig, context: ChannelContext) -> None:

@@ -40,6 +40,7 @@ class SmsChannel(Channel[SmsConfig]):
     type_name = "sms"
     config_type = SmsConfig
     needs_recipients = True
+    recipient_field = "phone"
     needs_template = True
 
     def __init__(self, name: str, config: SmsConfig, context: ChannelContext) -> None:
