@@ -59,13 +59,16 @@ class _Clock:
 
 
 def read_events(data: bytes) -> list[tuple[Event, bytes]]:
-    """A JSON array or JSON lines of canonical events; raises ``EventInvalid``/``ValueError``."""
+    """One event, a JSON array or JSON lines of canonical events; raises
+    ``EventInvalid``/``ValueError``/``msgspec.DecodeError``."""
     text = data.strip()
     items: list[Any]
-    if text.startswith(b"["):
-        items = msgspec.json.decode(text)
-    else:
+    try:
+        whole = msgspec.json.decode(text)
+    except msgspec.DecodeError:  # JSON lines
         items = [msgspec.json.decode(line) for line in text.splitlines() if line.strip()]
+    else:
+        items = whole if isinstance(whole, list) else [whole]
     out = []
     for item in items:
         raw = msgspec.json.encode(item)

@@ -413,3 +413,14 @@ async def test_a_queued_step_message_is_not_sent_once_its_scenario_is_cancelled(
     assert receiver.received == []
     assert record["status"] == "cancelled"
     assert "cancelled by payment_request.paid" in record["attempts"][-1]["note"]
+
+
+async def test_simulate_reads_one_pretty_printed_event_too(tmp_path, redis_url):
+    conf = conf_for(tmp_path, redis_url)
+    _, raw = pr_event("created", T0, remaining_amount=5)
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps(json.loads(raw), indent=2))
+    args = ["simulate", str(single), "--conf", str(conf), "--redis-url", redis_url]
+    result = await asyncio.to_thread(CliRunner().invoke, main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "2 notification(s) from 1 event(s)"
