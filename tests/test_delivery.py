@@ -618,3 +618,55 @@ async def test_retries_running_out_notify_staff_when_the_plugin_asked(
     assert notice.json()["data"]["reason"] == (
         "gave up after 2 attempts; last error: ERP answered 503"
     )
+
+
+HANGING_PLUGIN = """
+import asyncio
+import msgspec
+from gateway import Channel, hookimpl
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class Hanging(Channel[Config]):
+    type_name = "hanging"
+    config_type = Config
+
+    @property
+    def send_timeout(self):
+        return 0.3
+
+    async def send(self, delivery):
+        await asyncio.sleep(60)  # a plugin that never answers and ignores its own timeouts
+"""
+
+
+async def test_a_send_past_its_channel_timeout_is_cut_and_retried(
+    tmp_path, redis_url, start_gateway, redis_client, monkeypatch
+):
+    (tmp_path / "hanging_channel.py").write_text(
+        HANGING_PLUGIN + "\n\n@hookimpl\ndef tocsin_register_channels():\n    return [Hanging]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rules = """
+    [channels.slow]
+    type = "hanging"
+    [channels.slow.delivery]
+    retry_schedule = ["0s", "100ms"]
+    breaker_failures = 0
+    [plugins]
+    modules = ["hanging_channel"]
+    [rules.r]
+    events = ["payment.succeeded"]
+    [[rules.r.actions]]
+    channel = "slow"
+    """
+    conf = write_conf(tmp_path, redis_url=redis_url, rules=rules)
+    gw = await start_gateway(conf)
+    started = time.monotonic()
+    assert (await gw.post(make_event()))[0] == 202
+    [letter] = await eventually(lambda: dead_letters(redis_client), what="the dead letter")
+    assert letter[b"reason"] == b"gave up after 2 attempts; last error: no answer within 0.3s"
+    assert time.monotonic() - started < 10, "the sends were not cut at their timeout"
