@@ -425,6 +425,35 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
             opt("data.failure_message", STR),
         ),
     ),
+    # -- Tocsin's own (source.provider "tocsin"): rules route them to staff --
+    EventSpec(
+        "endpoint.disabled",
+        "Tocsin disabled a channel (HTTP 410, or failing for its disable_after); its "
+        "messages wait until `tocsin endpoints enable NAME`.",
+        (
+            req("data.channel", STR, "the `[channels.NAME]`"),
+            req("data.reason", STR),
+            req("data.disabled_at", DATE),
+            opt("data.failing_since", DATE, "first failure without a success since"),
+            opt("data.enable_with", STR, "the command that enables it again"),
+        ),
+    ),
+    EventSpec(
+        "erp.sync_failed",
+        "A delivery the ERP plugin asked staff to hear about ended in the dead letters "
+        "(refused, or retries ran out).",
+        (
+            req("data.reason", STR),
+            req("data.delivery_id", STR, "for `tocsin dlq replay`"),
+            req("data.channel", STR),
+            req("data.rule", STR),
+            req("data.event_id", STR, "the event whose delivery failed"),
+            req("data.event_type", STR),
+            opt("data.invoice_ref", STR),
+            opt("data.amount", AMT),
+            opt("data.currency", CUR),
+        ),
+    ),
 )
 
 #: The catalog by type name.
@@ -526,6 +555,8 @@ _FAMILIES: Final = (
     ("card", "Cards and payment methods"),
     ("payment_method", None),
     ("payout", "Payouts"),
+    ("endpoint", "Tocsin's own events"),
+    ("erp", None),
 )
 
 
