@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from gateway.cli import main
 from gateway.event import decode_event, encode_event
 from gateway.keys import SCENARIO_GROUP, Keys
+from gateway.redis_server import RedisServer, free_port
 from gateway.scenarios import ScenarioEngine
 from gateway.simulate import format_notifications, simulate
 from gateway.streams import ensure_group
@@ -424,3 +425,36 @@ async def test_simulate_reads_one_pretty_printed_event_too(tmp_path, redis_url):
     result = await asyncio.to_thread(CliRunner().invoke, main, args)
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == "2 notification(s) from 1 event(s)"
+
+
+async def test_pending_timers_survive_a_redis_crash_and_fire_once(tmp_path, redis_url):
+    """AOF with fsync always: a scenario started before redis-server is SIGKILLed keeps
+    its timers, and each step fires exactly once after the restart."""
+    conf = conf_for(tmp_path, redis_url)
+    plan = load_plan(conf)
+    server = RedisServer(tmp_path / "own-redis", port=free_port())
+    url = server.start()
+    now = [T0.timestamp()]
+    try:
+        client = aioredis.Redis.from_url(url)
+        engine = ScenarioEngine(client, Keys(), plan.scenarios, clock=lambda: now[0])
+        event, _ = pr_event("created", T0, remaining_amount=5)
+        await engine.on_event(event)
+        await client.aclose()
+        server.kill()  # a crash, not a shutdown: only what the AOF fsynced survives
+
+        server.start()
+        client = aioredis.Redis.from_url(url)
+        engine = ScenarioEngine(client, Keys(), plan.scenarios, clock=lambda: now[0])
+        assert await client.zcard("tocsin:timers") == 2  # link (now) and nudge (+24h)
+        now[0] += 2 * 86400
+        for _ in range(2):  # a second pass must find nothing left to fire
+            await engine.promote()
+            await engine.fire_pending("after-restart")
+        fired = [
+            json.loads(f[b"j"])["rule"] for _, f in await client.xrange("tocsin:deliveries:hook")
+        ]
+        assert sorted(fired) == ["scenario:reminders/link", "scenario:reminders/nudge"]
+        await client.aclose()
+    finally:
+        server.stop()
