@@ -37,10 +37,10 @@ from gateway import (
     PermanentError,
     Receipt,
     ReceiptRequest,
+    ReceiptStatus,
     SignatureError,
     TransientError,
 )
-from gateway.receipts import ReceiptStatus
 
 from ..config import VonageOptions, VonageSignatureMethod
 from .base import (
