@@ -3,12 +3,17 @@
 The body is the canonical event, or an action's ``json.j2`` template rendered and
 checked to be valid JSON. ``webhook-id`` is the delivery id, stable across retries and
 replays, so receivers can dedupe on it.
+
+Two HTTP clients: ``client = "native"`` (the default), a lean keep-alive HTTP/1.1 client
+for the one endpoint (``transport.py``), and ``client = "aiohttp"``, the general client
+every other HTTP channel uses, kept as a fallback. Both go through the SSRF guard, never
+follow redirects and map answers with ``raise_for_outcome``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -30,8 +35,8 @@ from gateway import (
     template_context,
 )
 
-#: Of an error answer, this much is kept in the delivery's history.
-EXCERPT_BYTES = 512
+from .transport import EXCERPT_BYTES, JsonHookTransport
+
 TEMPLATE_PART = "json"
 
 
@@ -43,6 +48,8 @@ class JsonHookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout: Duration = Duration(15)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     max_connections: int = 64
+    #: "native": json_hook's own HTTP/1.1 client; "aiohttp": the general one (fallback).
+    client: Literal["native", "aiohttp"] = "native"
 
 
 class JsonHook(Channel[JsonHookConfig]):
@@ -62,6 +69,19 @@ class JsonHook(Channel[JsonHookConfig]):
             raise ValueError("headers: webhook-* headers are set by the signature")
         self._signer = Signer([s.reveal() for s in (config.secret, *config.previous_secrets)])
         self._session: aiohttp.ClientSession | None = None
+        self._transport: JsonHookTransport | None = None
+        if config.client == "native":
+            # Built (and its headers checked) here, so a bad conf fails at check time.
+            self._transport = self._new_transport()
+
+    def _new_transport(self) -> JsonHookTransport:
+        return JsonHookTransport(
+            self.config.url,
+            self.context.outbound,
+            max_connections=self.config.max_connections,
+            timeout=float(self.config.timeout),
+            headers=[*self.config.headers.items(), ("Content-Type", "application/json")],
+        )
 
     @property
     def send_timeout(self) -> float:
@@ -73,6 +93,10 @@ class JsonHook(Channel[JsonHookConfig]):
         return []
 
     async def start(self) -> None:
+        if self._transport is not None:
+            if self._transport.closed:  # started again after a close
+                self._transport = self._new_transport()
+            return
         self._session = self.context.outbound.client_session(
             literal_hosts_checked=True,  # the one URL, checked in __init__
             connector_limit=self.config.max_connections,
@@ -81,6 +105,8 @@ class JsonHook(Channel[JsonHookConfig]):
         )
 
     async def close(self) -> None:
+        if self._transport is not None:
+            await self._transport.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -104,6 +130,10 @@ class JsonHook(Channel[JsonHookConfig]):
         return {"url": self.config.url, "json": self.body(delivery).decode()}
 
     async def send(self, delivery: Delivery) -> None:
+        if self._transport is not None:
+            body = self.body(delivery)
+            await self._transport.send(self._signer.headers(delivery.id, body).items(), body)
+            return
         if self._session is None:
             raise TransientError("channel not started")
         body = self.body(delivery)
