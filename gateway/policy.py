@@ -27,7 +27,7 @@ class ChannelPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Each delay varies by up to this fraction either way, so retries do not stampede.
     jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = JITTER
     #: Sends in flight at once to this endpoint, per gateway process.
-    max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 64
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 128
     #: Sends per second to this endpoint, per gateway process; 0: unlimited.
     rate_limit: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     #: After this many failures in a row, stop sending for ``breaker_cooldown``, then probe

@@ -42,8 +42,6 @@ PROMOTE_INTERVAL = 0.25
 ACK_LINGER = 0.005
 #: ... unless this many are already waiting.
 ACK_BATCH = 64
-#: With sends in flight and little room, how long to let more finish before reading.
-READ_LINGER = 0.002
 #: How often sends past their channel's send timeout are looked for.
 WATCHDOG_INTERVAL = 0.25
 #: How often each worker takes over jobs another consumer read but never settled.
@@ -149,16 +147,6 @@ class Worker:
                 room[stream] = available
         return room
 
-    def _worth_waiting(self, room: dict[str, int]) -> bool:
-        """Whether to let more sends finish before reading: one read for many slots
-        rather than one per slot. Only while every channel with room has sends of its
-        own in flight that will free more (never for a rate limit or a breaker probe)."""
-        for stream, available in room.items():
-            gate = self.gates[self.streams[stream]]
-            if gate.in_flight == 0 or available >= max(1, gate.policy.max_in_flight // 4):
-                return False
-        return True
-
     async def _wait_for_room(self) -> None:
         hints = [self.gates[n].wait_hint() for n in self.streams.values() if n not in self.disabled]
         self._slot_free.clear()
@@ -178,9 +166,6 @@ class Worker:
             room = self._room() if free > 0 else {}
             if not room:
                 await self._wait_for_room()
-                continue
-            if self._worth_waiting(room):
-                await asyncio.sleep(READ_LINGER)
                 continue
             try:
                 if not groups_ready:
