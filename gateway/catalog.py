@@ -17,6 +17,7 @@ the next debit date...) are marked ``schedule=True``.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -473,11 +474,17 @@ class _Missing:
 _MISSING: Final = _Missing()
 
 
+@functools.cache
+def _parts(path: str) -> tuple[str, tuple[str, ...]]:
+    head, _, rest = path.partition(".")
+    return head, tuple(rest.split(".")) if rest else ()
+
+
 def _resolve(event: Event, path: str) -> Any:
     """The value at a dotted path of the event, or ``_MISSING``."""
-    head, _, rest = path.partition(".")
+    head, rest = _parts(path)  # split once per path, not once per event
     value: Any = getattr(event, head, _MISSING)
-    for part in rest.split(".") if rest else ():
+    for part in rest:
         if isinstance(value, dict):
             value = value.get(part, _MISSING)
         elif value is not None and hasattr(value, "__struct_fields__"):

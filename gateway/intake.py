@@ -25,7 +25,7 @@ from .event import EventInvalid, encode_event
 from .keys import Keys
 from .openapi import serve_openapi
 from .receipts import ReceiptRequest, record_receipt
-from .scripts import ENQUEUE, is_noscript
+from .scripts import ENQUEUE_MANY, is_noscript
 from .signing import SignatureError
 from .source import Source
 
@@ -40,7 +40,7 @@ class NotDurable(RedisError):
 
 
 class Enqueuer:
-    """Group commit of ``enqueue.lua`` calls: one pipeline carries every waiting request."""
+    """Group commit: one ``enqueue_many.lua`` call carries every waiting request."""
 
     def __init__(
         self, redis: Redis, keys: Keys, dedupe_window: float, *, wait_aof: bool = False
@@ -88,35 +88,28 @@ class Enqueuer:
                         fut.set_exception(exc if isinstance(exc, RedisError) else RedisError(exc))
 
     async def _flush(self, batch: list[tuple[str, bytes, asyncio.Future[str | None]]]) -> None:
-        todo = batch
-        for _ in range(2):  # a second pass only after NOSCRIPT (Redis restarted)
+        args: list[Any] = [self.ttl, self.keys.dedupe("")]
+        for event_id, payload, _fut in batch:
+            args += [event_id, payload]
+        for attempt in range(2):  # a second pass only after NOSCRIPT (Redis restarted)
             pipe = self.redis.pipeline(transaction=False)
-            for event_id, payload, _fut in todo:
-                ENQUEUE.add_to(
-                    pipe, [self.keys.dedupe(event_id), self.keys.events], [self.ttl, payload]
-                )
+            ENQUEUE_MANY.add_to(pipe, [self.keys.events], args)
             if self.wait_aof:
                 pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
             results = await pipe.execute(raise_on_error=False)
+            if is_noscript(results[0]) and attempt == 0:
+                await ENQUEUE_MANY.load(self.redis)
+                continue
+            if isinstance(results[0], Exception):
+                raise results[0]
             if self.wait_aof:
-                local = results.pop()
+                local = results[1]
                 if isinstance(local, Exception) or not local or int(local[0]) < 1:
                     raise NotDurable(f"WAITAOF did not confirm the write: {local!r}")
-            retry = []
-            for item, result in zip(todo, results, strict=True):
-                fut = item[2]
-                if is_noscript(result):
-                    retry.append(item)
-                elif isinstance(result, Exception):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(None if result is None else _text(result))
-            if not retry:
-                return
-            await ENQUEUE.load(self.redis)
-            todo = retry
-        for _, _, fut in todo:
-            fut.set_exception(RedisError("enqueue script could not be loaded"))
+            for (_, _, fut), entry in zip(batch, results[0], strict=True):
+                fut.set_result(None if entry is None else _text(entry))
+            return
+        raise RedisError("enqueue script could not be loaded")
 
 
 def _text(value: bytes | str) -> str:

@@ -39,7 +39,6 @@ def is_noscript(result: object) -> bool:
     )
 
 
-ENQUEUE = Script("enqueue")
 FANOUT = Script("fanout")
 PROMOTE = Script("promote")
 SETTLE = Script("settle")
@@ -47,3 +46,4 @@ DISABLE = Script("disable")
 REPLAY = Script("replay")
 SCENARIO_CAS = Script("scenario_cas")
 SCENARIO_STEP = Script("scenario_step")
+ENQUEUE_MANY = Script("enqueue_many")
