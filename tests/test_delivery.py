@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -489,36 +490,44 @@ def test_delivery_policy_errors_name_the_field(tmp_path, redis_url):
     assert f"{conf}: channels.hook.delivery" in result.output
 
 
-REFUSING_PLUGIN = """
-import msgspec
-from gateway import Channel, PermanentError, hookimpl
-
-
-class Config(msgspec.Struct, forbid_unknown_fields=True):
-    pass
-
-
-class Refusing(Channel[Config]):
-    type_name = "refusing"
-    config_type = Config
-
-    async def send(self, delivery):
-        raise PermanentError(
-            "invoice FA-1 is already paid", notify="erp.sync_failed", details={"invoice": "FA-1"}
-        )
-
-
-@hookimpl
-def tocsin_register_channels():
-    return [Refusing]
-"""
+def channel_plugin(tmp_path, monkeypatch, module: str, type_name: str, send_body: str) -> None:
+    """A one-channel plugin module in ``tmp_path``, importable as ``module``: its
+    ``send`` runs ``send_body`` (the misbehaving receivers these tests need)."""
+    body = textwrap.indent(textwrap.dedent(send_body).strip(), " " * 8)
+    (tmp_path / f"{module}.py").write_text(
+        "import asyncio\n"
+        "import msgspec\n"
+        "from gateway import Channel, PermanentError, TransientError, hookimpl\n\n\n"
+        "class Config(msgspec.Struct, forbid_unknown_fields=True):\n    pass\n\n\n"
+        "class Plugged(Channel[Config]):\n"
+        f"    type_name = {type_name!r}\n"
+        "    config_type = Config\n\n"
+        "    @property\n"
+        "    def send_timeout(self):\n"
+        "        return 0.3\n\n"
+        "    async def send(self, delivery):\n"
+        f"{body}\n\n\n"
+        "@hookimpl\n"
+        "def tocsin_register_channels():\n"
+        "    return [Plugged]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
 
 
 async def test_a_plugin_failure_can_notify_staff_through_an_internal_event(
     tmp_path, redis_url, receiver: Receiver, start_gateway, redis_client, monkeypatch
 ):
-    (tmp_path / "refusing_erp.py").write_text(REFUSING_PLUGIN)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    channel_plugin(
+        tmp_path,
+        monkeypatch,
+        "refusing_erp",
+        "refusing",
+        """
+        raise PermanentError(
+            "invoice FA-1 is already paid", notify="erp.sync_failed", details={"invoice": "FA-1"}
+        )
+        """,
+    )
     rules = """
     [channels.erp]
     type = "refusing"
@@ -566,34 +575,16 @@ async def test_a_lost_consumer_group_is_recreated_and_nothing_waiting_is_lost(
     assert len(set(sink.ids)) == 6
 
 
-UNREACHABLE_PLUGIN = """
-import msgspec
-from gateway import Channel, TransientError, hookimpl
-
-
-class Config(msgspec.Struct, forbid_unknown_fields=True):
-    pass
-
-
-class Unreachable(Channel[Config]):
-    type_name = "unreachable"
-    config_type = Config
-
-    async def send(self, delivery):
-        raise TransientError("ERP answered 503", notify="erp.sync_failed")
-
-
-@hookimpl
-def tocsin_register_channels():
-    return [Unreachable]
-"""
-
-
 async def test_retries_running_out_notify_staff_when_the_plugin_asked(
     tmp_path, redis_url, receiver: Receiver, start_gateway, monkeypatch
 ):
-    (tmp_path / "unreachable_erp.py").write_text(UNREACHABLE_PLUGIN)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    channel_plugin(
+        tmp_path,
+        monkeypatch,
+        "unreachable_erp",
+        "unreachable",
+        'raise TransientError("ERP answered 503", notify="erp.sync_failed")',
+    )
     rules = """
     [channels.erp]
     type = "unreachable"
@@ -620,36 +611,11 @@ async def test_retries_running_out_notify_staff_when_the_plugin_asked(
     )
 
 
-HANGING_PLUGIN = """
-import asyncio
-import msgspec
-from gateway import Channel, hookimpl
-
-
-class Config(msgspec.Struct, forbid_unknown_fields=True):
-    pass
-
-
-class Hanging(Channel[Config]):
-    type_name = "hanging"
-    config_type = Config
-
-    @property
-    def send_timeout(self):
-        return 0.3
-
-    async def send(self, delivery):
-        await asyncio.sleep(60)  # a plugin that never answers and ignores its own timeouts
-"""
-
-
 async def test_a_send_past_its_channel_timeout_is_cut_and_retried(
     tmp_path, redis_url, start_gateway, redis_client, monkeypatch
 ):
-    (tmp_path / "hanging_channel.py").write_text(
-        HANGING_PLUGIN + "\n\n@hookimpl\ndef tocsin_register_channels():\n    return [Hanging]\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    # A plugin that never answers and ignores its own timeouts.
+    channel_plugin(tmp_path, monkeypatch, "hanging_channel", "hanging", "await asyncio.sleep(60)")
     rules = """
     [channels.slow]
     type = "hanging"
