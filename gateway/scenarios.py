@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,6 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .conditions import Compiled, compile_condition
+from .delivery import encode_delivery
 from .durations import Duration
 from .event import Event, encode_event
 from .keys import SCENARIO_GROUP, Keys
@@ -171,6 +173,12 @@ class Timer(msgspec.Struct, array_like=True):
     key: str
     instance: str
     step: int
+
+
+def _ms(moment: float) -> float:
+    """Down to the millisecond: a due time rounded *up* would miss a timer check made at
+    exactly that time (the sorted set is scored in whole milliseconds)."""
+    return math.floor(moment * 1000) / 1000
 
 
 def instance_id(scenario: str, key: str, trigger_event: str) -> str:
@@ -423,16 +431,16 @@ class ScenarioEngine:
                 return StepState(
                     name=step.name,
                     status="skipped",
-                    due=round(due, 3),
+                    due=_ms(due),
                     note=f"already past when the scenario started (due {stamp})",
                 )
             return StepState(
                 name=step.name,
                 status="pending",
-                due=round(now, 3),
+                due=_ms(now),
                 note=f"due {stamp}, already past at start: fired once now",
             )
-        return StepState(name=step.name, status="pending", due=round(due, 3))
+        return StepState(name=step.name, status="pending", due=_ms(due))
 
     async def _update(
         self, scenario: CompiledScenario, key: str, event: Event, context: dict[str, Any]
@@ -454,9 +462,9 @@ class ScenarioEngine:
             if state.status != "pending" or step.at is None:
                 continue
             due = step.at.resolve(instance.state, self.zone)
-            if due is not None and round(max(due, now), 3) != state.due:
+            if due is not None and _ms(max(due, now)) != state.due:
                 remove.append(self._timer(instance, n))
-                state.due = round(max(due, now), 3)
+                state.due = _ms(max(due, now))
                 add.append((state.due, self._timer(instance, n)))
         return await self._cas(rev, instance, remove, add)
 
@@ -558,8 +566,6 @@ class ScenarioEngine:
         if all(s.status != "pending" for s in instance.steps):
             instance.status = "completed"
         instance.updated = round(now, 3)
-        from .delivery import encode_delivery  # noqa: PLC0415 - avoids an import cycle
-
         stream_keys: list[str] = []
         job_args: list[Any] = []
         for job in jobs:
@@ -688,16 +694,6 @@ def merge_state(state: dict[str, Any], update: Mapping[str, Any]) -> None:
 def state_event(instance: Instance) -> Event:
     """The instance's state as the event its step's templates and channels see."""
     return msgspec.convert(instance.state, Event)
-
-
-def step_due_text(due: float | None) -> str:
-    if due is None:
-        return "-"
-    return datetime.fromtimestamp(due, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def shift(moment: datetime, seconds: float) -> datetime:
-    return moment + timedelta(seconds=seconds)
 
 
 # -- compiling the conf -----------------------------------------------------------------
