@@ -97,7 +97,9 @@ class WorkerSection(_Section):
     #: Deliveries in flight at once in one process, across channels.
     concurrency: int = 256
     #: Events the router takes from the stream per read.
-    router_batch: int = 512
+    #: (Each batch is one fan-out script holding Redis for its length: 128 lets workers'
+    #: reads and acks interleave; 512 starved them while a backlog was routed.)
+    router_batch: int = 128
     #: How long SIGTERM waits for in-flight sends before leaving them to other workers.
     shutdown_grace: Duration = Duration(10)
     #: A job read but not settled for this long is taken over by another worker (its
