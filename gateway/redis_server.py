@@ -152,6 +152,9 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads exist yet at this point
+            # Its own process group: Ctrl-C (SIGINT to the terminal's group) must reach only
+            # the gateway, which drains its sends and then stops this Redis itself.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .channel import Channel
 from .delivery import Attempt, Delivery, decode_delivery, encode_delivery
@@ -585,14 +585,19 @@ class Worker:
         gate = self.gates[self.streams[stream]]
         start: Any = "0-0"
         while (free := min(self.concurrency - len(self._inflight), gate.available())) > 0:
-            reply = await self.redis.xautoclaim(
-                stream,
-                WORKER_GROUP,
-                self.consumer,
-                int(visibility * 1000),
-                start_id=start,
-                count=free,
-            )
+            try:
+                reply = await self.redis.xautoclaim(
+                    stream,
+                    WORKER_GROUP,
+                    self.consumer,
+                    int(visibility * 1000),
+                    start_id=start,
+                    count=free,
+                )
+            except ResponseError as exc:
+                if is_nogroup(exc):
+                    return  # no group yet (the reader creates it): nothing to take over
+                raise
             start, entries = reply[0], reply[1]
             for entry_id, fields in entries:
                 if entry_id is None or not fields:  # deleted meanwhile (Redis 6.2)

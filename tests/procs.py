@@ -171,6 +171,9 @@ def spawn(args: Sequence[str], log_dir: Path, name: str) -> Proc:
             stderr=err,
             env=tocsin_env(),
             cwd=log_dir,
+            # Its own process group, as a shell gives a command: tests can signal the
+            # group the way Ctrl-C in a terminal does.
+            start_new_session=True,
         )
     return Proc(popen, out_path, err_path)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import signal
@@ -254,3 +255,20 @@ async def test_emit_and_receive_commands(tmp_path, redis_url, start_gateway):
         out = await receive.wait_output("REJECTED")
         assert "REJECTED msg_forged" in out
         assert out.count(" verified ") == 1
+
+
+async def test_ctrl_c_stops_the_gateway_before_its_embedded_redis(short_dir, receiver: Receiver):
+    """Ctrl-C signals the terminal's whole process group: only the gateway may act on it
+    (drain, then stop its Redis); a Redis quitting first fails the drain."""
+    conf = write_conf(short_dir, redis_url="", hook_url=receiver.url)
+    async with (
+        serving(conf, free_port(), short_dir, "ctrl-c") as gw,
+        aiohttp.ClientSession() as session,
+    ):
+        assert (await post_event(session, gw.url, make_event()))[0] == 202
+        await receiver.wait_for(1)
+        os.killpg(gw.proc.popen.pid, signal.SIGINT)
+        assert await gw.proc.wait(timeout=10) == 0
+    log = gw.proc.stderr
+    assert "embedded Redis stopped" in log
+    assert "Connection closed by server" not in log and "retrying" not in log, log[-2000:]
