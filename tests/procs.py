@@ -33,6 +33,8 @@ from .conftest import HOOK_SECRET, signed_headers
 #: The code under test: the same ``gateway`` package this test process imported.
 SOURCE_ROOT = Path(gateway.__file__).resolve().parent.parent
 TOCSIN = [sys.executable, "-m", "gateway.cli"]
+#: The console script pip installed, as a user runs it.
+TOCSIN_SCRIPT = str(Path(sys.executable).with_name("tocsin"))
 
 
 def tocsin_env() -> dict[str, str]:
@@ -176,6 +178,27 @@ def spawn(args: Sequence[str], log_dir: Path, name: str) -> Proc:
             start_new_session=True,
         )
     return Proc(popen, out_path, err_path)
+
+
+def run_tocsin(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``tocsin`` command, run to its end (killed past ``timeout``)."""
+    proc = subprocess.Popen(
+        [TOCSIN_SCRIPT, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -26,9 +25,9 @@ from gateway.plugins import load_registry
 from gateway.redis_server import free_port
 
 from .conftest import HOOK_SECRET, INTAKE_SECRET, write_conf
+from .procs import TOCSIN_SCRIPT, run_tocsin
 
 ROOT = Path(__file__).resolve().parent.parent
-TOCSIN = str(Path(sys.executable).with_name("tocsin"))
 UNUSED_REDIS = "redis://127.0.0.1:1/0"
 #: A secret nobody could mistake for anything else, to look for in outputs.
 CANARY = "whsec_" + base64.b64encode(b"canary-secret-must-never-be-printed!").decode()
@@ -52,21 +51,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
     env.update(extra)
     return env
-
-
-def run_tocsin(
-    *args: str, env: dict[str, str], cwd: Path, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.Popen(
-        [TOCSIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def problems_of(conf_path: Path) -> list[str]:
@@ -403,7 +387,7 @@ def test_redis_password_is_not_logged(tmp_path):
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [TOCSIN, "serve", "--conf", str(conf), "--port", "0"],
+            [TOCSIN_SCRIPT, "serve", "--conf", str(conf), "--port", "0"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=clean_env(),

@@ -35,11 +35,11 @@ from gateway.plugins import DISABLE_AUTOLOAD_ENV, load_registry
 from gateway.redis_server import free_port
 
 from .conftest import INTAKE_SECRET, make_event, signed_headers, write_conf
+from .procs import TOCSIN_SCRIPT, run_tocsin
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "tocsin-file-channel"
 GUIDE = ROOT / "docs" / "plugins.md"
-TOCSIN = str(Path(sys.executable).with_name("tocsin"))
 #: A redis URL for confs that are only checked, never served.
 UNUSED_REDIS = "redis://127.0.0.1:1/0"
 
@@ -84,26 +84,6 @@ def subprocess_env(*pythonpath: Path, **extra: str) -> dict[str, str]:
         env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(extra)
     return env
-
-
-def run_tocsin(
-    *args: str, env: dict[str, str], cwd: Path, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.Popen(
-        [TOCSIN, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=cwd,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def plugin_block(output: str, name: str) -> list[str]:
@@ -241,7 +221,7 @@ def test_installed_plugin_delivers_in_a_real_gateway(tmp_path, redis_url, file_c
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [TOCSIN, "serve", "--conf", str(conf)],
+            [TOCSIN_SCRIPT, "serve", "--conf", str(conf)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=subprocess_env(file_channel_site),
