@@ -146,7 +146,7 @@ def _run(main_coro: Any) -> None:
 
 
 @main.command()
-@click.argument("conf_arg", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("conf_arg", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--samples",
     type=click.Path(file_okay=False, path_type=Path),
@@ -180,7 +180,7 @@ def check(conf_arg: Path | None, samples: Path | None) -> None:
 
 @main.command()
 @click.argument("template")
-@click.argument("conf_arg", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("conf_arg", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--event",
     "event_path",

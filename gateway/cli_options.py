@@ -9,8 +9,9 @@ import click
 conf_option = click.option(
     "--conf",
     "conf_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
-    help="Conf file (default: $TOCSIN_CONF, else conf/tocsin.toml).",
+    help="Conf file, or a folder holding tocsin.toml (default: $TOCSIN_CONF, else "
+    "conf/tocsin.toml).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")

@@ -23,7 +23,8 @@ from .windows import WindowConf
 
 T = TypeVar("T")
 
-DEFAULT_CONF_PATH = Path("conf/tocsin.toml")
+CONF_FILE_NAME = "tocsin.toml"
+DEFAULT_CONF_PATH = Path("conf") / CONF_FILE_NAME
 CONF_ENV_VAR = "TOCSIN_CONF"
 
 
@@ -446,9 +447,11 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     """The conf and every problem in it; ``None`` only if the main file cannot be parsed.
 
     A field with a problem is left at its default, so the plan can still be checked and
-    every mistake reported in one pass.
+    every mistake reported in one pass. A folder stands for its ``tocsin.toml``.
     """
     main = Path(path).resolve()
+    if main.is_dir():
+        main = main / CONF_FILE_NAME
     problems = _Problems()
     raw = _read_toml(main, problems)
     if raw is None:

@@ -474,3 +474,9 @@ def test_serve_refuses_an_invalid_conf_with_the_same_messages(tmp_path):
     )
     assert "listening" not in served.stderr and "running roles" not in served.stderr
     assert "Traceback" not in served.stderr
+
+
+def test_a_conf_folder_stands_for_its_tocsin_toml():
+    result = check(ROOT / "conf")
+    assert result.exit_code == 0, result.output
+    assert f"{ROOT / 'conf' / 'tocsin.toml'}: ok (" in result.stdout
