@@ -41,11 +41,13 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from gateway.redis_server import free_port
@@ -572,3 +574,22 @@ class VonageStandIn(StandIn):
         self, message: dict[str, Any], status: str, *, err_code: int = 0, via: str | None = None
     ) -> list[tuple[int, Any]]:
         return [await call.send(via) for call in self.receipts(message, status, err_code=err_code)]
+
+
+# -- fixtures: the stand-ins, started on a free port, closed after the test --
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[TwilioStandIn]:
+    standin = TwilioStandIn()
+    await standin.start()
+    yield standin
+    await standin.close()
+
+
+@pytest.fixture
+async def vonage() -> AsyncIterator[VonageStandIn]:
+    standin = VonageStandIn()
+    await standin.start()
+    yield standin
+    await standin.close()

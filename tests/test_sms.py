@@ -137,22 +137,6 @@ async def make_channel(tmp_path: Path) -> AsyncIterator[MakeChannel]:
         await sms.close()
 
 
-@pytest.fixture
-async def twilio() -> AsyncIterator[TwilioStandIn]:
-    standin = TwilioStandIn()
-    await standin.start()
-    yield standin
-    await standin.close()
-
-
-@pytest.fixture
-async def vonage() -> AsyncIterator[VonageStandIn]:
-    standin = VonageStandIn()
-    await standin.start()
-    yield standin
-    await standin.close()
-
-
 def twilio_toml(standin: TwilioStandIn, *, token: str = TWILIO_TOKEN, more: str = "") -> str:
     return f"""
     provider = "twilio"

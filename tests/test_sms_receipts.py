@@ -66,22 +66,6 @@ to = ["customer"]
 # --- helpers ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def twilio() -> AsyncIterator[TwilioStandIn]:
-    standin = TwilioStandIn()
-    await standin.start()
-    yield standin
-    await standin.close()
-
-
-@pytest.fixture
-async def vonage() -> AsyncIterator[VonageStandIn]:
-    standin = VonageStandIn()
-    await standin.start()
-    yield standin
-    await standin.close()
-
-
 def twilio_channel(standin: TwilioStandIn, status_callback: str) -> str:
     return f"""
     [channels.sms]
