@@ -11,7 +11,7 @@ local group = ARGV[1]
 local count = tonumber(ARGV[2])
 local ttl = ARGV[3]
 local i = 4
-local routed = 0
+local routed, deleting = 0, {}
 for _ = 1, count do
   local entry = ARGV[i]
   local jobs = tonumber(ARGV[i + 3])
@@ -22,10 +22,18 @@ for _ = 1, count do
       redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'j', ARGV[i + 1])
       i = i + 2
     end
-    redis.call('XDEL', KEYS[1], entry)
     routed = routed + 1
+    deleting[#deleting + 1] = entry
+    if #deleting == 500 then -- well under Lua's limit on unpack()ed values
+      redis.call('XDEL', KEYS[1], unpack(deleting))
+      deleting = {}
+    end
   else
     i = i + 4 + 2 * jobs
   end
+end
+-- Routed entries are deleted together: one call, not one per event.
+if #deleting > 0 then
+  redis.call('XDEL', KEYS[1], unpack(deleting))
 end
 return routed
