@@ -21,6 +21,7 @@ from .event import Event
 from .history import DeliveryRecord, encode_record, get_record, iter_records, record_of
 from .keys import WORKER_GROUP, Keys
 from .plan import CompiledRule
+from .redis_client import connect
 from .redis_server import RedisServer
 from .router import plan_deliveries
 from .scripts import REPLAY
@@ -32,8 +33,6 @@ _event_decoder = msgspec.json.Decoder(Event)
 async def open_redis(conf: Conf) -> AsyncIterator[Redis]:
     """The deployment's Redis: ``redis.url``, the embedded one a running gateway owns, or
     the embedded one started just for this command (its data is on disk either way)."""
-    from .service import connect  # noqa: PLC0415 - service pulls in aiohttp's server side
-
     started: RedisServer | None = None
     url = conf.redis.url
     if not url:

@@ -470,8 +470,8 @@ def simulate(events_file: Path, until: str, redis_url: str | None, conf_path: Pa
     from . import simulate as sim  # noqa: PLC0415
     from .cli import _load  # noqa: PLC0415
     from .event import EventInvalid  # noqa: PLC0415
+    from .redis_client import connect  # noqa: PLC0415
     from .redis_server import RedisServer, free_port  # noqa: PLC0415
-    from .service import connect  # noqa: PLC0415
 
     _conf_obj, _registry, plan = _load(conf_path)
     try:

@@ -22,6 +22,7 @@ from .channel import Channel
 from .intake import Enqueuer, Intake
 from .keys import Keys
 from .plan import EVENTS_SOURCE, Plan
+from .redis_client import connect
 from .router import Router
 from .scenarios import ScenarioEngine
 from .streams import Backoff
@@ -44,17 +45,6 @@ def redact_url(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
-def connect(url: str) -> Redis:
-    return Redis.from_url(
-        url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        max_connections=64,
-        decode_responses=False,
-    )
 
 
 def _text(value: Any) -> str | None:

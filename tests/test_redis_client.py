@@ -1,0 +1,65 @@
+"""The gateway's Redis client packs commands with hiredis: same bytes on the wire, same
+errors, for every argument type redis-py accepts, over TCP and unix sockets alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
+
+from gateway.redis_client import PackedConnection, PackedUnixDomainSocketConnection, connect
+from gateway.redis_server import RedisServer
+
+COMMANDS: list[tuple[object, ...]] = [
+    ("SET", "k", "v"),
+    ("SET", "clé", "été"),  # str is UTF-8 encoded
+    ("ZADD", "z", 1.5, "a", 1e20, "b", 0.1, "c", -3, "d", 10**20, "e"),
+    ("SCRIPT LOAD", "return 1"),  # a multi-word command name is split, as redis-py does
+    (b"CLIENT SETNAME", b"worker"),
+    ("EVALSHA", "f" * 40, 1, "k", b"\x00\xff" * 700, "x" * 10_000),
+    ("SET", "k", bytearray(b"from a bytearray")),  # hiredis refuses these: redis-py packs
+    ("SET", "k", memoryview(b"from a memoryview")),
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: str(a[0]))
+def test_packs_the_bytes_redis_py_packs(args: tuple[object, ...]) -> None:
+    ours = b"".join(bytes(part) for part in PackedConnection().pack_command(*args))
+    theirs = b"".join(bytes(part) for part in Connection().pack_command(*args))
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("bad", [True, None, object()])
+def test_refuses_what_redis_py_refuses(bad: object) -> None:
+    with pytest.raises(DataError):
+        PackedConnection().pack_command("SET", "k", bad)
+
+
+async def test_round_trips_through_a_real_server(redis_url: str) -> None:
+    redis = connect(redis_url)
+    try:
+        assert redis.connection_pool.connection_class is PackedConnection
+        payload = bytes(range(256)) * 40
+        await redis.set("k", payload)
+        assert await redis.get("k") == payload
+        await redis.zadd("z", {"a": 1.25, "b": 2})
+        assert await redis.zrange("z", 0, -1, withscores=True) == [(b"a", 1.25), (b"b", 2.0)]
+        await redis.set("m", memoryview(b"view"))
+        assert await redis.get("m") == b"view"
+    finally:
+        await redis.aclose()
+
+
+async def test_unix_socket_urls_keep_their_connection_kind(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "r")  # no port: a unix socket
+    url = server.start()
+    redis = connect(url)
+    try:
+        assert redis.connection_pool.connection_class is PackedUnixDomainSocketConnection
+        await redis.set("k", "over the socket")
+        assert await redis.get("k") == b"over the socket"
+    finally:
+        await redis.aclose()
+        server.stop()
