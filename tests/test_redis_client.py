@@ -21,6 +21,10 @@ COMMANDS: list[tuple[object, ...]] = [
     ("EVALSHA", "f" * 40, 1, "k", b"\x00\xff" * 700, "x" * 10_000),
     ("SET", "k", bytearray(b"from a bytearray")),  # hiredis refuses these: redis-py packs
     ("SET", "k", memoryview(b"from a memoryview")),
+    # Long commands are packed in pieces: counts, boundaries and values must still match.
+    ("EVALSHA", "f" * 40, 0, *[f"arg-{i}" if i % 3 else b"v" * 1500 for i in range(500)]),
+    ("DEL", *[f"k{i}" for i in range(64)]),  # exactly one piece's worth
+    ("DEL", *[f"k{i}" for i in range(63)], bytearray(b"late")),  # refused in a later piece
 ]
 
 
@@ -48,6 +52,13 @@ async def test_round_trips_through_a_real_server(redis_url: str) -> None:
         assert await redis.zrange("z", 0, -1, withscores=True) == [(b"a", 1.25), (b"b", 2.0)]
         await redis.set("m", memoryview(b"view"))
         assert await redis.get("m") == b"view"
+        # A command long enough to travel in pieces, in a pipeline and alone.
+        fields = {f"f{i}": f"value-{i}" * 50 for i in range(300)}
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hset("h", mapping=fields)
+            pipe.hlen("h")
+            assert (await pipe.execute())[1] == 300
+        assert await redis.hgetall("h") == {k.encode(): v.encode() for k, v in fields.items()}
     finally:
         await redis.aclose()
 
