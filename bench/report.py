@@ -263,7 +263,8 @@ def table(result: dict[str, Any]) -> str:
         f"Tocsin benchmark  N={meta['events']:,} events of ~{meta['event_bytes']} B; "
         f"{meta['cpus']} CPUs shared by load generator, gateway, redis-server "
         f"{redis.get('redis_version', '?')} (appendfsync {redis.get('appendfsync', '?')}) "
-        f"and sink; 127.0.0.1 only; hiredis {'on' if meta['versions'].get('hiredis') else 'off'}",
+        f"and sink; 127.0.0.1 only; hiredis {'on' if meta['versions'].get('hiredis') else 'off'}; "
+        "AOF rewritten before each measurement",
         "",
     ]
     for i, row in enumerate(rows):
