@@ -112,6 +112,8 @@ class Worker:
         self._failing: dict[str, bool | None] = dict.fromkeys(channels)
         self.disabled: set[str] = set()
         self.delivered = 0
+        #: Jobs were left pending under our name: read own pending entries again.
+        self._reread = False
 
     async def run(self, stopping: asyncio.Event) -> None:
         if not self.streams:
@@ -162,6 +164,10 @@ class Worker:
         groups_ready = False
         cursors = dict.fromkeys(self.streams, "0")  # own pending entries first
         while not stopping.is_set():
+            if self._reread:
+                # (A disabled channel's stream is not read: its pass waits for enabling.)
+                self._reread = False
+                cursors = dict.fromkeys(self.streams, "0")
             free = self.concurrency - len(self._inflight)
             room = self._room() if free > 0 else {}
             if not room:
@@ -213,6 +219,11 @@ class Worker:
         key = (stream, entry_id)
         if key in self._inflight_ids or key in self._settling or not fields:
             return  # our own send, still running or being acknowledged
+        if self.streams[stream] in self.disabled:
+            # Brought by a read sent before its endpoint was disabled: it stays pending
+            # under this consumer's name, and is read again once the endpoint is enabled.
+            self._reread = True
+            return
         gate = self.gates[self.streams[stream]]
         gate.started(1)
         self._inflight_ids.add(key)

@@ -636,3 +636,39 @@ async def test_a_send_past_its_channel_timeout_is_cut_and_retried(
     [letter] = await eventually(lambda: dead_letters(redis_client), what="the dead letter")
     assert letter[b"reason"] == b"gave up after 2 attempts; last error: no answer within 0.3s"
     assert time.monotonic() - started < 10, "the sends were not cut at their timeout"
+
+
+async def test_a_job_read_just_after_its_endpoint_was_disabled_waits_for_enabling(
+    tmp_path, redis_url, sink: Sink, redis_client
+):
+    """A read already waiting on the stream when the endpoint is disabled brings the next
+    job: it is not sent, stays pending under the worker's name, and goes once enabled."""
+    plan = load_plan(write_conf(tmp_path, redis_url=redis_url, hook_url=sink.url))
+    keys = Keys()
+    client = aioredis.Redis.from_url(redis_url)
+    for channel in plan.channels.values():
+        await channel.start()
+    worker = Worker(client, keys, plan.channels, "survivor")
+    stopping = asyncio.Event()
+    task = asyncio.create_task(worker.run(stopping))
+    try:
+        await asyncio.sleep(0.2)  # the worker now waits on the hook stream (BLOCK)
+        await worker._disable("hook", "HTTP 410")
+        await client.xadd(keys.deliveries("hook"), {"j": encode_delivery(_job(make_event()))})
+        await asyncio.sleep(0.8)  # past the waiting read's 500 ms
+        assert sink.calls == [], "a disabled endpoint is not called"
+        pending = await client.xpending(keys.deliveries("hook"), WORKER_GROUP)
+        assert pending["pending"] == 1
+        assert pending["consumers"] == [{"name": b"survivor", "pending": 1}]
+
+        await client.delete(keys.endpoint("hook"))  # what `tocsin endpoints enable` does
+        await eventually(lambda: len(sink.ok) == 1, what="the held job, once enabled")
+        await eventually(lambda: redis_client.xlen("tocsin:deliveries:hook") == 0, what="acked")
+        await asyncio.sleep(0.3)
+        assert len(sink.calls) == 1
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+        for channel in plan.channels.values():
+            await channel.close()
+        await client.aclose()
