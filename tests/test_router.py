@@ -69,3 +69,55 @@ async def test_fanout_of_an_event_already_routed_does_nothing(tmp_path, redis_ur
         assert await client.xlen(stream) == 1
     finally:
         await client.aclose()
+
+
+async def test_rules_with_conditions_see_the_whole_event_others_only_its_head(tmp_path, redis_url):
+    """Routing decodes only an event's head unless a rule matching its type has
+    conditions: the large-payment condition still reads data.amount, and an
+    unconditional rule on another type routes from the head alone."""
+    rules = """
+    [rules.every-payment]
+    events = ["payment.*"]
+    [[rules.every-payment.actions]]
+    channel = "hook"
+
+    [rules.large-payment]
+    events = ["payment.succeeded"]
+    when = ['data.amount >= 100000', 'customer.kind == "b2b"']
+    [[rules.large-payment.actions]]
+    channel = "hook"
+    """
+    plan = load_plan(write_conf(tmp_path, redis_url=redis_url, rules=rules))
+    keys = Keys()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        router = Router(client, keys, plan.rules, "router")
+        assert router._needs_whole("payment.succeeded")
+        assert not router._needs_whole("payment.failed")
+        small = make_event(data={"amount": 500, "currency": "EUR"})
+        large = make_event(data={"amount": 250000, "currency": "EUR"})
+        failed = make_event(type="payment.failed", data={"amount": 250000, "currency": "EUR"})
+        for event in (small, large, failed):
+            large_customer = {**event["customer"], "kind": "b2b"}
+            await client.xadd(keys.events, {"e": json.dumps({**event, "customer": large_customer})})
+        stopping = asyncio.Event()
+        task = asyncio.create_task(router.run(stopping))
+        for _ in range(50):
+            if await client.xlen(keys.events) == 0:
+                break
+            await asyncio.sleep(0.05)
+        stopping.set()
+        await asyncio.wait_for(task, 5)
+        routed = [
+            (j["event_id"], j["rule"]) for j in await _stream_jobs(client, keys.deliveries("hook"))
+        ]
+        assert sorted(routed) == sorted(
+            [
+                (small["id"], "every-payment"),
+                (large["id"], "every-payment"),
+                (large["id"], "large-payment"),
+                (failed["id"], "every-payment"),
+            ]
+        )
+    finally:
+        await client.aclose()
