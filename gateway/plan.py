@@ -33,6 +33,9 @@ from .windows import NO_WINDOW, SendingWindow, build_windows
 AUDIENCE_PREFIX = "audience:"
 #: The name under which ``POST /v1/events`` appears among sources.
 EVENTS_SOURCE = "events"
+#: Event types whose glob matches each matcher remembers (types are few; unknown
+#: types may be accepted, so the memory is bounded).
+GLOB_MEMORY = 1024
 #: A job is taken over only this long after its channel's send timeout would have fired.
 VISIBILITY_MARGIN = 5.0
 
@@ -44,11 +47,20 @@ class Matcher:
     exact: frozenset[str]
     globs: tuple[str, ...]
     conditions: tuple[Compiled, ...]
+    #: Glob answers per event type, remembered: the router asks for every event and rule.
+    _globbed: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def matches_type(self, event_type: str) -> bool:
-        return event_type in self.exact or any(
-            fnmatch.fnmatchcase(event_type, g) for g in self.globs
-        )
+        if event_type in self.exact:
+            return True
+        if not self.globs:
+            return False
+        known = self._globbed.get(event_type)
+        if known is None:
+            known = any(fnmatch.fnmatchcase(event_type, g) for g in self.globs)
+            if len(self._globbed) < GLOB_MEMORY:
+                self._globbed[event_type] = known
+        return known
 
     def matches(self, context: Mapping[str, Any]) -> bool:
         return all(condition(context) for condition in self.conditions)
