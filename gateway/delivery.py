@@ -90,6 +90,32 @@ def decode_delivery(data: bytes) -> Delivery:
     return _decoder.decode(data)
 
 
+#: Where the event goes in a job's ``j`` field when it travels beside it, in ``e``.
+_BESIDE = msgspec.Raw(b"null")
+
+
+def encode_job(delivery: Delivery) -> bytes:
+    """The job as a fan-out appends it: the delivery without its event, which the
+    fan-out puts beside it (field ``e``) from the copy it stores once per event. Its
+    event is neither copied into this JSON nor scanned through when the job is read,
+    and each job costs Redis a ~300-byte argument instead of ~1.3 KB."""
+    event, delivery.event = delivery.event, _BESIDE
+    try:
+        return _encoder.encode(delivery)
+    finally:
+        delivery.event = event
+
+
+def decode_job(fields: dict[bytes, bytes]) -> Delivery:
+    """A job as read from a channel's stream: ``j`` the whole delivery (retries, replays,
+    scenario steps), or ``j`` and its event beside it in ``e`` (fan-outs)."""
+    delivery = _decoder.decode(fields.get(b"j", b""))
+    event = fields.get(b"e")
+    if event is not None:
+        delivery.event = msgspec.Raw(event)
+    return delivery
+
+
 def template_context(delivery: Delivery, event: Event) -> dict[str, Any]:
     """What a template sees: the event's fields at top level, plus recipient and delivery."""
     context = event.to_context()

@@ -11,7 +11,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .delivery import Delivery, Recipient, delivery_id, encode_delivery
+from .delivery import Delivery, Recipient, delivery_id, encode_job
 from .event import Customer, Event
 from .keys import ROUTER_GROUP, Keys
 from .plan import CompiledAction, CompiledRule, Target
@@ -228,7 +228,7 @@ class Router:
                 if stream not in stream_index:
                     keys.append(stream)
                     stream_index[stream] = len(keys)
-                args += [stream_index[stream], encode_delivery(job)]
+                args += [stream_index[stream], encode_job(job)]
         if args[1]:
             self.routed += await FANOUT(self.redis, keys, args)
 

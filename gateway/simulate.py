@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 from redis.asyncio import Redis
 
-from .delivery import Delivery, decode_delivery
+from .delivery import Delivery, decode_job
 from .event import Event, decode_event, encode_event
 from .keys import Keys
 from .plan import Plan
@@ -149,7 +149,7 @@ async def _advance(
             stream = keys.deliveries(channel)
             entries: Any = await redis.xrange(stream)
             for _, fields in entries:
-                out.append(_notification(plan, decode_delivery(fields[b"j"]), clock.now))
+                out.append(_notification(plan, decode_job(fields), clock.now))
             await redis.delete(stream)
 
 

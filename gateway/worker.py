@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from .channel import Channel
-from .delivery import Attempt, Delivery, decode_delivery, encode_delivery
+from .delivery import Attempt, Delivery, decode_job, encode_delivery
 from .errors import DeliveryError, EndpointGone, PermanentError, TransientError
 from .event import Event, EventSource, encode_event
 from .history import Status, encode_record, record_of
@@ -251,10 +251,10 @@ class Worker:
     async def _handle(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], recheck: bool
     ) -> EndpointOutcome:
-        raw = fields.get(b"j", b"")
         try:
-            delivery = decode_delivery(raw)
+            delivery = decode_job(fields)
         except msgspec.DecodeError as exc:
+            raw = fields.get(b"j", b"")
             await self._dead(stream, entry_id, raw, f"undecodable job: {exc}", None)
             return None
         name = self.streams[stream]
@@ -636,7 +636,7 @@ class Worker:
         log.error("delivery job %s on %s: %s", entry_id.decode(), stream, reason)
         job: Delivery | bytes = raw
         try:
-            job = decode_delivery(raw)
+            job = decode_job(fields)
             job.history.append(
                 Attempt(
                     n=job.attempt, at=round(self.clock(), 3), outcome="failed", ms=0, error=reason

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+import msgspec
 import redis.asyncio as aioredis
 
+from gateway.delivery import Delivery, Recipient, decode_job, encode_delivery, encode_job
 from gateway.event import decode_event, encode_event
 from gateway.keys import ROUTER_GROUP, Keys
 from gateway.router import Router
@@ -121,3 +123,29 @@ async def test_rules_with_conditions_see_the_whole_event_others_only_its_head(tm
         )
     finally:
         await client.aclose()
+
+
+def test_a_fanned_out_job_carries_its_event_beside_it_and_reads_back_whole():
+    """Fan-out appends a job as ``j`` (the delivery, event left out) and ``e`` (the event
+    bytes as stored); retries and replays append ``j`` whole. Both read back the same."""
+    event = make_event()
+    raw = json.dumps(event).encode()
+    delivery = Delivery(
+        id="msg_0001",
+        event_id=event["id"],
+        event_type=event["type"],
+        rule="every-payment",
+        channel="hook",
+        event=msgspec.Raw(raw),
+        recipient=Recipient(kind="address", address="ops@example.com"),
+    )
+    head = encode_job(delivery)
+    assert len(head) < 400 and event["id"].encode() in head  # the ids, not the event
+    assert json.loads(head)["event"] is None
+    assert delivery.event_bytes() == raw  # encoding it left the delivery whole
+
+    split = decode_job({b"j": head, b"e": raw})
+    whole = decode_job({b"j": encode_delivery(delivery)})
+    assert split == whole == delivery
+    assert split.event_bytes() == raw
+    assert split.decode_event().id == event["id"]

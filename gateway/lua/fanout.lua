@@ -5,7 +5,7 @@
 -- KEYS[1] events stream, KEYS[2..] delivery streams
 -- ARGV[1] group, ARGV[2] number of events, ARGV[3] stored-event ttl (s), then per event:
 --   entry id, stored-event key, encoded event, number of jobs, then per job:
---   index into KEYS, encoded job
+--   index into KEYS, encoded job without its event (appended beside it, field 'e')
 -- Returns the number of events routed.
 local group = ARGV[1]
 local count = tonumber(ARGV[2])
@@ -16,10 +16,11 @@ for _ = 1, count do
   local entry = ARGV[i]
   local jobs = tonumber(ARGV[i + 3])
   if redis.call('XACK', KEYS[1], group, entry) == 1 then
-    redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'EX', ttl)
+    local event = ARGV[i + 2]
+    redis.call('SET', ARGV[i + 1], event, 'EX', ttl)
     i = i + 4
     for _ = 1, jobs do
-      redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'j', ARGV[i + 1])
+      redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'j', ARGV[i + 1], 'e', event)
       i = i + 2
     end
     routed = routed + 1
