@@ -42,8 +42,6 @@ class RoutingHead(msgspec.Struct):
 
 
 _head_decoder = msgspec.json.Decoder(RoutingHead)
-#: Event types remembered as needing the whole event (or not), per router.
-TYPE_MEMORY = 1024
 
 
 def _recipients(targets: tuple[Target, ...], event: Event | RoutingHead) -> list[Target]:
@@ -144,7 +142,7 @@ class Router:
         self.consumer = consumer
         self.batch = batch
         self.routed = 0
-        self._whole: dict[str, bool] = {}
+        self._conditional = [rule for rule in rules if rule.matcher.conditions]
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = Backoff()
@@ -235,14 +233,9 @@ class Router:
     def _needs_whole(self, event_type: str) -> bool:
         """Whether routing this type reads more than its head: a scenario may, a rule
         with conditions does."""
-        whole = self._whole.get(event_type)
-        if whole is None:
-            whole = self.scenarios is not None or any(
-                rule.matcher.conditions and rule.matches_type(event_type) for rule in self.rules
-            )
-            if len(self._whole) < TYPE_MEMORY:
-                self._whole[event_type] = whole
-        return whole
+        return self.scenarios is not None or any(
+            rule.matches_type(event_type) for rule in self._conditional
+        )
 
     async def _dead_event(self, entry_id: bytes, raw: bytes, reason: str) -> None:
         log.error("router: dead-lettering event entry %s: %s", entry_id.decode(), reason)
