@@ -19,7 +19,9 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .channel import Channel
 from .delivery import Attempt, Delivery, decode_job, encode_delivery
@@ -238,9 +240,14 @@ class Worker:
         self._inflight_ids.discard(key)
         outcome: EndpointOutcome = None
         if not task.cancelled():
-            if task.exception() is not None:
-                # Settling failed (Redis down): the job stays pending and is reclaimed later.
-                log.error("worker: could not settle a job: %s", task.exception())
+            exc = task.exception()
+            if exc is not None:
+                # Redis failed mid-job (checking, settling): the job stays pending under
+                # our name. Read own pending entries again once Redis answers, rather
+                # than leave it to a takeover after the visibility timeout.
+                log.error("worker: could not settle a job: %s", exc)
+                if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+                    self._reread = True
             else:
                 outcome = task.result()
         gate.finished(outcome)

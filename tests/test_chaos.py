@@ -405,8 +405,14 @@ async def test_redis_crash_and_restart_mid_stream_loses_no_acknowledged_event(
         all_delivered_after_crash_s=recovered_s,
         # Events a router stranded and took over 30 s later (see the test below).
         router_takeovers=gw.proc.stderr.count("router: took over"),
+        # Jobs a live worker left to the visibility timeout instead of reading them again.
+        job_takeovers=sum(p.proc.stderr.count("took over job") for p in (gw, worker)),
     )
     assert alive == {True}, "a gateway process died with Redis"
+    for proc in (gw, worker):
+        # Every process survived: each reads its own unfinished jobs again once Redis
+        # answers; none is left for a takeover after the visibility timeout.
+        assert "took over job" not in proc.proc.stderr, proc.proc.stderr[-3000:]
     assert codes == [0, 0], [p.proc.stderr[-2000:] for p in (gw, worker)]
     assert ledger.refused == {}
     assert ledger.answers[503] > 0, "no producer was turned away: Redis was not down"
