@@ -5,6 +5,7 @@ endpoint health, per-endpoint limits and the circuit breaker. Real Redis, real r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import textwrap
 import time
@@ -385,21 +386,26 @@ async def _orphan(client: Any, keys: Keys, job: Delivery, takeovers: int) -> byt
     return entry
 
 
-async def _run_worker(plan: Any, client: Any, until: Callable[[], Any]) -> None:
+@contextlib.asynccontextmanager
+async def _worker_running(plan: Any, client: Any, **options: Any) -> AsyncIterator[Worker]:
+    """A worker named ``survivor`` on the plan's channels, running until the block ends."""
     for channel in plan.channels.values():
         await channel.start()
-    worker = Worker(
-        client, Keys(), plan.channels, "survivor", visibility={"hook": 0.1}, concurrency=8
-    )
+    worker = Worker(client, Keys(), plan.channels, "survivor", **options)
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping))
     try:
-        await eventually(until, what="the worker's takeover")
+        yield worker
     finally:
         stopping.set()
         await asyncio.wait_for(task, 10)
         for channel in plan.channels.values():
             await channel.close()
+
+
+async def _run_worker(plan: Any, client: Any, until: Callable[[], Any]) -> None:
+    async with _worker_running(plan, client, visibility={"hook": 0.1}, concurrency=8):
+        await eventually(until, what="the worker's takeover")
 
 
 async def test_a_job_taken_over_too_often_is_dead_lettered_as_poison(
@@ -646,29 +652,22 @@ async def test_a_job_read_just_after_its_endpoint_was_disabled_waits_for_enablin
     plan = load_plan(write_conf(tmp_path, redis_url=redis_url, hook_url=sink.url))
     keys = Keys()
     client = aioredis.Redis.from_url(redis_url)
-    for channel in plan.channels.values():
-        await channel.start()
-    worker = Worker(client, keys, plan.channels, "survivor")
-    stopping = asyncio.Event()
-    task = asyncio.create_task(worker.run(stopping))
     try:
-        await asyncio.sleep(0.2)  # the worker now waits on the hook stream (BLOCK)
-        await worker._disable("hook", "HTTP 410")
-        await client.xadd(keys.deliveries("hook"), {"j": encode_delivery(_job(make_event()))})
-        await asyncio.sleep(0.8)  # past the waiting read's 500 ms
-        assert sink.calls == [], "a disabled endpoint is not called"
-        pending = await client.xpending(keys.deliveries("hook"), WORKER_GROUP)
-        assert pending["pending"] == 1
-        assert pending["consumers"] == [{"name": b"survivor", "pending": 1}]
+        async with _worker_running(plan, client) as worker:
+            await asyncio.sleep(0.2)  # the worker now waits on the hook stream (BLOCK)
+            await worker._disable("hook", "HTTP 410")
+            job = encode_delivery(_job(make_event()))
+            await client.xadd(keys.deliveries("hook"), {"j": job})
+            await asyncio.sleep(0.8)  # past the waiting read's 500 ms
+            assert sink.calls == [], "a disabled endpoint is not called"
+            pending = await client.xpending(keys.deliveries("hook"), WORKER_GROUP)
+            assert pending["pending"] == 1
+            assert pending["consumers"] == [{"name": b"survivor", "pending": 1}]
 
-        await client.delete(keys.endpoint("hook"))  # what `tocsin endpoints enable` does
-        await eventually(lambda: len(sink.ok) == 1, what="the held job, once enabled")
-        await eventually(lambda: redis_client.xlen("tocsin:deliveries:hook") == 0, what="acked")
-        await asyncio.sleep(0.3)
-        assert len(sink.calls) == 1
+            await client.delete(keys.endpoint("hook"))  # what `tocsin endpoints enable` does
+            await eventually(lambda: len(sink.ok) == 1, what="the held job, once enabled")
+            await eventually(lambda: redis_client.xlen("tocsin:deliveries:hook") == 0, what="acked")
+            await asyncio.sleep(0.3)
+            assert len(sink.calls) == 1
     finally:
-        stopping.set()
-        await asyncio.wait_for(task, 10)
-        for channel in plan.channels.values():
-            await channel.close()
         await client.aclose()
