@@ -79,8 +79,8 @@ def _run_checks(run: dict[str, Any], n: int) -> dict[str, dict[str, Any]]:
     out = {}
     t = run["intake"]["tocsin"]
     out["intake_all_202"] = _check(
-        t["accepted"] == n and t["statuses"] == {"202": n} and t["stream_length"] == n,
-        f"{t['accepted']}/{n} got 202 {t['statuses']}, {t['stream_length']} in the stream",
+        t["accepted"] == n and t["statuses"] == {"202": n} and t["unrouted"] == n,
+        f"{t['accepted']}/{n} got 202 {t['statuses']}, {t['unrouted']} waiting to be routed",
     )
     c = run["intake"]["ceiling"]
     out["ceiling_intake_all_202"] = _check(

@@ -23,7 +23,7 @@ from .keys import WORKER_GROUP, Keys
 from .plan import CompiledRule
 from .redis_client import connect
 from .redis_server import RedisServer
-from .router import plan_deliveries
+from .router import plan_deliveries, routed_event
 from .scripts import REPLAY
 
 _event_decoder = msgspec.json.Decoder(Event)
@@ -222,14 +222,14 @@ async def replay_event(
     *,
     force: bool = False,
 ) -> EventReplay | None:
-    """Route a stored event again with today's rules; ``None`` if it is not stored
+    """Route an event again with today's rules; ``None`` if there is none to route
     (never routed, or older than the retention).
 
     Deliveries already delivered are skipped unless ``force`` (they keep their id, so a
     forced resend carries the same ``webhook-id``); retries already scheduled are left
     to run.
     """
-    raw: Any = await redis.get(keys.stored_event(event_id))
+    raw = await routed_event(redis, keys, event_id)
     if raw is None:
         return None
     event = _event_decoder.decode(raw)

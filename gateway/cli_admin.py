@@ -280,7 +280,7 @@ def events() -> None:
 @click.option("--force", is_flag=True, help="Also resend deliveries already delivered.")
 @conf_option
 def events_replay(event_id: str, force: bool, conf_path: Path | None) -> None:
-    """Route a stored event again with the current rules.
+    """Route an event again with the current rules (routed events are kept for the retention).
 
     Deliveries already delivered are skipped unless --force; they keep their ids, so
     receivers see the same webhook-id and can dedupe.
@@ -293,7 +293,8 @@ def events_replay(event_id: str, force: bool, conf_path: Path | None) -> None:
     )
     if result is None:
         raise click.ClickException(
-            f"no stored event {event_id} (never routed, or older than history.retention)"
+            f"no routed event {event_id} "
+            "(never accepted, not routed yet, or older than history.retention)"
         )
     for delivery in result.queued:
         click.echo(f"queued   {delivery.id}  rule {delivery.rule} -> {delivery.channel}")

@@ -28,6 +28,7 @@ from .receipts import ReceiptRequest, record_receipt
 from .scripts import ENQUEUE_MANY, is_noscript
 from .signing import SignatureError
 from .source import Source
+from .streams import as_text
 
 log = logging.getLogger("tocsin.intake")
 
@@ -43,11 +44,20 @@ class Enqueuer:
     """Group commit: one ``enqueue_many.lua`` call carries every waiting request."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, dedupe_window: float, *, wait_aof: bool = False
+        self,
+        redis: Redis,
+        keys: Keys,
+        dedupe_window: float,
+        *,
+        retention: float = 30 * 86400,
+        wait_aof: bool = False,
     ) -> None:
+        """``retention``: how long accepted events are kept (for replay); an event's
+        dedupe key is kept as long, since replay finds the event through it."""
         self.redis = redis
         self.keys = keys
-        self.ttl = max(1, int(dedupe_window))
+        self.window = max(1, int(dedupe_window))
+        self.keep = max(self.window, int(retention))
         self.wait_aof = wait_aof
         self._pending: list[tuple[str, bytes, asyncio.Future[str | None]]] = []
         self._wakeup = asyncio.Event()
@@ -88,7 +98,7 @@ class Enqueuer:
                         fut.set_exception(exc if isinstance(exc, RedisError) else RedisError(exc))
 
     async def _flush(self, batch: list[tuple[str, bytes, asyncio.Future[str | None]]]) -> None:
-        args: list[Any] = [self.ttl, self.keys.dedupe("")]
+        args: list[Any] = [self.window, self.keep, self.keys.dedupe("")]
         for event_id, payload, _fut in batch:
             args += [event_id, payload]
         for attempt in range(2):  # a second pass only after NOSCRIPT (Redis restarted)
@@ -107,13 +117,9 @@ class Enqueuer:
                 if isinstance(local, Exception) or not local or int(local[0]) < 1:
                     raise NotDurable(f"WAITAOF did not confirm the write: {local!r}")
             for (_, _, fut), entry in zip(batch, results[0], strict=True):
-                fut.set_result(None if entry is None else _text(entry))
+                fut.set_result(None if entry is None else as_text(entry))
             return
         raise RedisError("enqueue script could not be loaded")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 _json = msgspec.json.Encoder()

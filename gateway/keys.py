@@ -15,11 +15,18 @@ class Keys:
 
     @property
     def events(self) -> str:
-        """Stream of accepted canonical events, waiting for the router."""
+        """Stream of accepted canonical events: the router's queue, and, once routed,
+        where they are kept for the retention (replay reads them there)."""
         return f"{self.prefix}:events"
 
+    @property
+    def routed_through(self) -> str:
+        """An events stream entry id: every event at or below it has been routed."""
+        return f"{self.prefix}:events:routed"
+
     def dedupe(self, event_id: str) -> str:
-        """Marks an event id as seen, for the dedupe window; holds its stream entry id."""
+        """An event id's stream entry id: refuses duplicates within the dedupe window
+        (the id says when it was accepted) and finds the event for replay."""
         return f"{self.prefix}:seen:{event_id}"
 
     def deliveries(self, channel: str) -> str:
@@ -48,10 +55,6 @@ class Keys:
     def history(self) -> str:
         """Sorted set of delivery ids by last update (ms): lists records by time."""
         return f"{self.prefix}:history"
-
-    def stored_event(self, event_id: str) -> str:
-        """An event as routed, kept for the retention so it can be routed again."""
-        return f"{self.prefix}:event:{event_id}"
 
     def endpoint(self, channel: str) -> str:
         """Hash of an endpoint's health: failing_since, disabled_at, disabled_reason."""

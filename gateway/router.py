@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -16,7 +17,15 @@ from .event import Customer, Event
 from .keys import ROUTER_GROUP, Keys
 from .plan import CompiledAction, CompiledRule, Target
 from .scripts import FANOUT, is_noscript
-from .streams import Backoff, Entry, ensure_group, is_nogroup, read_group
+from .streams import (
+    Backoff,
+    Entry,
+    as_text,
+    ensure_group,
+    entry_order,
+    is_nogroup,
+    read_group,
+)
 
 if TYPE_CHECKING:
     from .scenarios import ScenarioEngine
@@ -27,6 +36,8 @@ log = logging.getLogger("tocsin.router")
 #: Routing a batch takes milliseconds, so this is far above any live router's hold.
 RECLAIM_IDLE_MS = 30_000
 RECLAIM_INTERVAL = 5.0
+#: How often routed events older than the retention are trimmed from the events stream.
+TRIM_INTERVAL = 60.0
 
 _event_decoder = msgspec.json.Decoder(Event)
 
@@ -132,7 +143,9 @@ class Router:
         reclaim_idle_ms: int = RECLAIM_IDLE_MS,
         retention: float = 30 * 86400,
         scenarios: ScenarioEngine | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock
         self.scenarios = scenarios
         self.retention = max(1, int(retention))
         self.reclaim_idle_ms = reclaim_idle_ms
@@ -149,11 +162,16 @@ class Router:
         group_ready = False
         # Our own pending entries first (a restart under the same consumer name), then new ones.
         cursor = "0"
-        next_reclaim = time.monotonic()
+        next_reclaim = next_trim = time.monotonic()
         while not stopping.is_set():
             try:
                 if not group_ready:
-                    await ensure_group(self.redis, self.keys.events, ROUTER_GROUP)
+                    # A lost group is recreated where routing had got to: from the
+                    # stream's start, it would route again the events kept for replay.
+                    mark: Any = await self.redis.get(self.keys.routed_through)
+                    await ensure_group(
+                        self.redis, self.keys.events, ROUTER_GROUP, start=as_text(mark or "0")
+                    )
                     await FANOUT.load(self.redis)
                     group_ready = True
                 reply = await read_group(
@@ -173,6 +191,9 @@ class Router:
                 if time.monotonic() >= next_reclaim:
                     await self._reclaim()
                     next_reclaim = time.monotonic() + RECLAIM_INTERVAL
+                if time.monotonic() >= next_trim:
+                    await self.trim()
+                    next_trim = time.monotonic() + TRIM_INTERVAL
                 backoff.reset()
             except (RedisError, OSError) as exc:
                 if is_nogroup(exc) or is_noscript(exc):
@@ -201,10 +222,26 @@ class Router:
             if start in (b"0-0", "0-0"):
                 return
 
+    async def trim(self) -> int:
+        """Drop routed events older than the retention from the events stream; an event
+        not routed yet stays, however old. Returns how many went. (Whole stream nodes
+        go, so a few entries may outlive the retention a little.)"""
+        mark: Any = await self.redis.get(self.keys.routed_through)
+        if mark is None:
+            return 0  # nothing is known to be routed
+        cutoff = (int((self.clock() - self.retention) * 1000), 0)
+        below = min(cutoff, entry_order(mark))  # MINID keeps ``below`` itself
+        if below <= (0, 0):
+            return 0
+        dropped: int = await self.redis.xtrim(
+            self.keys.events, minid=f"{below[0]}-{below[1]}", approximate=True
+        )
+        return dropped
+
     async def _route(self, entries: list[Entry]) -> None:
         stream_index: dict[str, int] = {}
-        keys = [self.keys.events]
-        args: list[Any] = [ROUTER_GROUP, len(entries), self.retention]
+        keys = [self.keys.events, self.keys.routed_through]
+        args: list[Any] = [ROUTER_GROUP, len(entries)]
         for entry_id, fields in entries:
             raw = fields.get(b"e", b"")
             event: Event | RoutingHead
@@ -220,7 +257,7 @@ class Router:
                 assert isinstance(event, Event)
                 await self.scenarios.on_event(event)
             jobs = plan_deliveries(self.rules, event, raw)
-            args += [entry_id, self.keys.stored_event(event.id), raw, len(jobs)]
+            args += [entry_id, raw, len(jobs)]
             for job in jobs:
                 stream = self.keys.deliveries(job.channel)
                 if stream not in stream_index:
@@ -244,3 +281,22 @@ class Router:
             pipe.xack(self.keys.events, ROUTER_GROUP, entry_id)
             pipe.xdel(self.keys.events, entry_id)
             await pipe.execute()
+
+
+async def routed_event(redis: Redis, keys: Keys, event_id: str) -> bytes | None:
+    """An event as it was routed, from the events stream; ``None`` if there is none:
+    never accepted, not routed yet, or trimmed after the retention."""
+    entry: Any = await redis.get(keys.dedupe(event_id))
+    if entry is None:
+        return None
+    found: Any = await redis.xrange(keys.events, entry, entry)
+    if not found:
+        return None
+    groups = {as_text(g["name"]): g for g in await redis.xinfo_groups(keys.events)}
+    router = groups.get(ROUTER_GROUP)
+    if router is None or entry_order(entry) > entry_order(router["last-delivered-id"]):
+        return None  # not read by a router yet
+    if await redis.xpending_range(keys.events, ROUTER_GROUP, min=entry, max=entry, count=1):
+        return None  # read, not routed yet
+    raw: bytes | None = found[0][1].get(b"e")
+    return raw

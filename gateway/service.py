@@ -180,7 +180,11 @@ class Gateway:
     ) -> web.AppRunner:
         conf = self.plan.conf
         enqueuer = Enqueuer(
-            redis, Keys(conf.redis.prefix), conf.intake.dedupe_window, wait_aof=wait_aof
+            redis,
+            Keys(conf.redis.prefix),
+            conf.intake.dedupe_window,
+            retention=float(conf.history.retention),
+            wait_aof=wait_aof,
         )
         enqueuer.start()
         stack.push_async_callback(enqueuer.stop)

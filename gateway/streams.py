@@ -13,10 +13,11 @@ from redis.exceptions import ResponseError
 log = logging.getLogger("tocsin.streams")
 
 
-async def ensure_group(redis: Redis, stream: str, group: str) -> None:
-    """Create the group at the stream's start (``0``): entries added before it are read too."""
+async def ensure_group(redis: Redis, stream: str, group: str, start: str = "0") -> None:
+    """Create the group, unless it exists, reading after ``start``: by default the stream's
+    start, so entries added before the group are read too."""
     try:
-        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        await redis.xgroup_create(stream, group, id=start, mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -38,9 +39,19 @@ async def read_group(
     reply: Any = await redis.xreadgroup(group, consumer, streams, count=count, block=block_ms)
     out: list[tuple[str, list[Entry]]] = []
     for stream, entries in reply or []:
-        name = stream.decode() if isinstance(stream, bytes) else str(stream)
-        out.append((name, entries))
+        out.append((as_text(stream), entries))
     return out
+
+
+def as_text(value: bytes | str) -> str:
+    """A Redis reply (an entry id, a group name) as text, whichever way it came."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def entry_order(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``1700000000000-3``) as a pair that sorts as Redis does."""
+    ms, _, seq = as_text(value).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def is_nogroup(exc: BaseException) -> bool:

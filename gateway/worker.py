@@ -31,7 +31,7 @@ from .history import Status, encode_record, record_of
 from .keys import WORKER_GROUP, Keys
 from .policy import ChannelGate, ChannelPolicy
 from .retry import next_delay
-from .scripts import DISABLE, PROMOTE, SETTLE
+from .scripts import DISABLE, ENQUEUE_MANY, PROMOTE, SETTLE
 from .streams import Backoff, ensure_group, is_nogroup, read_group
 from .windows import SendingWindow
 
@@ -91,6 +91,8 @@ class Worker:
         self.poison_after = poison_after
         self.retention = max(1, int(retention))
         self.dedupe_window = max(1, int(dedupe_window))
+        #: How long the events this worker emits stay findable by id (as intake's do).
+        self._event_keep = max(self.dedupe_window, self.retention)
         self.clock = clock
         policies = policies or {}
         self.policies = {name: policies.get(name) or ChannelPolicy() for name in channels}
@@ -476,9 +478,9 @@ class Worker:
         job: Delivery | bytes,
         reason: str,
         status: int | None,
-        notice: bytes | None = None,
+        notice: Event | None = None,
     ) -> None:
-        """Dead-letter a job; ``notice`` is an internal event appended in the same step."""
+        """Dead-letter a job; ``notice`` is an internal event accepted in the same step."""
         record = {
             "kind": "delivery",
             "channel": self.streams[stream],
@@ -488,6 +490,8 @@ class Worker:
         }
         if status is not None:
             record["status"] = str(status)
+        if notice is not None:
+            await ENQUEUE_MANY.load(self.redis)  # used inside the transaction below
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.dead, record)  # type: ignore[arg-type]
             pipe.xack(stream, WORKER_GROUP, entry_id)
@@ -495,10 +499,21 @@ class Worker:
             if isinstance(job, Delivery):
                 self._write_record(pipe, job, "dead")
             if notice is not None:
-                pipe.xadd(self.keys.events, {"e": notice})
+                # Accepted as the intake accepts an event: found by its id for replay.
+                ENQUEUE_MANY.add_to(
+                    pipe,
+                    [self.keys.events],
+                    [
+                        self.dedupe_window,
+                        self._event_keep,
+                        self.keys.dedupe(""),
+                        notice.id,
+                        encode_event(notice),
+                    ],
+                )
             await pipe.execute()
 
-    def _failure_notice(self, delivery: Delivery, exc: DeliveryError) -> bytes | None:
+    def _failure_notice(self, delivery: Delivery, exc: DeliveryError) -> Event | None:
         """The internal event a plugin asked for (``PermanentError(notify=...)``)."""
         try:
             source = delivery.decode_event()
@@ -507,24 +522,22 @@ class Worker:
         if source.source.provider == INTERNAL_PROVIDER:
             return None  # a notice about a notice could loop
         now = self.clock()
-        return encode_event(
-            Event(
-                id=f"{delivery.id}_{int(now * 1000)}",
-                type=exc.notify or "delivery.failed",
-                occurred_at=datetime.fromtimestamp(now, UTC),
-                source=EventSource(provider=INTERNAL_PROVIDER, event_type=exc.notify),
-                customer=source.customer,
-                refs=source.refs,
-                data={
-                    **exc.details,
-                    "reason": exc.reason,
-                    "delivery_id": delivery.id,
-                    "channel": delivery.channel,
-                    "rule": delivery.rule,
-                    "event_id": delivery.event_id,
-                    "event_type": delivery.event_type,
-                },
-            )
+        return Event(
+            id=f"{delivery.id}_{int(now * 1000)}",
+            type=exc.notify or "delivery.failed",
+            occurred_at=datetime.fromtimestamp(now, UTC),
+            source=EventSource(provider=INTERNAL_PROVIDER, event_type=exc.notify),
+            customer=source.customer,
+            refs=source.refs,
+            data={
+                **exc.details,
+                "reason": exc.reason,
+                "delivery_id": delivery.id,
+                "channel": delivery.channel,
+                "rule": delivery.rule,
+                "event_id": delivery.event_id,
+                "event_type": delivery.event_type,
+            },
         )
 
     async def _ack_loop(self, stopping: asyncio.Event) -> None:
@@ -738,7 +751,7 @@ class Worker:
         done = await DISABLE(
             self.redis,
             [self.keys.endpoint(name), self.keys.events, self.keys.dedupe(event.id)],
-            [f"{now:.3f}", reason, encode_event(event), self.dedupe_window],
+            [f"{now:.3f}", reason, encode_event(event), self._event_keep],
         )
         self.disabled.add(name)
         if done:

@@ -36,7 +36,7 @@ def test_bench_quick_run_delivers_every_event_once(tmp_path: Path) -> None:
 
     intake = result["intake"]
     assert intake["tocsin"]["statuses"] == {"202": N}
-    assert intake["tocsin"]["stream_length"] == N
+    assert intake["tocsin"]["unrouted"] == N
     assert intake["ceiling"]["accepted"] == N
     for key in ("ratio", "cpu_ratio"):
         assert key in intake

@@ -205,7 +205,7 @@ async def test_event_replay_skips_what_was_delivered_unless_forced(
     assert sink.ids[0] == sink.ids[1], "a resend carries the same webhook-id"
 
     unknown = await cli("events", "replay", "evt_never_seen", "--conf", str(conf))
-    assert unknown.exit_code != 0 and "no stored event evt_never_seen" in unknown.output
+    assert unknown.exit_code != 0 and "no routed event evt_never_seen" in unknown.output
 
 
 async def test_event_replay_feeds_a_rule_added_later(

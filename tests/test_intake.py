@@ -18,7 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
+from gateway.intake import Enqueuer
+from gateway.keys import Keys
 from gateway.redis_server import RedisServer, free_port
 from gateway.signing import Signer
 
@@ -462,3 +465,31 @@ async def test_redis_down_is_503_and_leaves_nothing_behind(tmp_path: Path, start
         await asyncio.to_thread(server.stop)
         if restarted is not None:
             await asyncio.to_thread(restarted.stop)
+
+
+async def test_an_id_is_a_duplicate_within_the_window_and_new_after_it(redis_url):
+    """The dedupe key outlives the window (replay finds the event through it for the
+    whole retention): whether an id is a duplicate is read from when it was accepted."""
+    keys = Keys()
+    client = AsyncRedis.from_url(redis_url)
+    enqueuer = Enqueuer(client, keys, dedupe_window=3600, retention=7200)
+    enqueuer.start()
+    try:
+        first = await enqueuer.enqueue("evt_a", b"{}")
+        assert first is not None
+        assert await client.get(keys.dedupe("evt_a")) == first.encode()
+        assert 3600 < await client.ttl(keys.dedupe("evt_a")) <= 7200
+        assert await enqueuer.enqueue("evt_a", b"{}") is None
+
+        # The same id, accepted longer ago than the window: it is an event again.
+        await client.set(keys.dedupe("evt_b"), f"{int((time.time() - 3700) * 1000)}-0")
+        again = await enqueuer.enqueue("evt_b", b"{}")
+        assert again is not None
+        assert await client.get(keys.dedupe("evt_b")) == again.encode()
+        # A mark that is not an entry id (written by hand): refused, to be safe.
+        await client.set(keys.dedupe("evt_c"), "seen")
+        assert await enqueuer.enqueue("evt_c", b"{}") is None
+        assert await client.xlen(keys.events) == 2
+    finally:
+        await enqueuer.stop()
+        await client.aclose()

@@ -1,40 +1,59 @@
 -- Route a batch of events: for each event still pending in the router group, append its
--- delivery jobs, keep the event for replay, and acknowledge it in the same atomic step.
--- An event another router has already acknowledged (after a reclaim) is skipped, so
--- fan-out happens exactly once.
--- KEYS[1] events stream, KEYS[2..] delivery streams
--- ARGV[1] group, ARGV[2] number of events, ARGV[3] stored-event ttl (s), then per event:
---   entry id, stored-event key, encoded event, number of jobs, then per job:
+-- delivery jobs and acknowledge it in the same atomic step. An event another router has
+-- already acknowledged (after a reclaim) is skipped, so fan-out happens exactly once.
+-- A routed event stays in the events stream: that is where replay finds it, until the
+-- router trims entries older than the retention (cheaper than copying it to a key of
+-- its own and deleting the entry: one write per event instead of three).
+-- KEYS[1] events stream, KEYS[2] routed-through mark, KEYS[3..] delivery streams
+-- ARGV[1] group, ARGV[2] number of events, then per event:
+--   entry id, encoded event, number of jobs, then per job:
 --   index into KEYS, encoded job without its event (appended beside it, field 'e')
 -- Returns the number of events routed.
 local group = ARGV[1]
 local count = tonumber(ARGV[2])
-local ttl = ARGV[3]
-local i = 4
-local routed, deleting = 0, {}
+local i = 3
+local routed = 0
 for _ = 1, count do
-  local entry = ARGV[i]
-  local jobs = tonumber(ARGV[i + 3])
-  if redis.call('XACK', KEYS[1], group, entry) == 1 then
-    local event = ARGV[i + 2]
-    redis.call('SET', ARGV[i + 1], event, 'EX', ttl)
-    i = i + 4
+  local jobs = tonumber(ARGV[i + 2])
+  if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
+    local event = ARGV[i + 1]
+    i = i + 3
     for _ = 1, jobs do
       redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'j', ARGV[i + 1], 'e', event)
       i = i + 2
     end
     routed = routed + 1
-    deleting[#deleting + 1] = entry
-    if #deleting == 500 then -- well under Lua's limit on unpack()ed values
-      redis.call('XDEL', KEYS[1], unpack(deleting))
-      deleting = {}
-    end
   else
-    i = i + 4 + 2 * jobs
+    i = i + 3 + 2 * jobs
   end
 end
--- Routed entries are deleted together: one call, not one per event.
-if #deleting > 0 then
-  redis.call('XDEL', KEYS[1], unpack(deleting))
+-- The mark: every event at or below it is routed. Were the group lost (XGROUP DESTROY),
+-- the router recreates it there, not at the stream's start, which would route again
+-- every event kept for replay. It is the group's last-delivered id, or, while some
+-- events are read but not routed yet, the id just below the oldest of them.
+local mark
+local pending = redis.call('XPENDING', KEYS[1], group)
+if pending[1] == 0 then
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local fields = {}
+    for f = 1, #info, 2 do
+      fields[info[f]] = info[f + 1]
+    end
+    if fields['name'] == group then
+      mark = fields['last-delivered-id']
+    end
+  end
+else
+  local ms, seq = string.match(pending[2], '^(%d+)-(%d+)$')
+  if seq ~= '0' then
+    mark = ms .. '-' .. string.format('%.0f', tonumber(seq) - 1)
+  elseif ms ~= '0' then
+    mark = string.format('%.0f', tonumber(ms) - 1) .. '-18446744073709551615'
+  else
+    mark = '0-0'
+  end
+end
+if mark then
+  redis.call('SET', KEYS[2], mark)
 end
 return routed
