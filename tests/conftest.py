@@ -276,3 +276,14 @@ async def start_gateway() -> AsyncIterator[Callable[..., Any]]:
     for rg in running:
         if not rg.task.done():
             await rg.stop()
+
+
+# Last: erp_helpers builds on the helpers above, so it can only be imported once they exist.
+from .erp_helpers import (  # noqa: E402, F401 - the ERP stand-ins' fixtures
+    dolibarr,
+    erpnext,
+    inhouse,
+    make_channel,
+    odoo,
+    odoo_api,
+)
