@@ -4,6 +4,8 @@ Registering a payment is what the "Register Payment" button does:
 
 1. ``account.move`` ``search_read``: the customer invoice (``move_type = out_invoice``)
    whose ``name`` is the reference, in any state (so a draft or cancelled one is named);
+   on Odoo 18+, when it reads "in payment" (or "paid") with something left in
+   ``amount_residual``, its payments without a journal entry (below);
 2. ``account.payment`` ``search_read``: an inbound payment whose memo is the provider's
    id -- if one exists the payment was booked before (a redelivery): nothing to do;
 3. ``account.payment.register`` ``create`` in the invoice's context (``active_model``,
@@ -11,9 +13,20 @@ Registering a payment is what the "Register Payment" button does:
    then ``action_create_payments``;
 4. ``account.move`` ``read``: ``payment_state`` and ``amount_residual`` afterwards.
 
+What is still due is not ``payment_state`` alone. On Odoo 18+, a payment method without
+an outstanding account books a payment with no journal entry: it stays ``in_process``,
+``amount_residual`` does not move until bank reconciliation, and the invoice reads
+``in_payment`` (``paid`` on Community) at once (addons/account/models/account_move.py
+``_compute_payment_state``; account_payment.py ``action_post``). The wizard still takes
+more payments on it (account_payment_register.py ``default_get`` refuses only a zero
+residual). So still due = ``amount_residual`` minus those entry-less payments.
+
 JSON-RPC answers errors inside an HTTP 200 (``error.data.name`` is the Python exception);
-JSON-2 answers them with a 4xx/5xx status and ``name`` in the body. Serialization
-failures and lock errors (Odoo already retried them) are transient; the rest is not.
+JSON-2 answers Odoo's own error body with the ``UserError``'s status, a werkzeug error's
+code, or **500 for any other exception** -- a wrong field name is a ``ValueError``
+(odoo/http.py ``Json2Dispatcher.handle_error``). Both are classified by that name:
+serialization failures and lock errors (Odoo already retried them) are transient, the
+rest is not; a 5xx without Odoo's error body (a proxy's page) is transient.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from __future__ import annotations
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import msgspec
@@ -33,7 +47,18 @@ from .connector import Invoice, InvoiceConnector, InvoiceState, Step, http_failu
 from .money import parse_erp_amount
 from .transport import Answer, Transport, excerpt
 
-INVOICE_FIELDS = ["id", "name", "state", "payment_state", "amount_residual", "currency_id"]
+INVOICE_FIELDS = [
+    "id",
+    "name",
+    "state",
+    "payment_state",
+    "amount_residual",
+    "amount_total",
+    "currency_id",
+]
+PENDING_FIELDS = ["id", "name", "memo", "amount", "currency_id", "state"]
+#: Payment states in which an invoice may have entry-less payments not in its residual.
+PENDING_PAYMENT_STATES = ("in_payment", "paid")
 #: Payments in these states do not count as booked (Odoo <= 17 says cancel, 18 canceled).
 DEAD_PAYMENT_STATES = ["cancel", "canceled", "rejected"]
 #: Exceptions (or messages) of a transaction that lost a race: worth another try.
@@ -43,20 +68,31 @@ CONCURRENCY_MARKERS = (
     "LockNotAvailable",
     "DeadlockDetected",
     "ConcurrencyError",
+    "LockError",
     "could not serialize access",
     "could not obtain lock",
 )
+
+#: Statuses a gateway or proxy answers in front of Odoo: worth another try whatever the body.
+GATEWAY_STATUSES = (502, 503, 504)
 
 _show = msgspec.json.Encoder(decimal_format="number")
 
 
 def odoo_error(what: str, name: str, message: str, answer: Answer | None) -> DeliveryError:
+    """``name`` is the exception's qualified class name from Odoo's error body, or ``""``
+    when the answer is not Odoo's (a proxy's HTML page)."""
     said = f"{name}: {excerpt(message)}" if name else excerpt(message)
+    status = answer.status if answer is not None else None
     if any(marker in name or marker in message for marker in CONCURRENCY_MARKERS):
-        status = answer.status if answer is not None else None
         return TransientError(f"{what}: {said} (a concurrent update; retried)", status=status)
     if answer is not None and not answer.ok:
-        return http_failure(answer, said)
+        if not name or answer.status < 500 or answer.status in GATEWAY_STATUSES:
+            return http_failure(answer, said)
+        # JSON-2 answers 500 for every exception that is not a UserError (a ValueError
+        # for a field that does not exist, a TypeError...): a conf or data mistake that
+        # another try will not fix.
+        return PermanentError(f"{answer.what}: HTTP {answer.status}: {said}", status=status)
     return PermanentError(f"{what}: {said}")
 
 
@@ -205,7 +241,9 @@ class Json2(OdooRpc):
         if answer.ok:
             return answer.json()
         payload = answer.json_or_none()
-        payload = payload if isinstance(payload, dict) else {}
+        # Odoo's serialize_exception: {name, message, arguments, context, debug}.
+        odoo_body = isinstance(payload, dict) and "name" in payload and "message" in payload
+        payload = payload if odoo_body else {}
         name = str(payload.get("name") or "")
         message = str(payload.get("message") or excerpt(answer.body))
         raise odoo_error(f"odoo {model}.{method}", name, message, answer)
@@ -278,21 +316,74 @@ class Odoo(InvoiceConnector):
             values["payment_method_line_id"] = self.options.payment_method_line_id
         return values
 
-    def _invoice(self, row: Any) -> Invoice:
+    def _pending_domain(self, invoice_id: Any) -> list[list[Any]]:
+        return [
+            ["invoice_ids", "in", [invoice_id]],
+            ["move_id", "=", False],
+            ["state", "in", ["in_process", "paid"]],
+            ["payment_type", "=", "inbound"],
+        ]
+
+    @staticmethod
+    def _needs_pending(row: dict[str, Any], residual: Decimal) -> bool:
+        """Whether the invoice may have payments not in its residual: Odoo 18's
+        ``_compute_payment_state`` says "in payment" (``paid`` on Community) before anything
+        else when one is ``in_process`` without an entry. Odoo <= 17 reads so only at a
+        zero residual, so it never makes this call (its payments have no ``invoice_ids``)."""
+        return (
+            row.get("state") == "posted"
+            and row.get("payment_state") in PENDING_PAYMENT_STATES
+            and residual > 0
+        )
+
+    async def _pending(self, invoice_id: Any) -> list[dict[str, Any]]:
+        rows = await self.rpc.execute(
+            "account.payment",
+            "search_read",
+            positional=["domain"],
+            domain=self._pending_domain(invoice_id),
+            fields=PENDING_FIELDS,
+        )
+        if not isinstance(rows, list):
+            raise PermanentError(f"odoo account.payment.search_read: not a list: {rows!r:.100}")
+        return [row for row in rows if isinstance(row, dict)]
+
+    async def _invoice(self, row: Any) -> Invoice:
         if not isinstance(row, dict) or "id" not in row:
             raise PermanentError(f"odoo account.move: unexpected record {excerpt(repr(row))}")
         currency = _many2one_name(row.get("currency_id"))
         residual = parse_erp_amount(row.get("amount_residual"), currency)
         if residual is None:
             raise PermanentError(f"odoo: invoice {row.get('name')!r} has no amount_residual")
+        total = parse_erp_amount(row.get("amount_total"), currency)
         state, payment_state = row.get("state"), row.get("payment_state")
+        status = f"state {state}, payment_state {payment_state}"
+        pending, unsupported = Decimal(0), None
+        if self._needs_pending(row, residual):
+            for payment in await self._pending(row["id"]):
+                paid_in = _many2one_name(payment.get("currency_id"))
+                amount = parse_erp_amount(payment.get("amount"), paid_in)
+                if paid_in != currency or amount is None:
+                    unsupported = (
+                        f"invoice {row.get('name')} has a payment without a journal entry in "
+                        f"{paid_in} ({payment.get('name')}): what is still due cannot be told"
+                    )
+                    continue
+                # An entry-less payment already "paid" may have been matched with a bank
+                # line since (then it is in the residual): Odoo itself counts it only
+                # while nothing is reconciled, and so does this.
+                if payment.get("state") == "in_process" or residual == total:
+                    pending += amount
+            if pending:
+                status += f"; {pending} {currency} in payments without a journal entry yet"
+        due = max(Decimal(0), residual - pending)
         if state == "draft":
             normalised = InvoiceState.DRAFT
         elif state == "cancel":
             normalised = InvoiceState.CANCELLED
         elif payment_state == "reversed":
             normalised = InvoiceState.NOT_PAYABLE
-        elif payment_state in ("paid", "in_payment") or residual <= 0:
+        elif due <= 0:
             normalised = InvoiceState.PAID
         else:
             normalised = InvoiceState.OPEN
@@ -300,9 +391,10 @@ class Odoo(InvoiceConnector):
             id=row["id"],
             number=str(row.get("name")),
             state=normalised,
-            status=f"state {state}, payment_state {payment_state}",
+            status=status,
             currency=currency,
-            residual=residual,
+            residual=due,
+            unsupported=unsupported,
         )
 
     async def find_invoice(self, ref: str) -> Invoice | None:
@@ -318,7 +410,7 @@ class Odoo(InvoiceConnector):
             raise PermanentError(f"odoo account.move.search_read: not a list: {rows!r:.100}")
         if len(rows) > 1:
             raise PermanentError(f"odoo: several customer invoices are named {ref!r}")
-        return self._invoice(rows[0]) if rows else None
+        return await self._invoice(rows[0]) if rows else None
 
     async def find_payment(self, invoice: Invoice, reference: str) -> str | None:
         rows = await self.rpc.execute(
@@ -358,7 +450,7 @@ class Odoo(InvoiceConnector):
         )
         if not isinstance(rows, list) or not rows:
             raise PermanentError(f"odoo: invoice {invoice.number} vanished after the payment")
-        return self._invoice(rows[0])
+        return await self._invoice(rows[0])
 
     def _note_domain(self, invoice_id: Any, marker: str) -> list[list[Any]]:
         return [
@@ -403,6 +495,17 @@ class Odoo(InvoiceConnector):
                     domain=self._invoice_domain(booking.invoice_ref),
                     fields=INVOICE_FIELDS,
                     limit=2,
+                ),
+            ),
+            Step(
+                "if it reads in payment with something left: its payments without a "
+                "journal entry (not in amount_residual)",
+                show(
+                    "account.payment",
+                    "search_read",
+                    positional=["domain"],
+                    domain=self._pending_domain("<invoice id>"),
+                    fields=PENDING_FIELDS,
                 ),
             ),
             Step(
