@@ -19,6 +19,7 @@ import msgspec
 
 from .cli_options import conf_option
 from .conf import Conf, default_conf_path, load_conf, read_conf
+from .conf_lines import with_lines
 from .errors import ConfError, PluginError, TocsinError
 from .plan import Plan, check_plan
 from .plugins import Registry, load_registry
@@ -51,7 +52,7 @@ def _load(
     except PluginError as exc:
         _fail([*problems, f"plugins: {exc}"])
     plan, plan_problems = check_plan(conf, registry)
-    problems = [*problems, *plan_problems]
+    problems = with_lines([*problems, *plan_problems])
     if also is not None:
         problems = [*problems, *also(plan)]
     if problems:
@@ -165,6 +166,16 @@ def check(conf_arg: Path | None, samples: Path | None) -> None:
     reports: list[SampleReport] = []
 
     def render(plan: Plan) -> list[str]:
+        # A folder named (on the command line, or in conf other than the default) must
+        # exist: a typo would otherwise pass as "no sample events", with exit 0.
+        named = samples
+        if named is None and plan.conf.gateway.samples != "examples":
+            named = plan.conf.samples_dir
+        if named is not None and not named.is_dir():
+            reports.append(SampleReport(folder=named))
+            if samples is not None:
+                return [f"--samples: no folder {samples}"]
+            return with_lines([f"{plan.conf.path}: gateway.samples: no folder {named}"])
         reports.append(render_samples(plan, samples))
         return reports[-1].problems
 

@@ -1,7 +1,8 @@
 """Typed conf: ``tocsin.toml`` (plus included files) decoded into msgspec Structs.
 
-Every problem is collected, never just the first, and reported as
-``file: dotted.path: reason`` so ops can fix a conf in one pass.
+Every problem is collected, never just the first (within one table too), and reported
+as ``file:LINE: dotted.path: reason`` (``file: dotted.path: reason`` where the line
+cannot be told) so ops can fix a conf in one pass.
 Relative paths in a conf file are resolved against that file's folder.
 """
 
@@ -11,15 +12,17 @@ import glob
 import os
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from .conf_lines import with_lines
 from .durations import Duration
 from .errors import ConfError
-from .windows import WindowConf
+from .windows import WindowConf, window_problems
 
 T = TypeVar("T")
 
@@ -270,6 +273,7 @@ _SECTIONS: dict[str, type[_Section]] = {
 _MERGEABLE = ("channels", "sources", "rules", "scenarios", "windows", "audiences")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+_TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)$")
 
 
 def _dec_hook(type_: type, value: Any) -> Any:
@@ -296,6 +300,28 @@ def describe_validation_error(exc: msgspec.ValidationError, prefix: str) -> str:
     where = where.strip("`")
     suffix = where[1:] if where.startswith("$") else where
     return f"{prefix}{suffix}: {reason}"
+
+
+def every_problem(value: Any, type_: Any, where: str) -> list[str]:
+    """Every reason ``value`` is not a ``type_`` (msgspec stops at the first), each as
+    ``path: reason`` in msgspec's words: field by field through structs and lists."""
+    if isinstance(type_, type) and issubclass(type_, msgspec.Struct) and isinstance(value, dict):
+        fields = {f.encode_name: f for f in msgspec.structs.fields(type_)}
+        found = [f"{where}: Object contains unknown field `{k}`" for k in value if k not in fields]
+        for name, info in fields.items():
+            if name in value:
+                found.extend(every_problem(value[name], info.type, f"{where}.{name}"))
+            elif info.required:
+                found.append(f"{where}: Object missing required field `{name}`")
+        return found
+    if typing.get_origin(type_) is list and isinstance(value, list):
+        (item,) = typing.get_args(type_)
+        return [p for i, v in enumerate(value) for p in every_problem(v, item, f"{where}[{i}]")]
+    try:
+        convert(value, type_)
+    except msgspec.ValidationError as exc:
+        return [describe_validation_error(exc, where)]
+    return []
 
 
 _FIELD_AT = re.compile(r" - at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -358,7 +384,9 @@ def _read_toml(file: Path, problems: _Problems) -> dict[str, Any] | None:
         return None
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message carries the line and column: "... (at line 3, column 7)".
-        problems.add(file, "", f"invalid TOML: {exc}")
+        at = _TOML_LINE.search(str(exc))
+        where = f"{file}:{at.group(1)}" if at else str(file)
+        problems.items.append(f"{where}: invalid TOML: {exc}")
         return None
     except OSError as exc:
         problems.add(file, "", f"cannot read: {exc.strerror}")
@@ -385,7 +413,7 @@ def _plugin_tables(kind: str, raw: Any, file: Path, problems: _Problems) -> dict
             problems.add(file, f"{where}.type", "missing: which plugin type this is")
             continue
         delivery: dict[str, Any] = {}
-        if kind == "channels" and "delivery" in options:
+        if "delivery" in options:  # a confirming source's confirmation job retries too
             raw_delivery = options.pop("delivery")
             if isinstance(raw_delivery, dict):
                 delivery = raw_delivery
@@ -411,7 +439,8 @@ def _named(kind: str, raw: Any, type_: type[T], file: Path, problems: _Problems)
         try:
             out[name] = convert(table, type_)
         except msgspec.ValidationError as exc:
-            problems.items.append(f"{file}: {describe_validation_error(exc, where)}")
+            found = every_problem(table, type_, where) or [describe_validation_error(exc, where)]
+            problems.items.extend(f"{file}: {problem}" for problem in found)
     return out
 
 
@@ -469,10 +498,11 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     conf = Conf(path=main, **sections)
     channel_files: dict[str, Path] = {}
     source_files: dict[str, Path] = {}
+    window_files: dict[str, Path] = {}
     named: dict[str, tuple[Any, dict[str, Any], dict[str, Path]]] = {
         "rules": (Rule, conf.rules, conf.rule_files),
         "scenarios": (Scenario, conf.scenarios, conf.scenario_files),
-        "windows": (WindowConf, conf.windows, {}),
+        "windows": (WindowConf, conf.windows, window_files),
         "audiences": (Audience, conf.audiences, {}),
     }
     files: list[tuple[Path, dict[str, Any]]] = [(main, raw)]
@@ -503,6 +533,14 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
                 tables = _named(kind, data[kind], type_, file, problems)
                 _merge(target, origin, tables, kind, file, problems)
 
+    # Checked here, with the file each window is in, so that every mistake of a window is
+    # listed (the plan then only sees windows it can build).
+    for name, window in list(conf.windows.items()):
+        found = window_problems(window)
+        for field_name, reason in found:
+            problems.add(window_files[name], f"windows.{name}.{field_name}", reason)
+        if found:
+            del conf.windows[name]
     if conf.intake.max_body <= 0:
         problems.add(main, "intake.max_body", "must be a positive number of bytes")
-    return conf, problems.items
+    return conf, with_lines(problems.items)

@@ -11,6 +11,7 @@ Channels never follow redirects, so every hop is a fresh, checked request.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from types import SimpleNamespace
@@ -38,6 +39,28 @@ METADATA = frozenset(
 
 class OutboundRefused(OSError):
     """The address is not one Tocsin may connect to."""
+
+
+#: A host made only of numbers and dots (decimal, octal or hex parts): what a URL parser
+#: or ``inet_aton`` may read as an IPv4 address (``2130706433``, ``127.1``,
+#: ``0251.0376.0251.0376``, ``169.254.169.254.``) although ``ipaddress`` does not.
+_NUMERIC_HOST = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0-9]+))*\.?")
+
+
+def noncanonical_ipv4(host: str) -> str | None:
+    """Why a numeric host that is not a dotted-quad IPv4 address is refused, else ``None``.
+
+    Such forms map onto an address the guard never saw written (``http://127.1/`` is
+    loopback), and aiohttp refuses them outright: they are refused for good, in the same
+    words at check time and at send time.
+    """
+    if not _NUMERIC_HOST.fullmatch(host):
+        return None
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return f"invalid URL: {host} - is not a canonical IPv4 address"
+    return None
 
 
 def _normalize(ip: IPAddress) -> IPAddress:
@@ -89,9 +112,13 @@ class OutboundPolicy:
             raise OutboundRefused(f"refused to connect to {host}: {reason}")
 
     def url_refusal(self, url: str) -> str | None:
-        """Why a URL whose host is an IP literal is refused (names are checked when
-        resolved, at connect time); ``None`` if it may be tried."""
+        """Why a URL whose host is an IP literal (or a number that would be read as one)
+        is refused (names are checked when resolved, at connect time); ``None`` if it
+        may be tried."""
         host = (yarl.URL(url).host or "").strip("[]")
+        numeric = noncanonical_ipv4(host)
+        if numeric is not None:
+            return numeric
         try:
             ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:

@@ -8,16 +8,16 @@ window's next opening, never dropped. Windows are named in conf (``[windows.NAME
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
-from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 import msgspec
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-HHMM = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")]
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")
 #: The name of the built-in window, and of "no window" in a rule.
 COURTESY = "courtesy"
 NO_WINDOW = "none"
@@ -25,8 +25,10 @@ NO_WINDOW = "none"
 
 class WindowConf(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     days: list[str] = msgspec.field(default_factory=lambda: list(DAYS[:6]))
-    start: HHMM = "08:00"
-    end: HHMM = "20:00"
+    #: ``HH:MM``, checked with the rest by ``window_problems`` so that one run lists
+    #: every mistake of a window.
+    start: str = "08:00"
+    end: str = "20:00"
     timezone: str = "Europe/Paris"
     #: A country code (``FR``, optionally ``FR-57`` for a subdivision such as Moselle)
     #: whose public holidays are closed; empty: none.
@@ -46,27 +48,41 @@ def _holiday_calendar(code: str) -> holidays.HolidayBase:
     return holidays.country_holidays(country, subdiv=subdiv or None)
 
 
+def window_problems(conf: WindowConf) -> list[tuple[str, str]]:
+    """Every mistake in a window, as (field, reason)."""
+    problems = []
+    unknown = [d for d in conf.days if d not in DAYS]
+    if unknown or not conf.days:
+        problems.append(("days", f"use {', '.join(DAYS)} (got {conf.days})"))
+    bad = [(f, v) for f, v in (("start", conf.start), ("end", conf.end)) if not _HHMM.match(v)]
+    problems.extend((f, f"{v!r} is not a time of day: HH:MM, 00:00 to 24:00") for f, v in bad)
+    if not bad:
+        start, end = _hm(conf.start) or time(0), _hm(conf.end)
+        if end is not None and end <= start:
+            problems.append(("end", f"{conf.end} must come after start {conf.start}"))
+    try:
+        ZoneInfo(conf.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(("timezone", f"unknown time zone {conf.timezone!r}"))
+    if conf.holidays:
+        try:
+            _holiday_calendar(conf.holidays)
+        except (NotImplementedError, KeyError):
+            problems.append(("holidays", f"no calendar for {conf.holidays!r}"))
+    return problems
+
+
 class SendingWindow:
     def __init__(self, name: str, conf: WindowConf) -> None:
         self.name = name
-        unknown = [d for d in conf.days if d not in DAYS]
-        if unknown or not conf.days:
-            raise ValueError(f"days: use {', '.join(DAYS)} (got {conf.days})")
-        try:
-            self.zone = ZoneInfo(conf.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"timezone: unknown time zone {conf.timezone!r}") from None
+        problems = window_problems(conf)
+        if problems:
+            raise ValueError("; ".join(f"{field}: {reason}" for field, reason in problems))
+        self.zone = ZoneInfo(conf.timezone)
         self.days = frozenset(DAYS.index(d) for d in conf.days)
         self.start = _hm(conf.start) or time(0)
         self.end = _hm(conf.end)
-        if self.end is not None and self.end <= self.start:
-            raise ValueError(f"end {conf.end} must come after start {conf.start}")
-        self.calendar: holidays.HolidayBase | None = None
-        if conf.holidays:
-            try:
-                self.calendar = _holiday_calendar(conf.holidays)
-            except (NotImplementedError, KeyError):
-                raise ValueError(f"holidays: no calendar for {conf.holidays!r}") from None
+        self.calendar = _holiday_calendar(conf.holidays) if conf.holidays else None
 
     def _open_day(self, day: date) -> bool:
         if day.weekday() not in self.days:
@@ -100,8 +116,8 @@ def build_windows(confs: dict[str, WindowConf]) -> tuple[dict[str, SendingWindow
         if name == NO_WINDOW:
             problems.append(f"windows.{name}: {NO_WINDOW!r} is reserved (it means no window)")
             continue
-        try:
+        found = window_problems(conf)
+        problems.extend(f"windows.{name}.{field}: {reason}" for field, reason in found)
+        if not found:
             out[name] = SendingWindow(name, conf)
-        except ValueError as exc:
-            problems.append(f"windows.{name}.{exc}")
     return out, problems

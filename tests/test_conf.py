@@ -1,5 +1,5 @@
 """The conf as an operator meets it: ``tocsin check`` lists every mistake at once, as
-``file: dotted.path: reason``, never prints a secret, and ``tocsin serve`` refuses a conf
+``file:LINE: dotted.path: reason``, never prints a secret, and ``tocsin serve`` refuses a conf
 that ``tocsin check`` refuses, with the same words.
 """
 
@@ -45,6 +45,14 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip())
     return path
+
+
+def line_of(path: Path, key: str, nth: int = 1) -> int:
+    """The number of the ``nth`` line of ``path`` that starts with ``key`` (spaces aside)."""
+    found = [
+        i for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(key)
+    ]
+    return found[nth - 1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -135,15 +143,16 @@ def test_check_reports_every_mistake_at_once(tmp_path):
     conf = many_errors_conf(tmp_path)
     templates = tmp_path / "templates"
     expected = [
-        f"{conf}: notifications: unknown section",
-        f"{conf}: intake.port: Expected `int`, got `str`",
-        f"{conf}: redis.url: environment variable TOCSIN_TEST_UNSET_REDIS_URL is not set",
-        f"{conf}: channels.hook: Object contains unknown field `retries`",
-        f"{conf}: channels.sms.type: unknown channel type 'carrier_pigeon'",
-        f"{conf}: rules.large.when[0]: unknown operator in '=> 100000'",
-        f"{conf}: rules.large.when[1]: unknown field 'amount'",
-        f"{conf}: rules.large.actions[0].channel: no channel 'nowhere'",
-        f"{conf}: rules.large.actions[1].template: no folder 'receipt'",
+        f"{conf}:11: notifications: unknown section",
+        f"{conf}:5: intake.port: Expected `int`, got `str`",
+        f"{conf}:9: redis.url: environment variable TOCSIN_TEST_UNSET_REDIS_URL is not set",
+        # the unknown key's own line, not its table's
+        f"{conf}:18: channels.hook: Object contains unknown field `retries`",
+        f"{conf}:26: channels.sms.type: unknown channel type 'carrier_pigeon'",
+        f"{conf}:30: rules.large.when[0]: unknown operator in '=> 100000'",
+        f"{conf}:30: rules.large.when[1]: unknown field 'amount'",
+        f"{conf}:32: rules.large.actions[0].channel: no channel 'nowhere'",
+        f"{conf}:35: rules.large.actions[1].template: no folder 'receipt'",
         f"{templates / 'broken' / 'json.j2'}: line 3: ",
     ]
     result = check(conf)
@@ -171,6 +180,8 @@ def test_plugin_stage_mistakes_are_listed_together(tmp_path):
     assert len(problems) == 7, result.stderr
     for problem in problems:
         file, path, reason = problem.split(": ", 2)
+        file, _, line = file.partition(".toml:")
+        file = f"{file}.toml" if line else file
         assert Path(file).is_file() and path and reason, problem
 
 
@@ -185,7 +196,7 @@ def test_invalid_toml_names_the_line(tmp_path):
     )
     result = check(conf)
     assert result.exit_code == 2
-    assert f"{conf}: invalid TOML" in result.stderr
+    assert f"{conf}:3: invalid TOML" in result.stderr
     assert "line 3" in result.stderr
 
 
@@ -202,7 +213,8 @@ def test_template_folder_that_does_not_exist(tmp_path):
     )
     result = check(conf)
     assert result.exit_code == 2
-    assert f"{conf}: gateway.templates: no folder {tmp_path / 'tpl'}" in result.stderr
+    line = line_of(conf, "templates =")
+    assert f"{conf}:{line}: gateway.templates: no folder {tmp_path / 'tpl'}" in result.stderr
 
 
 def test_invalid_intake_secret_is_a_conf_error_not_a_crash(tmp_path):
@@ -210,7 +222,7 @@ def test_invalid_intake_secret_is_a_conf_error_not_a_crash(tmp_path):
     conf.write_text(conf.read_text().replace(INTAKE_SECRET, "whsec_not base64!"))
     result = check(conf)
     assert result.exit_code == 2, result.output
-    assert f"{conf}: intake.secrets" in result.stderr
+    assert f"{conf}:{line_of(conf, 'secrets =')}: intake.secrets" in result.stderr
     assert "base64" in result.stderr
 
 
@@ -268,7 +280,7 @@ def test_duplicate_rule_across_files_names_both_files(tmp_path):
     result = check(conf)
     assert result.exit_code == 2
     [problem] = result.stderr.strip().splitlines()[:-1]
-    assert problem.startswith(f"{included}: rules.all-payments: ")
+    assert problem.startswith(f"{included}:1: rules.all-payments: ")
     assert str(conf) in problem.split(": ", 2)[2]
 
 
@@ -279,7 +291,7 @@ def test_included_file_cannot_hold_core_sections(tmp_path):
     result = check(conf)
     assert result.exit_code == 2
     assert (
-        f"{included}: intake: an included file may only hold channels, sources, rules, scenarios, windows, audiences"
+        f"{included}:1: intake: an included file may only hold channels, sources, rules, scenarios, windows, audiences"
         in (result.stderr)
     )
 
@@ -289,7 +301,7 @@ def test_include_of_a_missing_file_is_reported(tmp_path):
     conf.write_text('include = ["extra.toml"]\n' + conf.read_text())
     result = check(conf)
     assert result.exit_code == 2
-    assert f"{conf}: include: extra.toml: file not found" in result.stderr
+    assert f"{conf}:1: include: extra.toml: file not found" in result.stderr
 
 
 # -- environment and secrets ---------------------------------------------------------------
@@ -438,7 +450,8 @@ def test_bad_durations_are_refused_with_a_reason(tmp_path, written, reason):
     )
     result = check(conf)
     assert result.exit_code == 2
-    assert f"{conf}: worker.shutdown_grace: {reason}" in result.stderr
+    line = line_of(conf, "shutdown_grace")
+    assert f"{conf}:{line}: worker.shutdown_grace: {reason}" in result.stderr
 
 
 def test_durations_in_conf(tmp_path):

@@ -9,6 +9,7 @@ gateway's intake and watch the stand-in's books.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from decimal import Decimal
 from pathlib import Path
@@ -240,7 +241,7 @@ def test_tocsin_check_reports_erp_conf_mistakes(tmp_path):
     conf = write_conf(tmp_path, redis_url=NO_REDIS, rules="", extra=extra)
     result = CliRunner().invoke(main, ["check", str(conf)])
     assert result.exit_code == 2, result.output
-    out = result.output
+    out = re.sub(r"\.toml:\d+: ", ".toml: ", result.output)  # line numbers: test_conf.py
     assert f"{conf}: channels.erp: url must be an http:// or https:// URL with a host" in out
     for problem in (
         "odoo: this channel's connector is 'dolibarr'; remove it",

@@ -353,12 +353,22 @@ def test_scenario_conf_mistakes_are_all_reported(tmp_path, redis_url):
     result = CliRunner().invoke(main, ["check", str(conf)])
     assert result.exit_code == 2
     out = result.output
-    where = f"{conf}: scenarios.broken"
-    assert f"{where}.trigger.events[0]: 'Payment Created' is not an event type" in out
-    assert f"{where}.key: line 1:" in out
-    assert f'{where}.steps[0]: give one of after = "24h" or at = "data.due_at - 3d"' in out
-    assert f"{where}.steps[0].actions[0].channel: no channel 'nowhere'" in out
-    assert f"{where}.steps[1].at: 'data.due_at minus three days'" in out
+    lines = conf.read_text().splitlines()
+
+    def where(written: str) -> str:
+        """The file and the line ``written`` starts, as problems name them."""
+        line = next(i for i, text in enumerate(lines, 1) if text.strip().startswith(written))
+        return f"{conf}:{line}: scenarios.broken"
+
+    assert f"{where('trigger =')}.trigger.events[0]: 'Payment Created' is not an event type" in out
+    assert f"{where('key =')}.key: line 1:" in out
+    assert (
+        f"{where('[[scenarios.broken.steps]]')}.steps[0]: "
+        'give one of after = "24h" or at = "data.due_at - 3d"'
+    ) in out
+    nowhere, bad_at = where('channel = "nowhere"'), where('at = "data.due_at minus')
+    assert f"{nowhere}.steps[0].actions[0].channel: no channel 'nowhere'" in out
+    assert f"{bad_at}.steps[1].at: 'data.due_at minus three days'" in out
 
 
 def test_check_renders_scenario_step_templates_against_samples(tmp_path, redis_url):

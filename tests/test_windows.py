@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -58,7 +59,40 @@ def test_window_conf_mistakes_are_reported_with_their_field(tmp_path, redis_url)
     conf = write_conf(tmp_path, redis_url=redis_url, extra=extra)
     result = CliRunner().invoke(main, ["check", str(conf)])
     assert result.exit_code == 2
-    assert f"{conf}: windows.office.days: use mon, tue" in result.output
+    lines = conf.read_text().splitlines()
+    at = {line.split(" =")[0]: i for i, line in enumerate(lines, 1) if " = " in line}
+    # every mistake of the window in one run, each on its own line
+    assert f"{conf}:{at['days']}: windows.office.days: use mon, tue" in result.output
+    assert f"{conf}:{at['end']}: windows.office.end: 09:00 must come after start 18:00" in (
+        result.output
+    )
+    assert f"{conf}:{at['timezone']}: windows.office.timezone: unknown time zone" in result.output
+
+
+def test_every_mistake_of_a_window_at_once(tmp_path, redis_url):
+    extra = """
+    [windows.night]
+    start = "25:00"
+    days = ["funday"]
+    timezone = "Mars/Olympus"
+    holidays = "XX"
+    """
+    conf = write_conf(tmp_path, redis_url=redis_url, extra=extra)
+    result = CliRunner().invoke(main, ["check", str(conf)])
+    assert result.exit_code == 2
+    problems = [line for line in result.output.splitlines() if "windows.night" in line]
+    assert sorted(p.split(": ", 1)[1].split(":")[0] for p in problems) == [
+        "windows.night.days",
+        "windows.night.holidays",
+        "windows.night.start",
+        "windows.night.timezone",
+    ], result.output
+    assert "'25:00' is not a time of day: HH:MM, 00:00 to 24:00" in result.output
+
+
+def _line_of(conf: Path, key: str) -> int:
+    lines = conf.read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if line.strip().startswith(key))
 
 
 def _closed_today() -> str:
@@ -164,7 +198,10 @@ def test_unknown_window_is_a_conf_error(tmp_path, redis_url):
     conf = write_conf(tmp_path, redis_url=redis_url, rules=rules)
     result = CliRunner().invoke(main, ["check", str(conf)])
     assert result.exit_code == 2
-    assert f"{conf}: rules.r.window: no window 'nightly' (windows: courtesy)" in result.output
+    line = _line_of(conf, "window =")
+    assert f"{conf}:{line}: rules.r.window: no window 'nightly' (windows: courtesy)" in (
+        result.output
+    )
 
 
 # -- audiences -------------------------------------------------------------------------
@@ -226,6 +263,6 @@ def test_unknown_audience_is_a_conf_error(tmp_path, redis_url):
     result = CliRunner().invoke(main, ["check", str(conf)])
     assert result.exit_code == 2
     assert (
-        f"{conf}: rules.r.actions[0].to[0]: no audience 'accounting' (audiences: sales)"
-        in result.output
+        f"{conf}:{_line_of(conf, 'to =')}: rules.r.actions[0].to[0]: "
+        "no audience 'accounting' (audiences: sales)" in result.output
     )

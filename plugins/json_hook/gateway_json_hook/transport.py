@@ -49,7 +49,7 @@ from gateway import (
     outbound_error,
     raise_for_outcome,
 )
-from gateway.outbound import GuardedResolver
+from gateway.outbound import GuardedResolver, noncanonical_ipv4
 
 #: Of an error answer, this much is kept (and read: the rest is not waited for).
 EXCERPT_BYTES = 512
@@ -64,8 +64,6 @@ _WANTED = {b"retry-after": "Retry-After", b"location": "Location"}
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A host made of digits and dots is an IPv4 literal to aiohttp too; a non-canonical one
 #: (``2130706433``, ``127.1``) is refused as an invalid URL, as aiohttp does.
-_DOTTED_DIGITS = re.compile(r"[0-9.]+")
-
 try:
     _USER_AGENT = f"Tocsin/{version('tocsin')}"
 except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
@@ -443,10 +441,9 @@ class JsonHookTransport:
         try:
             literal = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
-            if _DOTTED_DIGITS.fullmatch(host):
-                raise PermanentError(
-                    f"invalid URL: {host} - is not a canonical IPv4 address"
-                ) from None
+            numeric = noncanonical_ipv4(host)
+            if numeric is not None:
+                raise PermanentError(numeric) from None
             if self._resolver is None:
                 self._resolver = GuardedResolver(self._policy)
             results = await self._resolver.resolve(host, self._port, socket.AF_UNSPEC)
