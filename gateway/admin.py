@@ -270,10 +270,44 @@ class EndpointState:
     queued: int
     #: Of those, read by a worker and not settled yet.
     in_flight: int
+    #: Parked until their next attempt after a failure.
+    retrying: int = 0
+    #: Parked until their sending window opens.
+    deferred: int = 0
+
+
+class _LastOutcome(msgspec.Struct):
+    outcome: str
+
+
+class _Parked(msgspec.Struct):
+    """Just enough of a parked job to tell a retry from a window deferral."""
+
+    history: list[_LastOutcome] = msgspec.field(default_factory=list)
+
+
+_parked_decoder = msgspec.json.Decoder(_Parked)
+
+
+async def _parked_counts(redis: Redis, keys: Keys) -> dict[tuple[str, str], int]:
+    """(stream key, ``retrying``/``deferred``) -> jobs parked in the retries set: the worker
+    parks both there (``Worker._park``), a deferral's last attempt saying ``deferred``."""
+    counts: dict[tuple[str, str], int] = {}
+    async for member, _score in redis.zscan_iter(keys.retries, count=1000):
+        stream, _, job = bytes(member).partition(b"\n")
+        try:
+            history = _parked_decoder.decode(job).history
+        except msgspec.DecodeError:
+            continue  # the worker dead-letters an undecodable job when it comes due
+        kind = "deferred" if history and history[-1].outcome == "deferred" else "retrying"
+        slot = (stream.decode(), kind)
+        counts[slot] = counts.get(slot, 0) + 1
+    return counts
 
 
 async def endpoint_states(redis: Redis, keys: Keys, channels: Iterable[str]) -> list[EndpointState]:
     out = []
+    parked = await _parked_counts(redis, keys)
     for name in channels:
         state: Any = await redis.hgetall(keys.endpoint(name))
         stream = keys.deliveries(name)
@@ -297,6 +331,8 @@ async def endpoint_states(redis: Redis, keys: Keys, channels: Iterable[str]) -> 
                 disabled_reason=reason.decode() if reason else None,
                 queued=int(queued),
                 in_flight=in_flight,
+                retrying=parked.get((stream, "retrying"), 0),
+                deferred=parked.get((stream, "deferred"), 0),
             )
         )
     return out

@@ -3,69 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
+import os
 import signal
-import sys
-import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import msgspec
 
-from .cli_options import conf_option
-from .conf import Conf, default_conf_path, load_conf, read_conf
-from .conf_lines import with_lines
+from .cli_admin import COMMANDS as ADMIN_COMMANDS
+from .cli_common import fail as _fail
+from .cli_common import listen_socket, setup_logging
+from .cli_common import load as _load
+from .cli_local import COMMANDS as LOCAL_COMMANDS
+from .cli_options import conf_argument, conf_option
+from .cli_scenarios import COMMANDS as SCENARIO_COMMANDS
+from .conf import CONF_ENV_VAR, default_conf_path, load_conf
 from .errors import ConfError, PluginError, TocsinError
-from .plan import Plan, check_plan
-from .plugins import Registry, load_registry
+from .plan import Plan
+from .plugins import load_registry
 from .redis_server import RedisServer
-from .signing import Signer, Verifier, generate_secret
+from .signing import generate_secret
 
 log = logging.getLogger("tocsin")
-
-
-def _fail(lines: list[str], code: int = 2) -> NoReturn:
-    for line in lines:
-        click.echo(line, err=True)
-    sys.exit(code)
-
-
-def _load(
-    conf_path: Path | None, also: Callable[[Plan], list[str]] | None = None
-) -> tuple[Conf, Registry, Plan]:
-    """Conf, plugins and plan, or every problem printed and exit 2.
-
-    ``also`` checks more on the plan as far as it was built (``tocsin check`` renders
-    sample events); its problems are listed with the others.
-    """
-    path = conf_path or default_conf_path()
-    conf, problems = read_conf(path)
-    if conf is None:
-        _fail([*problems, f"{len(problems)} problem(s) in {path}"])
-    try:
-        registry = load_registry(blocked=conf.plugins.block, modules=conf.plugins.modules)
-    except PluginError as exc:
-        _fail([*problems, f"plugins: {exc}"])
-    plan, plan_problems = check_plan(conf, registry)
-    problems = with_lines([*problems, *plan_problems])
-    if also is not None:
-        problems = [*problems, *also(plan)]
-    if problems:
-        _fail([*problems, f"{len(problems)} problem(s) in {path}"])
-    return conf, registry, plan
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,8 +46,19 @@ def main() -> None:
     help="Run only these parts (repeatable; default: all three).",
 )
 @click.option("--host", default=None, help="Override intake.host.")
-@click.option("--port", type=int, default=None, help="Override intake.port (0: any free port).")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Override intake.port (0: any free port).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning"]),
+    help="How much to log (to stderr).",
+)
 def serve(
     conf_path: Path | None,
     roles: tuple[str, ...],
@@ -96,8 +69,13 @@ def serve(
     """Run the gateway: HTTP intake, router and channel workers."""
     from .service import ROLES, Gateway  # noqa: PLC0415 - keeps `tocsin check` light
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     conf, _registry, plan = _load(conf_path)
+    roles = roles or ROLES
+    # The port first: one line if it is taken, before Redis and the workers start.
+    sock = None
+    if "intake" in roles:
+        sock = listen_socket(host or conf.intake.host, conf.intake.port if port is None else port)
     embedded: RedisServer | None = None
     url = conf.redis.url
     if not url:
@@ -113,7 +91,7 @@ def serve(
         except TocsinError as exc:
             _fail([f"embedded Redis: {exc}"])
         log.info("embedded Redis ready at %s", url)
-    gateway = Gateway(plan, url, roles or ROLES, host=host, port=port)
+    gateway = Gateway(plan, url, roles, host=host, port=port, sock=sock)
     try:
         _run(gateway.run)
     finally:
@@ -147,7 +125,7 @@ def _run(main_coro: Any) -> None:
 
 
 @main.command()
-@click.argument("conf_arg", required=False, type=click.Path(path_type=Path))
+@conf_argument
 @click.option(
     "--samples",
     type=click.Path(file_okay=False, path_type=Path),
@@ -161,6 +139,7 @@ def check(conf_arg: Path | None, samples: Path | None) -> None:
     Every template used by a rule is also rendered against the sample events the rule
     routes (see docs/templates.md).
     """
+    from .conf_lines import with_lines  # noqa: PLC0415
     from .render import SampleReport, render_samples  # noqa: PLC0415
 
     reports: list[SampleReport] = []
@@ -191,7 +170,7 @@ def check(conf_arg: Path | None, samples: Path | None) -> None:
 
 @main.command()
 @click.argument("template")
-@click.argument("conf_arg", required=False, type=click.Path(path_type=Path))
+@conf_argument
 @click.option(
     "--event",
     "event_path",
@@ -233,6 +212,9 @@ def plugins(conf_path: Path | None, as_json: bool) -> None:
     blocked: list[str] = []
     modules: list[str] = []
     path = conf_path or default_conf_path()
+    named = conf_path is not None or bool(os.environ.get(CONF_ENV_VAR))
+    if named and not path.exists():
+        _fail([f"{path}: no such conf (plugins lists without a conf: drop --conf)"])
     if path.exists():
         try:
             conf = load_conf(path)
@@ -254,121 +236,14 @@ def plugins(conf_path: Path | None, as_json: bool) -> None:
         click.echo(f"blocked by conf: {', '.join(blocked)}")
 
 
-def _secret_from(conf_path: Path | None, secret: str | None) -> str:
-    if secret:
-        return secret
-    path = conf_path or default_conf_path()
-    try:
-        conf = load_conf(path)
-    except ConfError as exc:
-        _fail([*exc.problems, "pass --secret, or fix the conf"])
-    if not conf.intake.secrets:
-        _fail([f"{path}: intake.secrets is empty; pass --secret"])
-    return conf.intake.secrets[0].reveal()
-
-
-def _events_from(source: str) -> list[dict[str, Any]]:
-    text = sys.stdin.read() if source == "-" else Path(source).read_text()
-    text = text.strip()
-    try:
-        if text.startswith("["):
-            items = msgspec.json.decode(text)
-        elif "\n{" in text:
-            items = [msgspec.json.decode(line) for line in text.splitlines() if line.strip()]
-        else:
-            items = [msgspec.json.decode(text)]
-    except msgspec.DecodeError as exc:
-        _fail([f"{source}: not JSON: {exc}"])
-    return items  # type: ignore[no-any-return]
-
-
-@main.command()
-@click.argument("source", default="-")
-@conf_option
-@click.option("--url", default=None, help="Intake URL (default: from the conf's intake.host/port).")
-@click.option("--secret", default=None, envvar="TOCSIN_INTAKE_SECRET", help="Signing secret.")
-@click.option(
-    "--new-id", is_flag=True, help="Give each event a fresh id (post the same file twice)."
-)
-def emit(
-    source: str, conf_path: Path | None, url: str | None, secret: str | None, new_id: bool
-) -> None:
-    """Sign and post events (a JSON file, JSON lines, or - for stdin) to a running gateway.
-
-    A missing ``id`` or ``occurred_at`` is filled in.
-    """
-    import aiohttp  # noqa: PLC0415
-
-    key = _secret_from(conf_path, secret)
-    if url is None:
-        path = conf_path or default_conf_path()
-        conf = load_conf(path)
-        url = f"http://{conf.intake.host}:{conf.intake.port}/v1/events"
-    signer = Signer([key])
-    events = _events_from(source)
-
-    async def post_all() -> int:
-        failures = 0
-        async with aiohttp.ClientSession() as session:
-            for event in events:
-                if new_id or "id" not in event:
-                    event["id"] = f"evt_{uuid.uuid4().hex}"
-                event.setdefault("occurred_at", datetime.now(UTC).isoformat())
-                body = msgspec.json.encode(event)
-                headers = {"Content-Type": "application/json", **signer.headers(event["id"], body)}
-                try:
-                    async with session.post(url, data=body, headers=headers) as resp:
-                        text = await resp.text()
-                except aiohttp.ClientError as exc:
-                    click.echo(f"{event['id']}: cannot reach {url}: {exc}", err=True)
-                    failures += 1
-                    continue
-                click.echo(f"{event['id']}: HTTP {resp.status} {text}")
-                failures += resp.status >= 300
-        return failures
-
-    sys.exit(1 if asyncio.run(post_all()) else 0)
-
-
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8099, show_default=True, type=int)
-@click.option("--path", "url_path", default="/webhook", show_default=True)
-@click.option(
-    "--secret",
-    default=None,
-    envvar="TOCSIN_RECEIVE_SECRET",
-    help="Verify signatures with this secret (default: print unverified).",
-)
-def receive(host: str, port: int, url_path: str, secret: str | None) -> None:
-    """Run a local webhook receiver that verifies and prints what arrives."""
-    from aiohttp import web  # noqa: PLC0415
-
-    from .receiver import receiver_app  # noqa: PLC0415
-
-    verifier = Verifier([secret]) if secret else None
-    click.echo(
-        f"listening on http://{host}:{port}{url_path} "
-        f"({'verifying signatures' if verifier else 'NOT verifying: pass --secret'})"
-    )
-    with contextlib.suppress(KeyboardInterrupt):
-        web.run_app(receiver_app(verifier, url_path), host=host, port=port, print=None)
-
-
 @main.command()
 def secret() -> None:
     """Print a new random signing secret (whsec_...)."""
     click.echo(generate_secret())
 
 
-def _add_admin_commands() -> None:
-    from .cli_admin import COMMANDS  # noqa: PLC0415 - after `main` exists
-
-    for command in COMMANDS:
-        main.add_command(command)
-
-
-_add_admin_commands()
+for _command in (*LOCAL_COMMANDS, *ADMIN_COMMANDS, *SCENARIO_COMMANDS):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@ class Gateway:
     consumer: str = field(default_factory=consumer_name)
     host: str | None = None
     port: int | None = None
+    #: Already bound (``tocsin serve`` binds before starting anything): used instead of
+    #: host/port.
+    sock: socket.socket | None = None
     #: Filled once serving: the port actually bound (useful with port 0).
     bound_port: int | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -203,7 +206,11 @@ class Gateway:
         stack.push_async_callback(runner.cleanup)
         host = self.host or conf.intake.host
         port = conf.intake.port if self.port is None else self.port
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        site: web.BaseSite
+        if self.sock is not None:
+            site = web.SockSite(runner, self.sock, backlog=1024)
+        else:
+            site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
         server: Any = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []

@@ -169,20 +169,24 @@ async def _wipe(redis: Redis) -> None:
 
 
 def format_notifications(plan: Plan, notifications: list[Notification]) -> list[str]:
+    """One line each: when (weekday, time and zone: windows are about both), channel, to
+    whom, template (locale), the rule or scenario step, the event; columns aligned."""
+    from .cli_common import stamp  # noqa: PLC0415 - the one way every command tells times
+
     zone = ZoneInfo(plan.conf.gateway.timezone)
-    lines = []
+
+    def when(epoch: float) -> str:
+        return f"{datetime.fromtimestamp(epoch, zone):%a} {stamp(epoch, zone)}"
+
+    rows = []
     for n in notifications:
         d = n.delivery
-        when = datetime.fromtimestamp(n.at, zone).strftime("%Y-%m-%d %H:%M %a")
         what = f"{d.template or '(event as JSON)'}" + (f" ({d.locale})" if d.locale else "")
         channel = plan.channels.get(d.channel)
         to = n.to(channel.recipient_field if channel is not None else None)
-        line = (
-            f"{when}  {d.channel:<14} {to:<24} {what:<28} <- {d.rule}"
-            f"  [{d.event_type} {d.event_id}]"
-        )
+        tail = f"<- {d.rule}  [{d.event_type} {d.event_id}]"
         if n.deferred:
-            queued = datetime.fromtimestamp(n.queued, zone).strftime("%Y-%m-%d %H:%M %a")
-            line += f"  (deferred from {queued} by window {n.window})"
-        lines.append(line)
-    return lines
+            tail += f"  (deferred from {when(n.queued)} by window {n.window})"
+        rows.append((when(n.at), d.channel, to, what, tail))
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(4)]
+    return ["  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[4]]) for r in rows]

@@ -177,8 +177,8 @@ async def test_sending_window_defers_a_step_and_simulate_says_so(tmp_path, redis
     assert link.deferred
     assert datetime.fromtimestamp(link.at, UTC) == datetime(2026, 11, 9, 7, 0, tzinfo=UTC)
     [line, *_] = format_notifications(load_plan(conf), sent)
-    assert line.startswith("2026-11-09 08:00 Mon  hook")
-    assert line.endswith("(deferred from 2026-11-07 20:30 Sat by window courtesy)")
+    assert line.startswith("Mon 2026-11-09 08:00:00 CET  hook")  # every time names its zone
+    assert line.endswith("(deferred from Sat 2026-11-07 20:30:00 CET by window courtesy)")
 
 
 async def test_simulate_command_prints_a_deterministic_plan(tmp_path, redis_url):
@@ -201,10 +201,11 @@ async def test_simulate_command_prints_a_deterministic_plan(tmp_path, redis_url)
     assert first.exit_code == 0, first.output
     assert first.output == second.output
     assert first.output.splitlines() == [
-        "2026-11-02 10:00 Mon  hook           -                        (event as JSON) (fr)"
-        "         <- scenario:reminders/link  [payment_request.created evt_created]",
-        "2026-11-03 10:00 Tue  hook           -                        remaining (fr)"
-        "               <- scenario:reminders/nudge  [payment_request.created evt_created]",
+        # Columns as wide as their longest cell; times in the conf's zone, labelled.
+        "Mon 2026-11-02 10:00:00 CET  hook  -  (event as JSON) (fr)"
+        "  <- scenario:reminders/link  [payment_request.created evt_created]",
+        "Tue 2026-11-03 10:00:00 CET  hook  -  remaining (fr)      "
+        "  <- scenario:reminders/nudge  [payment_request.created evt_created]",
         "2 notification(s) from 2 event(s)",
     ]
 
@@ -314,6 +315,10 @@ async def test_scenario_runs_in_the_gateway_and_operators_can_see_and_cancel_it(
     while len(receiver.received) < 3:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
+    typo = ["scenarios", "cancel", "payment_request:pr_cancel", "--scenario", "reminder"]
+    wrong = await asyncio.to_thread(runner.invoke, main, [*typo, "--conf", str(conf)])
+    assert wrong.exit_code == 2  # a typo, not "no instance": there is one
+    assert f"no scenario 'reminder' in {conf} (scenarios: reminders)" in wrong.output
     cancelled = await asyncio.to_thread(
         runner.invoke,
         main,
