@@ -136,6 +136,12 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
         ),
     ),
     EventSpec(
+        "payment.authorized",
+        "A card payment was authorised; no money moves until it is captured (CentralPay "
+        "TRANSACTION_SUCCESS: capture within 7 days). Do not tell the customer it is paid.",
+        (*_MONEY, _PAYMENT_ID, opt("data.method", STR), *_CARD, _INVOICE_REF),
+    ),
+    EventSpec(
         "payment.captured",
         "An authorised card payment was sent to clearing.",
         (*_MONEY, _PAYMENT_ID),

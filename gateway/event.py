@@ -30,6 +30,10 @@ class EventSource(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     livemode: bool = True
     #: The provider's original payload, kept by source plugins for audit and templates.
     payload: dict[str, Any] | None = None
+    #: Set by the intake, never by a sender: the source that must confirm this event with
+    #: its provider before any rule sees it (``gateway.confirm``). Such an event is routed
+    #: to that confirmation alone; what the provider confirms is accepted as new events.
+    confirm_by: str | None = None
 
 
 class Customer(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -8,6 +8,7 @@ the server does so, before it gets its 202.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 
 from .catalog import UnknownTypes, check_event
 from .channel import Channel
-from .event import EventInvalid, encode_event
+from .event import Event, EventInvalid, encode_event
 from .keys import Keys
 from .openapi import serve_openapi
 from .receipts import ReceiptRequest, record_receipt
@@ -160,6 +161,25 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(500, "internal", "internal error; the gateway logged it")
 
 
+def _peer_allowed(remote: str | None, source: Source[Any]) -> bool:
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in source.allowed_networks)
+
+
+def _mark_confirmation(event: Event, source: Source[Any]) -> None:
+    """Only the intake says which events wait for their source's confirmation: a sender
+    setting the mark itself could otherwise have any source fetch on its behalf."""
+    if event.source.confirm_by is not None:
+        raise EventInvalid("$.source.confirm_by", "set by the gateway, never by a sender")
+    if source.confirms:
+        event.source.confirm_by = source.name
+
+
 class Intake:
     def __init__(
         self,
@@ -252,6 +272,8 @@ class Intake:
             return error(415, "unsupported_media_type", "send Content-Type: application/json")
         if request.content_length is not None and request.content_length > self.max_body:
             return error(413, "too_large", f"body over the {self.max_body}-byte limit")
+        if source.allowed_networks and not _peer_allowed(request.remote, source):
+            return error(403, "forbidden", f"{request.remote} is not in this source's allow_from")
         body = await request.read()
         try:
             source.verify(request.headers, body)
@@ -259,8 +281,10 @@ class Intake:
             return error(401, "bad_signature", str(exc))
         try:
             events = source.parse(body)
-            for event in events:  # the catalog's contract: required fields, field types
-                check_event(event, self.unknown_types)
+            for event in events:
+                _mark_confirmation(event, source)
+                if not source.confirms:  # what is confirmed is checked once confirmed
+                    check_event(event, self.unknown_types)  # required fields, field types
         except EventInvalid as exc:
             return error(400, "invalid_event", exc.reason, path=exc.path)
         try:

@@ -16,6 +16,7 @@ import msgspec
 from .channel import Channel, ChannelContext
 from .conditions import Compiled, compile_condition
 from .conf import Action, Conf, PluginTable, convert, describe_validation_error
+from .confirm import ConfirmChannel
 from .default_plugins import StandardWebhooksConfig, StandardWebhooksSource
 from .delivery import Recipient
 from .errors import ConfError
@@ -300,6 +301,53 @@ def build_plan(conf: Conf, registry: Registry) -> Plan:
     return plan
 
 
+def _build_sources(
+    conf: Conf, registry: Registry, plan: Plan, context: ChannelContext, problems: list[str]
+) -> None:
+    """``/v1/events`` and the ``[sources.NAME]`` tables; a source that confirms its events
+    with the provider brings its confirmation channel (``gateway.confirm``)."""
+    if conf.intake.secrets:
+        try:
+            plan.sources[EVENTS_SOURCE] = StandardWebhooksSource(
+                EVENTS_SOURCE,
+                StandardWebhooksConfig(
+                    secrets=conf.intake.secrets, tolerance=conf.intake.tolerance
+                ),
+            )
+        except ValueError as exc:
+            problems.append(f"{conf.path}: intake.secrets: {exc}")
+    else:
+        problems.append(
+            f"{conf.path}: intake.secrets: no secret: POST /v1/events would accept anything "
+            "(generate one with `tocsin secret`)"
+        )
+    for name, table in conf.sources.items():
+        if name == EVENTS_SOURCE:
+            problems.append(f"{table.file}: sources.{name}: {name!r} is reserved for /v1/events")
+            continue
+        found = _plugin_instance(table, registry.sources, "sources", problems)
+        if found is not None:
+            cls, config = found
+            try:
+                source = plan.sources[name] = cls(name, config)
+            except ValueError as exc:
+                problems.append(f"{table.file}: sources.{name}: {exc}")
+                continue
+            if source.confirms:
+                confirm = ConfirmChannel(source, context, conf.intake.unknown_types)
+                plan.channels[confirm.name] = confirm
+                try:
+                    plan.policies[confirm.name] = convert(table.delivery, ChannelPolicy)
+                except msgspec.ValidationError as exc:
+                    where = f"sources.{name}.delivery"
+                    problems.append(f"{table.file}: {describe_validation_error(exc, where)}")
+            elif table.delivery:
+                problems.append(
+                    f"{table.file}: sources.{name}.delivery: only a source that confirms its "
+                    "events with the provider retries anything"
+                )
+
+
 def check_plan(conf: Conf, registry: Registry) -> tuple[Plan, list[str]]:
     """The plan as far as it can be built (what is wrong left out) and every problem found.
 
@@ -346,33 +394,7 @@ def check_plan(conf: Conf, registry: Registry) -> tuple[Plan, list[str]]:
             except ValueError as exc:
                 problems.append(f"{table.file}: channels.{name}: {exc}")
 
-    if conf.intake.secrets:
-        try:
-            plan.sources[EVENTS_SOURCE] = StandardWebhooksSource(
-                EVENTS_SOURCE,
-                StandardWebhooksConfig(
-                    secrets=conf.intake.secrets, tolerance=conf.intake.tolerance
-                ),
-            )
-        except ValueError as exc:
-            problems.append(f"{conf.path}: intake.secrets: {exc}")
-    else:
-        problems.append(
-            f"{conf.path}: intake.secrets: no secret: POST /v1/events would accept anything "
-            "(generate one with `tocsin secret`)"
-        )
-    for name, table in conf.sources.items():
-        if name == EVENTS_SOURCE:
-            problems.append(f"{table.file}: sources.{name}: {name!r} is reserved for /v1/events")
-            continue
-        found = _plugin_instance(table, registry.sources, "sources", problems)
-        if found is not None:
-            cls, config = found
-            try:
-                plan.sources[name] = cls(name, config)
-            except ValueError as exc:
-                problems.append(f"{table.file}: sources.{name}: {exc}")
-
+    _build_sources(conf, registry, plan, context, problems)
     _check_visibility(conf, plan, problems)
 
     for name in conf.rules:

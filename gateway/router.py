@@ -12,6 +12,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from . import confirm
 from .delivery import Delivery, Recipient, delivery_id, encode_job
 from .event import Customer, Event
 from .keys import ROUTER_GROUP, Keys
@@ -42,6 +43,10 @@ TRIM_INTERVAL = 60.0
 _event_decoder = msgspec.json.Decoder(Event)
 
 
+class HeadSource(msgspec.Struct):
+    confirm_by: str | None = None
+
+
 class RoutingHead(msgspec.Struct):
     """What routing reads of an event when no condition and no scenario looks further:
     decoding only this takes half the time of decoding the whole event (its ``data``
@@ -49,6 +54,7 @@ class RoutingHead(msgspec.Struct):
 
     id: str
     type: str
+    source: HeadSource
     customer: Customer | None = None
 
 
@@ -115,7 +121,11 @@ def plan_deliveries(
     rules: list[CompiledRule], event: Event | RoutingHead, raw: bytes
 ) -> list[Delivery]:
     """The deliveries one event yields: one per matching (rule, action, recipient).
-    A ``RoutingHead`` will do only when no rule matching its type has conditions."""
+    A ``RoutingHead`` will do only when no rule matching its type has conditions.
+
+    An event its source must confirm first goes to that confirmation alone."""
+    if event.source.confirm_by is not None:
+        return [confirmation(event, raw)]
     context: dict[str, Any] | None = None
     deliveries = []
     for rule in rules:
@@ -129,6 +139,19 @@ def plan_deliveries(
                 continue
         deliveries += action_deliveries(rule.actions, event, raw, rule.name, event.id)
     return deliveries
+
+
+def confirmation(event: Event | RoutingHead, raw: bytes) -> Delivery:
+    """The job that asks the event's source to confirm it (``gateway.confirm``)."""
+    source = event.source.confirm_by or ""
+    return Delivery(
+        id=delivery_id(event.id, confirm.RULE, 0, ""),
+        event_id=event.id,
+        event_type=event.type,
+        rule=confirm.RULE,
+        channel=confirm.channel_name(source),
+        event=msgspec.Raw(raw),
+    )
 
 
 class Router:
@@ -253,7 +276,7 @@ class Router:
                 await self._dead_event(entry_id, raw, f"undecodable event: {exc}")
                 args[1] -= 1
                 continue
-            if self.scenarios is not None:
+            if self.scenarios is not None and event.source.confirm_by is None:
                 assert isinstance(event, Event)
                 await self.scenarios.on_event(event)
             jobs = plan_deliveries(self.rules, event, raw)

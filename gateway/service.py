@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .channel import Channel
+from .confirm import ConfirmChannel
 from .intake import Enqueuer, Intake
 from .keys import Keys
 from .plan import EVENTS_SOURCE, Plan
@@ -102,7 +103,7 @@ class Gateway:
                 return
             tasks = []
             if "worker" in roles:
-                await self._start_channels(stack)
+                await self._start_channels(stack, redis, wait_aof)
             if "router" in roles:
                 scenarios = self._scenarios(redis)
                 tasks.append(asyncio.create_task(self._router(redis, scenarios).run(stopping)))
@@ -131,10 +132,27 @@ class Gateway:
                 await backoff.wait(f"connecting to Redis at {redact_url(self.redis_url)}", exc)
         return None
 
-    async def _start_channels(self, stack: AsyncExitStack) -> None:
+    async def _start_channels(self, stack: AsyncExitStack, redis: Redis, wait_aof: bool) -> None:
+        confirmed: Enqueuer | None = None
         for channel in self.plan.channels.values():
+            if isinstance(channel, ConfirmChannel):
+                if confirmed is None:  # what sources confirm is accepted as the intake would
+                    confirmed = self._enqueuer(redis, wait_aof)
+                    confirmed.start()
+                    stack.push_async_callback(confirmed.stop)
+                channel.attach(confirmed.enqueue)
             await channel.start()
             stack.push_async_callback(_close_channel, channel)
+
+    def _enqueuer(self, redis: Redis, wait_aof: bool) -> Enqueuer:
+        conf = self.plan.conf
+        return Enqueuer(
+            redis,
+            Keys(conf.redis.prefix),
+            conf.intake.dedupe_window,
+            retention=float(conf.history.retention),
+            wait_aof=wait_aof,
+        )
 
     def _scenarios(self, redis: Redis) -> ScenarioEngine | None:
         if not self.plan.scenarios:
@@ -182,13 +200,7 @@ class Gateway:
         self, stack: AsyncExitStack, redis: Redis, wait_aof: bool
     ) -> web.AppRunner:
         conf = self.plan.conf
-        enqueuer = Enqueuer(
-            redis,
-            Keys(conf.redis.prefix),
-            conf.intake.dedupe_window,
-            retention=float(conf.history.retention),
-            wait_aof=wait_aof,
-        )
+        enqueuer = self._enqueuer(redis, wait_aof)
         enqueuer.start()
         stack.push_async_callback(enqueuer.stop)
         intake = Intake(

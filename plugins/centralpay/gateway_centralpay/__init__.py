@@ -1,22 +1,18 @@
-"""centralpay: CentralPay webhooks in, canonical events out.
+"""centralpay: CentralPay notifications in, canonical events out.
 
-Conf::
+Conf (see ``config.py`` for the ways a deployment trusts a notification)::
 
     [sources.centralpay]                      # served at POST /v1/sources/centralpay
     type = "centralpay"
-    secrets = ["${CENTRALPAY_WEBHOOK_SECRET}"]  # the merchant secret key; two during a rotation
-    signature_header = "X-CentralPay-Signature" # where this deployment puts the signature
-    signature_encoding = "hex"                # or "base64"
+    verify = "fetch"                          # or "hmac" / "none" (with allow_from)
+    [sources.centralpay.api]
+    login = "${CENTRALPAY_API_LOGIN}"
+    secret = "${CENTRALPAY_API_SECRET}"
 
-Authenticity: an HMAC-SHA256 of the raw body keyed with the merchant secret, in the
-configured header (several comma- or space-separated values: any valid one
-suffices). CentralPay's envelope carries no signed timestamp, so replays are stopped
-by the dedupe window rather than by a clock check.
-
-The envelope: ``{"id": ..., "event": "TRANSACTION_SUCCEEDED", "creationDate": ...,
-"data": {the object}}``. The event id is the dedupe key; without one, a hash of the
-event name, date and object stands in, so CentralPay's retries of one notification
-still collapse into one event.
+A notification is ``{"type": NAME, "object": {...}}`` (``mapping.py`` says where that
+comes from). CentralPay sends no event id, so the dedupe key is built from the object:
+its own id, what the event means, and for a payment request how many payments it holds
+(two payments on one request are two events; CentralPay's retry of one is the same).
 """
 
 from __future__ import annotations
@@ -28,14 +24,15 @@ import hmac
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
+import aiohttp
 import msgspec
 
 from gateway import (
     Event,
     EventInvalid,
-    Secret,
+    PermanentError,
     SignatureError,
     Source,
     catalog,
@@ -43,34 +40,14 @@ from gateway import (
     decode_payload,
     hookimpl,
 )
+from gateway.source import parse_networks
 
+from .config import LIVE_API, SANDBOX_API, CentralPayApi, CentralPayConfig, problems
+from .fetch import basic_auth, fetch_object, object_id, resource
 from .mapping import MAPPING, PROVIDER
 
-#: Envelope keys, in the order tried.
-EVENT_KEYS = ("event", "type", "eventType")
-ID_KEYS = ("id", "eventId", "uuid")
-DATE_KEYS = ("creationDate", "date", "createdAt")
-OBJECT_KEYS = ("data", "object")
-
-
-class CentralPayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    #: The merchant secret key(s) CentralPay signs with; several while rolling one.
-    secrets: list[Secret]
-    #: The request header holding the signature (deployments differ: ask CentralPay).
-    signature_header: str
-    #: How the HMAC bytes are written in the header.
-    signature_encoding: Literal["hex", "base64"] = "hex"
-    #: Text before the signature to strip, e.g. ``"sha256="``.
-    signature_prefix: str = ""
-    #: Whether this endpoint receives production (true) or sandbox (false) events.
-    livemode: bool = True
-    #: Events the mapping does not cover: ``forward`` routes them as
-    #: ``centralpay.<event>`` (``centralpay.onboarding_enrollment_created``);
-    #: ``ignore`` answers 200 and drops them.
-    unmapped: Literal["forward", "ignore"] = "forward"
-    #: This deployment's event names for names of the mapping table, e.g.
-    #: ``{ "TRANSACTION_SUCCESS" = "TRANSACTION_SUCCEEDED" }``.
-    aliases: dict[str, str] = msgspec.field(default_factory=dict)
+#: Keys holding money in CentralPay objects: minor units, sometimes written as floats.
+_AMOUNT_KEY = re.compile(r"^(amount|fee|.*Amount)$")
 
 
 class CentralPaySource(Source[CentralPayConfig]):
@@ -79,21 +56,24 @@ class CentralPaySource(Source[CentralPayConfig]):
 
     def __init__(self, name: str, config: CentralPayConfig) -> None:
         super().__init__(name, config)
-        if not config.secrets:
-            raise ValueError("secrets: at least one merchant secret key")
-        if not config.signature_header.strip():
-            raise ValueError("signature_header: name the header CentralPay signs in")
+        found = problems(config)
         unknown = sorted(set(config.aliases.values()) - set(MAPPING.events))
         if unknown:
-            raise ValueError(f"aliases: {', '.join(unknown)} not in the mapping table")
+            found.append(f"aliases: {', '.join(unknown)} not in the mapping table")
+        if found:
+            raise ValueError("; ".join(found))
+        self.allowed_networks = parse_networks(config.allow_from, "allow_from")
+        self.confirms = config.verify == "fetch"
         self._keys = [s.reveal().encode() for s in config.secrets]
+        self._api: CentralPayApi | None = config.api
+        if config.api is not None:
+            self.confirm_timeout = float(config.api.timeout)
 
-    def _encode(self, digest: bytes) -> bytes:
-        if self.config.signature_encoding == "hex":
-            return binascii.hexlify(digest)
-        return base64.b64encode(digest)
+    # -- authenticity ----------------------------------------------------------------------
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        if self.config.verify != "hmac":
+            return  # fetch: CentralPay's answer decides; none: allow_from did
         header_name = self.config.signature_header
         header = headers.get(header_name)
         if not header:
@@ -108,44 +88,46 @@ class CentralPaySource(Source[CentralPayConfig]):
                 return
         raise SignatureError(f"{header_name}: no valid signature")
 
-    def parse(self, body: bytes) -> list[Event]:
-        payload = decode_payload(body, "a CentralPay event")
-        name = _first(payload, EVENT_KEYS)
-        if not isinstance(name, str) or not name:
-            raise EventInvalid("$.event", "missing: the event name (TRANSACTION_SUCCEEDED...)")
-        obj = _first(payload, OBJECT_KEYS)
-        if not isinstance(obj, dict):
-            raise EventInvalid("$.data", "missing: the object the event is about")
-        date = _first(payload, DATE_KEYS)
-        occurred_at = catalog.timestamp(date) if date is not None else None
-        if date is not None and occurred_at is None:
-            raise EventInvalid(f"$.{_key(payload, DATE_KEYS)}", "not a date")
-        received = occurred_at or catalog.timestamp(datetime.now(UTC).isoformat())
-        event_id = _first(payload, ID_KEYS)
-        if isinstance(event_id, int) and not isinstance(event_id, bool):
-            event_id = str(event_id)
-        if not isinstance(event_id, str) or not event_id:
-            # No id: what CentralPay retries is the same notification, so hash what it says.
-            basis = msgspec.json.encode([name, occurred_at, obj], order="sorted")
-            event_id = "h_" + hashlib.sha256(basis).hexdigest()[:40]
+    def _encode(self, digest: bytes) -> bytes:
+        if self.config.signature_encoding == "hex":
+            return binascii.hexlify(digest)
+        return base64.b64encode(digest)
 
+    # -- mapping ---------------------------------------------------------------------------
+
+    def parse(self, body: bytes) -> list[Event]:
+        payload = decode_payload(body, "a CentralPay notification")
+        name = payload.get("type")
+        if not isinstance(name, str) or not name:
+            raise EventInvalid("$.type", "missing: the event name (TRANSACTION_SUCCEEDED...)")
+        obj = payload.get("object")
+        if not isinstance(obj, dict):
+            raise EventInvalid("$.object", "missing: the object the event is about")
+        event = self._build(name, obj, payload, "$.object")
+        if self.confirms:
+            # Not what rules see: a placeholder until CentralPay confirms the object.
+            event.id = catalog.canonical_id(PROVIDER, f"posted:{event.id.partition(':')[2]}")
+        return [event]
+
+    def _build(self, name: str, obj: dict[str, Any], payload: dict[str, Any], where: str) -> Event:
+        _whole_amounts(obj, where)
         mapped_name = self.config.aliases.get(name, name)
+        received = catalog.timestamp(datetime.now(UTC).isoformat())
         route = MAPPING.route(mapped_name, obj)
         if route is None:
-            if self.config.unmapped == "ignore":
-                return []
             canonical, fields = catalog.provider_type(PROVIDER, name), {}
         else:
             canonical = route.canonical or ""
             fields = MAPPING.fields(route, obj, {"event": mapped_name, "occurred_at": received})
+        stable = _stable_id(mapped_name, canonical if route else None, obj)
         event: dict[str, Any] = {
-            "id": catalog.canonical_id(PROVIDER, event_id),
+            "id": catalog.canonical_id(PROVIDER, stable),
             "type": canonical,
             "occurred_at": received,
             "source": {
                 "provider": PROVIDER,
                 "event_type": name,
-                "event_id": event_id,
+                "event_id": stable,
                 "livemode": self.config.livemode,
                 "payload": payload,
             },
@@ -154,15 +136,79 @@ class CentralPaySource(Source[CentralPayConfig]):
         }
         if fields.get("customer"):
             event["customer"] = fields["customer"]
-        return [decode_event(msgspec.json.encode(event))]
+        return decode_event(msgspec.json.encode(event))
+
+    # -- verify = "fetch" ------------------------------------------------------------------
+
+    async def confirm(self, event: Event, http: aiohttp.ClientSession) -> list[Event]:
+        assert self._api is not None, "confirm is only called when verify = 'fetch'"
+        payload = event.source.payload or {}
+        name = str(payload.get("type", ""))
+        posted = payload.get("object") if isinstance(payload.get("object"), dict) else {}
+        mapped_name = self.config.aliases.get(name, name)
+        ident = object_id(mapped_name, posted or {})
+        if ident is None:
+            kind = resource(mapped_name)
+            field = kind[1] if kind else "an id"
+            raise PermanentError(f"cannot confirm {name}: the notification carries no {field}")
+        root = self._api.url or (LIVE_API if self.config.livemode else SANDBOX_API)
+        auth = basic_auth(self._api.login.reveal(), self._api.secret.reveal())
+        fetched = await fetch_object(http, root, auth, mapped_name, ident)
+        confirmed = {"type": name, "object": fetched}
+        return [self._build(name, fetched, confirmed, "$.object")]
 
 
-def _key(payload: Mapping[str, Any], keys: Sequence[str]) -> str:
-    return next((k for k in keys if payload.get(k) is not None), keys[0])
+def _stable_id(name: str, canonical: str | None, obj: Mapping[str, Any]) -> str:
+    """The dedupe key of a notification: ``<object id>:<meaning>[:<payments>]``.
+
+    The meaning is the canonical type when mapped, so two names that mean the same thing
+    for one object (TRANSACTION_SUCCEEDED and TRANSACTION_CAPTURED: paid) give one event.
+    A payment request counts its payments: each new payment is a new event. An object
+    with no id field at all (an unknown kind) falls back to a hash of the object itself,
+    which a retry of the same notification reproduces.
+    """
+    ident = object_id(name, obj)
+    meaning = canonical.replace(".", "_") if canonical else name
+    if ident is None:
+        for key in sorted(obj):
+            if key.endswith("Id") and isinstance(obj[key], str) and obj[key]:
+                ident = obj[key]
+                break
+    if ident is None:
+        digest = hashlib.sha256(msgspec.json.encode(obj, order="sorted")).hexdigest()[:32]
+        return f"{meaning}:h_{digest}"
+    stable = f"{ident}:{meaning}"
+    if name.startswith("PAYMENTREQUEST_"):
+        stable += f":{_payments(obj)}"
+    return stable
 
 
-def _first(payload: Mapping[str, Any], keys: Sequence[str]) -> Any:
-    return payload.get(_key(payload, keys))
+def _payments(obj: Mapping[str, Any]) -> int:
+    count = 0
+    for breakdown in obj.get("breakdowns") or ():
+        if isinstance(breakdown, Mapping):
+            payments = breakdown.get("payments") or ()
+            count += sum(1 for p in payments if isinstance(p, Mapping) and p.get("uuid"))
+    return count
+
+
+def _whole_amounts(value: Any, path: str) -> None:
+    """CentralPay writes minor units, sometimes as floats (jss-backend types ``totalAmount``
+    ``Float``): ``1250.0`` is 1250, ``12.5`` cannot be minor units and is refused."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}"
+            if isinstance(item, float) and _AMOUNT_KEY.match(key):
+                if not item.is_integer():
+                    raise EventInvalid(
+                        here, f"{item!r} is not a whole number of minor units (cents)"
+                    )
+                value[key] = int(item)
+            else:
+                _whole_amounts(item, here)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _whole_amounts(item, f"{path}[{i}]")
 
 
 @hookimpl

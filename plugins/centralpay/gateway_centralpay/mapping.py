@@ -1,13 +1,19 @@
 """CentralPay events -> the canonical catalog: one table, read by the source and by the docs.
 
-CentralPay names its events ``OBJECT_STATUS`` (``TRANSACTION_SUCCEEDED``,
-``DISPUTE_CHARGEBACK_NOTICED``, ``PAYMENT_REQUEST_PARTIAL``); every event has the same
-envelope and carries the object under ``data``. The TRANSACTION names and the dispute
-and payment-request statuses are CentralPay's documented ones; the names of the other
-objects' events, and the objects' field names, follow the same pattern and CentralPay's
-API objects, and are checked against a deployment's sandbox. A deployment whose names
-differ maps them in conf (``aliases``) rather than in code. ``docs/sources.md`` shows
-this table, generated.
+A notification is ``{"type": "TRANSACTION_SUCCEEDED", "object": {the object}}``: a real
+Laravel integration reads ``$request->type`` and ``$request->object``
+(``handleCentralPayCreditsWebhook``, found through the code search; quoted in
+../shared/reference/real-systems.md). Names are ``OBJECT_STATUS``; payment requests write
+their object without an underscore (``PAYMENTREQUEST_TRANSACTION_SUCCEEDED``, the name that
+handler checks). The TRANSACTION names and the dispute statuses are CentralPay's documented
+ones (doc-api.centralpay.net event services, dispute object); the payment-request object's
+fields (``paymentRequestId``, ``merchantPaymentRequestId``, ``totalAmount``, ``deadline``,
+``paymentRequestStatus``, ``paymentStatus``, ``breakdowns[].endpoint`` / ``email`` /
+``amount`` / ``paid`` / ``payments[].uuid``) are those informatique-jss/jss-backend reads
+from CentralPay's API (CentralPayPaymentRequest, CentralPayBreakdown, CentralPayPayment).
+The other objects' event names follow the same pattern and are checked against a
+deployment's sandbox; a deployment whose names differ maps them in conf (``aliases``).
+``docs/sources.md`` shows this table, generated, and says which row rests on what.
 """
 
 from __future__ import annotations
@@ -53,16 +59,43 @@ def _amount(obj: Mapping[str, Any], key: str) -> int | None:
     return integer(obj.get(key))
 
 
+def _breakdowns(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    found = obj.get("breakdowns")
+    return [b for b in found if isinstance(b, Mapping)] if isinstance(found, list) else []
+
+
 def paid_amount(obj: Mapping[str, Any], envelope: Mapping[str, Any]) -> int | None:
-    """``paidAmount``, else total minus remaining, else all of it once PAID, else 0."""
+    """``paidAmount``, else total minus remaining, else all of it once PAID, else the
+    breakdowns marked ``paid`` (each payer's share), else 0."""
     paid, total = _amount(obj, "paidAmount"), _amount(obj, "totalAmount")
     if paid is not None:
         return paid
     remaining = _amount(obj, "remainingAmount")
     if total is not None and remaining is not None:
         return total - remaining
-    if total is not None:
-        return total if str(obj.get("paymentStatus", "")).upper() == "PAID" else 0
+    if total is None:
+        return None
+    if str(obj.get("paymentStatus", "")).upper() == "PAID":
+        return total
+    shares = [integer(b.get("amount")) for b in _breakdowns(obj) if b.get("paid") is True]
+    return sum(s for s in shares if s is not None)
+
+
+def payment_link(obj: Mapping[str, Any], envelope: Mapping[str, Any]) -> str | None:
+    """Where the customer pays: the first breakdown's ``endpoint`` (what jss-backend's
+    CentralPayDelegateServiceImpl and a real Laravel service hand to the payer)."""
+    for breakdown in _breakdowns(obj):
+        if isinstance(breakdown.get("endpoint"), str) and breakdown["endpoint"]:
+            return str(breakdown["endpoint"])
+    return None
+
+
+def payer_name(obj: Mapping[str, Any], envelope: Mapping[str, Any]) -> str | None:
+    for breakdown in _breakdowns(obj):
+        parts = [breakdown.get("firstName"), breakdown.get("lastName")]
+        name = " ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
+        if name:
+            return name
     return None
 
 
@@ -210,6 +243,7 @@ SUBSCRIPTION = FieldMap(
     "Subscription",
     (
         Take("refs.subscription_id", "subscriptionId"),
+        Take("refs.subscription_ref", "merchantSubscriptionId"),
         *_MONEY,
         Take("data.interval", "intervalUnit", lower),
         Take("data.status", "status"),
@@ -248,12 +282,15 @@ PAYMENT_REQUEST = FieldMap(
         Take("data.remaining_amount", remaining_amount, note="remainingAmount, else total - paid"),
         Take("data.due_at", "deadline", timestamp),
         Take("data.link_expires_at", "linkExpirationDate", timestamp),
-        Take("data.link_url", ("link", "url")),
+        Take("data.link_url", payment_link, note="breakdowns[].endpoint"),
         Take("data.paid_at", "paymentDate", timestamp),
         Take("data.status", "paymentRequestStatus"),
         Take("data.payment_status", "paymentStatus"),
-        Take("data.reason", "cancellationReason"),
-        *_CUSTOMER,
+        Take("data.reason", ("cancellationReason", "closeComment")),
+        Take("customer.id", ("customerId", "breakdowns.0.customerId")),
+        Take("customer.email", ("email", "breakdowns.0.email")),
+        Take("customer.phone", ("phone", "breakdowns.0.phone"), e164),
+        Take("customer.name", payer_name, note="breakdowns[0] firstName lastName"),
     ),
 )
 
@@ -289,8 +326,13 @@ def _r_type(kind: str) -> tuple[Take, ...]:
 ROUTES = (
     # -- card transactions (documented names) --
     Route("TRANSACTION_SUCCEEDED", "payment.succeeded", TRANSACTION),
-    Route("TRANSACTION_SUCCESS", "payment.succeeded", TRANSACTION, note="older name"),
-    Route("TRANSACTION_CAPTURED", "payment.captured", TRANSACTION),
+    Route(
+        "TRANSACTION_SUCCESS",
+        "payment.authorized",
+        TRANSACTION,
+        note="SUCCESS is an authorisation: capture follows within 7 days",
+    ),
+    Route("TRANSACTION_CAPTURED", "payment.succeeded", TRANSACTION, note="captured: paid"),
     Route("TRANSACTION_FAILED", "payment.failed", TRANSACTION),
     Route("TRANSACTION_CANCELED", "payment.canceled", TRANSACTION),
     Route("TRANSACTION_EXPIRED", "payment.expired", TRANSACTION),
@@ -351,30 +393,43 @@ ROUTES = (
     # -- installment payments --
     Route("INSTALLMENT_SUCCEEDED", "installment.paid", INSTALLMENT),
     Route("INSTALLMENT_FAILED", "installment.failed", INSTALLMENT),
-    # -- payment requests: request status and payment status --
-    Route("PAYMENT_REQUEST_CREATED", "payment_request.created", PAYMENT_REQUEST),
+    # -- payment requests: PAYMENTREQUEST_ (no underscore), as a real handler spells it --
     Route(
-        "PAYMENT_REQUEST_PENDING",
+        "PAYMENTREQUEST_TRANSACTION_SUCCEEDED",
+        "payment_request.paid",
+        PAYMENT_REQUEST,
+        when=("paymentStatus", "PAID"),
+        note="a payment on the request; the request is paid in full",
+    ),
+    Route(
+        "PAYMENTREQUEST_TRANSACTION_SUCCEEDED",
+        "payment_request.partially_paid",
+        PAYMENT_REQUEST,
+        note="a payment on the request; some is still due",
+    ),
+    Route("PAYMENTREQUEST_CREATED", "payment_request.created", PAYMENT_REQUEST),
+    Route(
+        "PAYMENTREQUEST_PENDING",
         "payment_request.created",
         PAYMENT_REQUEST,
-        note="payment status PENDING; or PAYMENT_REQUEST_CREATED: subscribe to one",
+        note="payment status PENDING; or PAYMENTREQUEST_CREATED: subscribe to one",
     ),
-    Route("PAYMENT_REQUEST_PARTIAL", "payment_request.partially_paid", PAYMENT_REQUEST),
-    Route("PAYMENT_REQUEST_PAID", "payment_request.paid", PAYMENT_REQUEST),
+    Route("PAYMENTREQUEST_PARTIAL", "payment_request.partially_paid", PAYMENT_REQUEST),
+    Route("PAYMENTREQUEST_PAID", "payment_request.paid", PAYMENT_REQUEST),
     Route(
-        "PAYMENT_REQUEST_UNPAID",
+        "PAYMENTREQUEST_UNPAID",
         "payment_request.overdue",
         PAYMENT_REQUEST,
         note="the deadline passed unpaid",
     ),
-    Route("PAYMENT_REQUEST_CANCELED", "payment_request.canceled", PAYMENT_REQUEST),
+    Route("PAYMENTREQUEST_CANCELED", "payment_request.canceled", PAYMENT_REQUEST),
     Route(
-        "PAYMENT_REQUEST_CLOSED",
+        "PAYMENTREQUEST_CLOSED",
         "payment_request.expired",
         PAYMENT_REQUEST,
         note="closed at link expiry",
     ),
-    Route("PAYMENT_REQUEST_EXPIRED", "payment_request.expired", PAYMENT_REQUEST),
+    Route("PAYMENTREQUEST_EXPIRED", "payment_request.expired", PAYMENT_REQUEST),
     # -- payouts --
     Route("PAYOUT_SUCCEEDED", "payout.paid", PAYOUT),
     Route("PAYOUT_FAILED", "payout.failed", PAYOUT),
