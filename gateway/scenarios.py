@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from .conditions import Compiled, compile_condition
 from .delivery import encode_delivery
-from .durations import Duration
+from .durations import Duration, shift
 from .event import Event, encode_event
 from .keys import SCENARIO_GROUP, Keys
 from .plan import CompiledAction, Matcher, Plan, compile_actions, compile_match
@@ -57,10 +57,12 @@ RECLAIM_INTERVAL = 5.0
 
 @dataclass(frozen=True)
 class At:
-    """``data.due_at - 3d``: a date in the state, shifted."""
+    """``data.due_at - 3d``: a date in the state, shifted by ``days`` calendar days in
+    the conf's time zone, then by ``offset`` seconds (hours and minutes are exact)."""
 
     path: tuple[str, ...]
     offset: float
+    days: int = 0
 
     @classmethod
     def parse(cls, text: str) -> At:
@@ -68,10 +70,10 @@ class At:
         if not match:
             raise ValueError(f"{text!r}: write a date path and an offset, e.g. 'data.due_at - 3d'")
         path, sign, amount = match.groups()
-        offset = 0.0
-        if sign:
-            offset = float(Duration.parse(amount)) * (-1 if sign == "-" else 1)
-        return cls(tuple(path.split(".")), offset)
+        if not sign:
+            return cls(tuple(path.split(".")), 0.0)
+        duration, way = Duration.parse(amount), -1 if sign == "-" else 1
+        return cls(tuple(path.split(".")), duration.clock * way, duration.days * way)
 
     def resolve(self, state: Mapping[str, Any], zone: ZoneInfo) -> float | None:
         value: Any = state
@@ -80,7 +82,7 @@ class At:
                 return None
             value = value[part]
         when = parse_moment(value, zone)
-        return None if when is None else when + self.offset
+        return None if when is None else shift(when, self.days, self.offset, zone)
 
 
 def parse_moment(value: Any, zone: ZoneInfo) -> float | None:
@@ -106,7 +108,8 @@ def parse_moment(value: Any, zone: ZoneInfo) -> float | None:
 @dataclass(frozen=True)
 class CompiledStep:
     name: str
-    after: float | None
+    #: From the trigger; its days (``d``, ``w``) are calendar days in the conf's zone.
+    after: Duration | None
     at: At | None
     conditions: tuple[Compiled, ...]
     actions: tuple[CompiledAction, ...]
@@ -424,7 +427,8 @@ class ScenarioEngine:
                     note=f"no date at {'.'.join(step.at.path)} in the event",
                 )
         else:
-            due = now + (step.after or 0.0)
+            after = step.after or Duration(0)
+            due = shift(now, after.days, after.clock, self.zone)
         if due < now - 1:
             stamp = datetime.fromtimestamp(due, UTC).isoformat(timespec="seconds")
             if scenario.past_steps == "skip":
@@ -748,7 +752,7 @@ def compile_scenarios(plan: Plan, problems: list[str]) -> list[CompiledScenario]
                 steps.append(
                     CompiledStep(
                         name=step.name,
-                        after=float(step.after) if step.after is not None else None,
+                        after=step.after,
                         at=at,
                         conditions=tuple(conditions),
                         actions=actions,

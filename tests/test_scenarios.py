@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from click.testing import CliRunner
 
@@ -473,3 +474,51 @@ async def test_pending_timers_survive_a_redis_crash_and_fire_once(tmp_path, redi
         await client.aclose()
     finally:
         server.stop()
+
+
+# -- days are calendar days ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("created", "due_at", "due_soon"),
+    [
+        # Clocks go forward on Sunday 28 March 2027: 3 days before Tuesday 00:00 is
+        # Saturday 00:00 (71 hours), not Friday 23:00.
+        ("2027-03-20T09:00:00+00:00", "2027-03-30T00:00:00+02:00", "2027-03-27 00:00"),
+        # Clocks go back on Sunday 31 October 2027: Saturday 00:00 (73 hours), not 01:00.
+        ("2027-10-22T09:00:00+00:00", "2027-11-02T00:00:00+01:00", "2027-10-30 00:00"),
+    ],
+)
+async def test_days_before_a_date_are_calendar_days_across_daylight_saving(
+    tmp_path, redis_url, created, due_at, due_soon
+):
+    conf = conf_for(tmp_path, redis_url)
+    _, raw = pr_event("created", datetime.fromisoformat(created), due_at=due_at)
+    events = tmp_path / "events.jsonl"
+    events.write_text(raw.decode() + "\n")
+    args = ["simulate", str(events), "--conf", str(conf), "--redis-url", redis_url]
+    result = await asyncio.to_thread(CliRunner().invoke, main, args)
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.output.splitlines() if "reminders/before-due" in line]
+    assert due_soon in line, result.output
+
+
+async def test_hours_stay_exact_and_after_days_are_calendar_days(tmp_path, redis_url):
+    week = """
+    [scenarios.weekly]
+    trigger = { events = ["payment_request.created"] }
+    key = "weekly:{{ refs.payment_request_id }}"
+    [[scenarios.weekly.steps]]
+    name = "a-week-later"
+    after = "1w"
+    [[scenarios.weekly.steps.actions]]
+    channel = "hook"
+    """
+    conf = conf_for(tmp_path, redis_url, extra=week)
+    # Saturday 27 March 2027, 10:00 in Paris (UTC+1); clocks go forward that night.
+    created = datetime(2027, 3, 27, 9, 0, tzinfo=UTC)
+    sent = await run_simulation(conf, redis_url, [pr_event("created", created, remaining_amount=5)])
+    fired = dict(steps_of(sent))
+    assert fired["nudge"] == created + timedelta(hours=24)  # "24h": 11:00 in Paris
+    # "1w": 10:00 in Paris again, which is now 08:00 UTC (167 hours later).
+    assert fired["a-week-later"] == datetime(2027, 4, 3, 8, 0, tzinfo=UTC)
