@@ -80,9 +80,11 @@ class ErpNextOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: ``Authorization: token <api_key>:<api_secret>``.
     api_key: str
     api_secret: Secret
-    #: The Payment Entry's ``mode_of_payment`` (e.g. "Wire Transfer"); empty: ERPNext's default.
+    #: The Payment Entry's ``mode_of_payment`` (e.g. "Wire Transfer"); its account for the
+    #: invoice's company is ``paid_to`` unless ``paid_to`` is set. Empty: none.
     mode_of_payment: str = ""
-    #: The Payment Entry's ``paid_to`` account; empty: the one ``get_payment_entry`` picks.
+    #: The Payment Entry's ``paid_to`` account; empty: the mode of payment's account, else
+    #: the company's default bank account.
     paid_to: str = ""
     #: The Sales Invoice field the event's invoice reference is compared with.
     invoice_field: str = "name"

@@ -30,7 +30,6 @@ timeout is transient.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from dataclasses import dataclass
@@ -415,11 +414,9 @@ class ErpNext(InvoiceConnector):
         comments = docinfo.get("comments") if isinstance(docinfo, dict) else None
         if not isinstance(comments, list):
             raise PermanentError(f"{answer.what}: no comments in docinfo")
-        # docinfo renders each comment through Markdown: compare the text, not the HTML.
-        return any(
-            isinstance(c, dict) and marker in html.unescape(str(c.get("content") or ""))
-            for c in comments
-        )
+        # docinfo passes each comment through Markdown, which leaves the marker (letters,
+        # digits, one underscore, brackets not followed by a link) as it is.
+        return any(isinstance(c, dict) and marker in str(c.get("content") or "") for c in comments)
 
     @staticmethod
     def _comment(name: str, text: str) -> dict[str, str]:
