@@ -676,8 +676,8 @@ def test_sample_receipt_templates_render_in_french_and_english(tmp_path):
     event = json.loads(SAMPLE_EVENT.read_text())
     fr = channel.preview(delivery(event, template="payment_receipt", locale="fr-FR"))
     assert fr["to"] == "Atelier Dupont SARL <compta@atelier-dupont.fr>"
-    # One line of plain spaces in the subject; CLDR's no-break spaces in the body.
-    assert fr["subject"] == "Paiement reçu : 1 250,00 € — facture FA-2026-0042"
+    # CLDR's no-break spaces in the amount, in the subject as in the body.
+    assert fr["subject"] == "Paiement reçu : 1\u202f250,00\xa0€ — facture FA-2026-0042"
     assert "Nous avons bien reçu votre paiement de 1\u202f250,00\xa0€. Merci !" in fr["text"]
     assert "Date : 25 novembre 2026" in fr["text"]
     assert "Référence : evt_demo_0001" in fr["text"]
@@ -685,6 +685,26 @@ def test_sample_receipt_templates_render_in_french_and_english(tmp_path):
     en = channel.preview(delivery(event, template="payment_receipt", locale="en"))
     assert en["subject"] == "Payment received: €1,250.00 — invoice FA-2026-0042"
     assert "We have received your payment of €1,250.00. Thank you!" in en["text"]
+
+
+async def test_a_french_amount_reaches_the_subject_with_its_no_break_spaces(tmp_path, smtp_server):
+    """A mail client shows ``1 250,00 €`` on one line, never ``€`` alone at a wrap."""
+    server = await smtp_server()
+    filters = load_registry().filters
+    context = ChannelContext(Templates(SAMPLE_TEMPLATES, "fr", filters), tmp_path, "fr")
+    channel = Email(
+        "mail", convert({"from_address": FROM, **smtp_options(server)}, EmailConfig), context
+    )
+    await channel.start()
+    try:
+        event = json.loads(SAMPLE_EVENT.read_text())
+        await channel.send(delivery(event, template="payment_receipt", locale="fr-FR"))
+    finally:
+        await channel.close()
+    [got] = await server.wait_for(1)
+    subject = got.message()["Subject"]
+    assert subject == "Paiement reçu : 1\u202f250,00\xa0€ — facture FA-2026-0042"
+    assert "1\u202f250,00\xa0€" in body_of(got.message(), "plain")
 
 
 def test_send_timeout_follows_the_configured_timeout(tmp_path):

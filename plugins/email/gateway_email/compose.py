@@ -56,9 +56,16 @@ def check_address(value: str) -> str:
     return address
 
 
+#: What a header line break could come from. Only these collapse: ``str.split()`` would
+#: also take the no-break spaces a locale puts in amounts (``1\u202f234,50\xa0€`` in
+#: fr-FR) and dates, which must reach the subject as they reach the body.
+_BREAKS = re.compile(r"[ \t\n\r\f\v\x1c-\x1f\x85\u2028\u2029]+")
+
+
 def header_text(value: str) -> str:
-    """One line of text for a header: white space runs, CR and LF become one space."""
-    text = " ".join(value.split())
+    """One line of text for a header: runs of ASCII white space (CR and LF too) become
+    one space; other control characters go."""
+    text = _BREAKS.sub(" ", value).strip(" ")
     return "".join(ch for ch in text if unicodedata.category(ch) != "Cc")
 
 
