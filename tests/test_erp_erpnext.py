@@ -201,7 +201,8 @@ async def test_erpnext_bad_secret_and_flag_invoice_as_an_accounts_user(erpnext, 
     await channel.send(delivery)
     await channel.send(delivery)  # found again through get_docinfo: added once
     [comment] = erpnext.comments
-    text = f"En retard : ACC-SINV-2025-00014 & <relance>\n[tocsin {delivery.id}]"
+    # Frappe keeps comments as HTML: the text is escaped, the marker is left as it is.
+    text = f"En retard : ACC-SINV-2025-00014 &amp; &lt;relance&gt;\n[tocsin {delivery.id}]"
     assert (comment["content"], comment["comment_type"]) == (text, "Comment")
     assert comment["reference_name"] == "ACC-SINV-2025-00014"
     assert all("/api/resource/Comment" not in call for call in erpnext.calls)

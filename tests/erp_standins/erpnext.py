@@ -20,7 +20,8 @@ GitHub; ERPNext version-15 era unless said otherwise):
 - ``Comment`` is readable and creatable by System Manager and Website Manager only
   (frappe/core/doctype/comment/comment.json); ``frappe.desk.form.utils.add_comment``
   (POST/PUT, five required arguments) and ``frappe.desk.form.load.get_docinfo`` check the
-  user's permission on the referenced document instead.
+  user's permission on the referenced document instead; Comment.validate sanitises the
+  content as HTML and fills an empty ``comment_email`` (frappe/core/doctype/comment/comment.py).
 
 The API key belongs to an **Accounts User**: it reads Sales Invoices, creates and submits
 Payment Entries, and has no Comment permission.
@@ -399,7 +400,7 @@ class ErpNextStandin:
             {
                 "name": c["name"],
                 "creation": "2025-02-01 10:00:00",
-                "content": f"<p>{html.escape(c['content'], quote=True)}</p>\n",
+                "content": f"<p>{c['content']}</p>\n",
                 "owner": "tocsin@acme.example",
                 "comment_type": c["comment_type"],
             }
@@ -428,6 +429,11 @@ class ErpNextStandin:
     def _comment(self, body: dict[str, Any], wrapped: str = "data") -> web.Response:
         if not isinstance(body.get("content"), str):
             return _invalid("content must be text")
-        saved = {**body, "name": f"c{next(self._ids)}"}
+        # Comment.validate: sanitize_html(content, always_sanitize=True) escapes text that
+        # is not an allowed tag (allowed tags such as <p> are not modelled), and an empty
+        # comment_email becomes the session user.
+        content = html.escape(body["content"], quote=False)
+        email = body.get("comment_email") or "tocsin@acme.example"
+        saved = {**body, "content": content, "comment_email": email, "name": f"c{next(self._ids)}"}
         self.comments.append(saved)
         return web.json_response({wrapped: saved})
