@@ -112,6 +112,11 @@ _LINK = (
     opt("data.link_url", STR, "where the customer pays"),
 )
 _PAID = req("data.paid_amount", AMT, "paid so far")
+#: The one payment that made the request (partially) paid, when the source can tell it.
+_THIS_PAYMENT = (
+    opt("data.payment_id", STR, "the payment this event reports (its transaction id)"),
+    opt("data.payment_amount", AMT, "what that payment brought (paid_amount is the total)"),
+)
 _REMAINING = req("data.remaining_amount", AMT, "still due")
 _PLAN_REFS = (
     opt("refs.installment_id", STR, "the installment plan"),
@@ -346,12 +351,12 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
     EventSpec(
         "payment_request.partially_paid",
         "Part of a payment request was paid.",
-        (_PR_ID, *_MONEY, _PAID, _REMAINING, _DUE_AT, *_LINK, _INVOICE_REF),
+        (_PR_ID, *_MONEY, _PAID, *_THIS_PAYMENT, _REMAINING, _DUE_AT, *_LINK, _INVOICE_REF),
     ),
     EventSpec(
         "payment_request.paid",
         "A payment request was paid in full.",
-        (_PR_ID, *_MONEY, _PAID, opt("data.paid_at", DATE), _INVOICE_REF),
+        (_PR_ID, *_MONEY, _PAID, *_THIS_PAYMENT, opt("data.paid_at", DATE), _INVOICE_REF),
     ),
     EventSpec(
         "payment_request.overdue",

@@ -110,6 +110,10 @@ def payment_request(
                 "lastName": "Dupont",
                 "endpoint": f"https://payment.centralpay.net/pr/{ident}/{index}",
                 "paid": paid,
+                # paid_shares lists the shares in the order they were paid
+                "lastPaymentAttempt": (
+                    f"2026-11-2{paid_shares.index(index) + 1}T10:00:00.000+01:00" if paid else None
+                ),
                 "payments": (
                     [{"uuid": f"{ident}-tx{index}", "paymentMethod": "TRANSACTION"}] if paid else []
                 ),

@@ -81,6 +81,28 @@ def paid_amount(obj: Mapping[str, Any], envelope: Mapping[str, Any]) -> int | No
     return sum(s for s in shares if s is not None)
 
 
+def _newest_paid(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The share paid last: breakdowns carry ``paid`` and ``lastPaymentAttempt``
+    (jss-backend's CentralPayBreakdown); a payment pays a whole share."""
+    paid = [(str(b.get("lastPaymentAttempt") or ""), i, b) for i, b in enumerate(_breakdowns(obj))]
+    paid = [entry for entry in paid if entry[2].get("paid") is True]
+    return max(paid, key=lambda entry: entry[:2])[2] if paid else None
+
+
+def this_payment_id(obj: Mapping[str, Any], envelope: Mapping[str, Any]) -> str | None:
+    share = _newest_paid(obj)
+    payments = share.get("payments") if share else None
+    if isinstance(payments, list) and payments and isinstance(payments[-1], Mapping):
+        uuid = payments[-1].get("uuid")
+        return str(uuid) if uuid else None
+    return None
+
+
+def this_payment_amount(obj: Mapping[str, Any], envelope: Mapping[str, Any]) -> int | None:
+    share = _newest_paid(obj)
+    return integer(share.get("amount")) if share else None
+
+
 def payment_link(obj: Mapping[str, Any], envelope: Mapping[str, Any]) -> str | None:
     """Where the customer pays: the first breakdown's ``endpoint`` (what jss-backend's
     CentralPayDelegateServiceImpl and a real Laravel service hand to the payer)."""
@@ -280,6 +302,8 @@ PAYMENT_REQUEST = FieldMap(
         Take("data.currency", "currency", upper),
         Take("data.paid_amount", paid_amount, note="paidAmount, else total - remaining"),
         Take("data.remaining_amount", remaining_amount, note="remainingAmount, else total - paid"),
+        Take("data.payment_id", this_payment_id, note="the newest paid share's payment uuid"),
+        Take("data.payment_amount", this_payment_amount, note="the newest paid share's amount"),
         Take("data.due_at", "deadline", timestamp),
         Take("data.link_expires_at", "linkExpirationDate", timestamp),
         Take("data.link_url", payment_link, note="breakdowns[].endpoint"),

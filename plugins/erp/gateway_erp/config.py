@@ -112,9 +112,13 @@ class EventFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reference: list[str] = msgspec.field(
         default_factory=lambda: ["data.payment_id", "data.transfer_id", "refs.payment_request_id"]
     )
-    #: Integer minor units (1250 = 12.50). ``paid_amount`` first: a payment request's
-    #: ``amount`` is what was asked, its ``paid_amount`` what came in.
-    amount: list[str] = msgspec.field(default_factory=lambda: ["data.paid_amount", "data.amount"])
+    #: Integer minor units (1250 = 12.50). A payment request's ``payment_amount`` is the
+    #: one payment its event reports (booked under ``payment_id``), ``paid_amount`` all
+    #: that came in so far, ``amount`` what was asked: booking the total again on a
+    #: second partial payment would pay the invoice twice.
+    amount: list[str] = msgspec.field(
+        default_factory=lambda: ["data.payment_amount", "data.paid_amount", "data.amount"]
+    )
     currency: list[str] = msgspec.field(default_factory=lambda: ["data.currency"])
     #: An RFC 3339 date-time (or a date); its date in ``timezone`` is the payment date.
     paid_at: list[str] = msgspec.field(default_factory=lambda: ["data.paid_at", "occurred_at"])
