@@ -16,6 +16,7 @@ the next debit date...) are marked ``schedule=True``.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import functools
 import hashlib
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Literal
 
+from .address import check_address
 from .event import EVENT_ID_PATTERN, Event, EventInvalid
 
 # -- the table ---------------------------------------------------------------------------
@@ -537,25 +539,45 @@ _KIND_CHECKS: Final[dict[Kind, tuple[Callable[[Any], bool], str]]] = {
 
 
 def check_event(event: Event, unknown_types: UnknownTypes = "accept") -> None:
-    """Raise ``EventInvalid`` naming the field when the event breaks its type's contract."""
+    """Raise ``EventInvalid`` naming every field that breaks its type's contract."""
+    problems: list[tuple[str, str]] = []
+    email = event.customer.email if event.customer is not None else None
+    if email is not None:
+        try:
+            check_address(email)
+        except ValueError as exc:  # the email channel would refuse it, later and unseen
+            problems.append(("$.customer.email", f"not an email address: {exc}"))
     spec = TYPES.get(event.type)
     if spec is None:
         if unknown_types == "reject":
-            raise EventInvalid(
-                "$.type",
-                f"unknown event type {event.type!r}: this gateway only takes the catalog's "
-                'types ([intake] unknown_types = "reject"; see docs/events.md)',
+            hint = suggest_type(event.type)
+            problems.append(
+                (
+                    "$.type",
+                    f"unknown event type {event.type!r}"
+                    + (f" (did you mean {hint!r}?)" if hint else "")
+                    + ": this gateway only takes the catalog's types "
+                    '([intake] unknown_types = "reject"; see docs/events.md)',
+                )
             )
-        return
-    for f in spec.fields:
-        value = _resolve(event, f.path)
-        if value is _MISSING:
-            if f.required:
-                raise EventInvalid(f"$.{f.path}", f"required for {event.type} events")
-            continue
-        test, expected = _KIND_CHECKS[f.kind]
-        if not test(value):
-            raise EventInvalid(f"$.{f.path}", f"must be {expected} for {event.type} events")
+    else:
+        for f in spec.fields:
+            value = _resolve(event, f.path)
+            if value is _MISSING:
+                if f.required:
+                    problems.append((f"$.{f.path}", f"required for {event.type} events"))
+                continue
+            test, expected = _KIND_CHECKS[f.kind]
+            if not test(value):
+                problems.append((f"$.{f.path}", f"must be {expected} for {event.type} events"))
+    if problems:
+        raise EventInvalid.of(problems)
+
+
+def suggest_type(event_type: str) -> str | None:
+    """The catalog type an unknown one most likely meant (``payment.succeded``), if any."""
+    close = difflib.get_close_matches(event_type, TYPES, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 # -- docs/events.md ------------------------------------------------------------------------
@@ -1035,6 +1057,7 @@ __all__ = [
     "provider_type",
     "string",
     "string_map",
+    "suggest_type",
     "timestamp",
     "upper",
 ]

@@ -86,6 +86,16 @@ class IntakeSection(_Section):
     #: Event types outside the catalog (docs/events.md): ``accept`` routes them like the
     #: others, so a new provider event never bounces; ``reject`` answers them 400.
     unknown_types: Literal["accept", "reject"] = "accept"
+    #: How long a client may take to send a request's headers, then its body; past
+    #: either it is answered 408 and the connection closed. 0 waits forever.
+    header_timeout: Duration = Duration(5)
+    body_timeout: Duration = Duration(10)
+    #: How long an idle kept-alive connection stays open between requests.
+    keepalive_timeout: Duration = Duration(75)
+    #: Connections open at once, in all and from one address (0: no cap). Past them a
+    #: new connection is closed at once. Behind a reverse proxy every client is the proxy.
+    max_connections: int = 1024
+    max_connections_per_peer: int = 256
 
 
 class RedisSection(_Section):

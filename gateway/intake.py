@@ -17,12 +17,15 @@ from urllib.parse import parse_qsl
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .catalog import UnknownTypes, check_event
+from .catalog import TYPES, UnknownTypes, check_event, suggest_type
 from .channel import Channel
+from .default_plugins import StandardWebhooksSource
 from .event import Event, EventInvalid, encode_event
+from .intake_guard import IntakeStats
 from .keys import Keys
 from .openapi import serve_openapi
 from .receipts import ReceiptRequest, record_receipt
@@ -138,6 +141,36 @@ def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return _answer(status, {"error": code, "message": message, **extra})
 
 
+def invalid(exc: EventInvalid) -> web.Response:
+    """``message``/``path`` name the first problem (as before), ``problems`` all of them."""
+    problems = [{"path": path, "message": reason} for path, reason in exc.problems]
+    return error(400, "invalid_event", exc.reason, path=exc.path, problems=problems)
+
+
+class BodyTimeout(Exception):
+    """The client sent its headers but not its body within ``[intake] body_timeout``."""
+
+
+def _timed_out(what: str) -> web.Response:
+    # RFC 9110 15.5.9: a 408 closes the connection; the client may retry on a new one.
+    message = f"the request's {what} did not arrive in time"
+    return _answer(408, {"error": "request_timeout", "message": message}, {"Connection": "close"})
+
+
+def _check_message_id(request: web.Request, event: Event) -> None:
+    """Standard Webhooks: ``webhook-id`` is the message's id, the one a receiver drops
+    duplicates by; the intake dedupes by the body's ``id``. Two ids for one message
+    would make a retry that changed one of them slip past, or a new event look like a
+    duplicate: they must be equal."""
+    header = request.headers.get("webhook-id", "")
+    if header != event.id:
+        raise EventInvalid(
+            "$.id",
+            f"differs from the webhook-id header ({header!r}); they must be equal: "
+            "duplicates are recognised by this id",
+        )
+
+
 MAX_BODY = web.AppKey("max_body", int)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -192,7 +225,13 @@ class Intake:
         channels: Mapping[str, Channel[Any]] | None = None,
         public_url: str = "",
         retention: float = 30 * 86400,
+        body_timeout: float = 10.0,
+        stats: IntakeStats | None = None,
     ) -> None:
+        #: ``[intake] body_timeout``: how long a request's body may take to arrive.
+        self.body_timeout = body_timeout
+        #: Counters for a metrics endpoint (unknown types, 408s, refused connections).
+        self.stats = stats or IntakeStats()
         self.channels = channels or {}
         self.public_url = public_url
         self.retention = retention
@@ -203,8 +242,10 @@ class Intake:
         #: ``[intake] unknown_types``: what to do with types outside the catalog.
         self.unknown_types = unknown_types
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body, middlewares=[json_errors])
+    def app(self, *middlewares: Middleware) -> web.Application:
+        app = web.Application(
+            client_max_size=self.max_body, middlewares=[*middlewares, json_errors]
+        )
         app[MAX_BODY] = self.max_body
         app.router.add_post("/v1/events", self.post_events)
         app.router.add_post("/v1/sources/{name}", self.post_source)
@@ -223,7 +264,10 @@ class Intake:
             return error(404, "unknown_channel", f"no channel named {name!r}")
         if request.content_length is not None and request.content_length > self.max_body:
             return error(413, "too_large", f"body over the {self.max_body}-byte limit")
-        body = await request.read()
+        try:
+            body = await self._read_body(request)
+        except BodyTimeout:
+            return _timed_out("body")
         form: dict[str, str] = {}
         if request.content_type == "application/x-www-form-urlencoded":
             form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
@@ -274,7 +318,10 @@ class Intake:
             return error(413, "too_large", f"body over the {self.max_body}-byte limit")
         if source.allowed_networks and not _peer_allowed(request.remote, source):
             return error(403, "forbidden", f"{request.remote} is not in this source's allow_from")
-        body = await request.read()
+        try:
+            body = await self._read_body(request)
+        except BodyTimeout:
+            return _timed_out("body")
         try:
             source.verify(request.headers, body)
         except SignatureError as exc:
@@ -282,11 +329,14 @@ class Intake:
         try:
             events = source.parse(body)
             for event in events:
+                if isinstance(source, StandardWebhooksSource):
+                    _check_message_id(request, event)
                 _mark_confirmation(event, source)
                 if not source.confirms:  # what is confirmed is checked once confirmed
                     check_event(event, self.unknown_types)  # required fields, field types
         except EventInvalid as exc:
-            return error(400, "invalid_event", exc.reason, path=exc.path)
+            return invalid(exc)
+        warnings = {e.id: w for e in events if not source.confirms and (w := self._unknown(e))}
         try:
             if len(events) == 1:  # the usual case: no Task and no gather per request
                 results = [await self.enqueuer.enqueue(events[0].id, encode_event(events[0]))]
@@ -302,15 +352,38 @@ class Intake:
                 {"Retry-After": "5"},
             )
         accepted = [
-            {"id": e.id, "duplicate": r is None} for e, r in zip(events, results, strict=True)
+            {"id": e.id, "duplicate": r is None}
+            | ({"warning": warnings[e.id]} if e.id in warnings else {})
+            for e, r in zip(events, results, strict=True)
         ]
         if len(accepted) == 1:
-            item = accepted[0]
-            if item["duplicate"]:
-                return _answer(200, {"id": item["id"], "duplicate": True})
-            return _answer(202, {"id": item["id"], "duplicate": False})
+            return _answer(200 if accepted[0]["duplicate"] else 202, accepted[0])
         status = 202 if any(not a["duplicate"] for a in accepted) else 200
         return _answer(status, {"events": accepted})
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        try:
+            return await asyncio.wait_for(request.read(), self.body_timeout or None)
+        except TimeoutError:
+            self.stats.body_timeouts += 1
+            log.info("intake: %s sent its body too slowly; answered 408", request.remote)
+            raise BodyTimeout from None
+
+    def _unknown(self, event: Event) -> str | None:
+        """A warning for the 202 when the type is outside the catalog and close to one
+        in it (``payment.succeded``): routed nowhere but by rules naming it exactly."""
+        if event.type in TYPES:
+            return None
+        self.stats.unknown_types[event.type] += 1
+        hint = suggest_type(event.type)
+        if hint is None:  # a provider's own type (stripe.customer.created): expected
+            return None
+        message = (
+            f"unknown event type {event.type!r}, accepted; did you mean {hint!r}? "
+            "Only rules that name this type exactly will see it"
+        )
+        log.warning("intake: event %s: %s", event.id, message)
+        return message
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return _answer(200, {"status": "ok"})

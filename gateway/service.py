@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from .channel import Channel
 from .confirm import ConfirmChannel
 from .intake import Enqueuer, Intake
+from .intake_guard import ConnectionGuard, GuardedSite, IntakeStats
 from .keys import Keys
 from .plan import EVENTS_SOURCE, Plan
 from .redis_client import connect
@@ -203,6 +204,7 @@ class Gateway:
         enqueuer = self._enqueuer(redis, wait_aof)
         enqueuer.start()
         stack.push_async_callback(enqueuer.stop)
+        stats = IntakeStats()
         intake = Intake(
             enqueuer,
             self.plan.sources,
@@ -212,17 +214,29 @@ class Gateway:
             channels=self.plan.channels,
             public_url=conf.intake.public_url,
             retention=float(conf.history.retention),
+            body_timeout=float(conf.intake.body_timeout),
+            stats=stats,
         )
-        runner = web.AppRunner(intake.app(), access_log=None, handle_signals=False)
+        self.intake = intake  # its ``stats`` are what a metrics endpoint exports
+        guard = ConnectionGuard(
+            stats,
+            header_timeout=float(conf.intake.header_timeout),
+            max_connections=conf.intake.max_connections,
+            max_connections_per_peer=conf.intake.max_connections_per_peer,
+        )
+        runner = web.AppRunner(
+            intake.app(guard.middleware),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=float(conf.intake.keepalive_timeout),
+            # A refused or timed-out request's unread body is drained this long at most.
+            lingering_time=2.0,
+        )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         host = self.host or conf.intake.host
         port = conf.intake.port if self.port is None else self.port
-        site: web.BaseSite
-        if self.sock is not None:
-            site = web.SockSite(runner, self.sock, backlog=1024)
-        else:
-            site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        site = GuardedSite(runner, guard, host=host, port=port, sock=self.sock, backlog=1024)
         await site.start()
         server: Any = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []

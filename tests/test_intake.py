@@ -151,7 +151,12 @@ INVALID: list[tuple[str, Callable[[], bytes], str, str]] = [
         "$.data.currency",
         "ISO-4217",
     ),
-    ("undotted type", lambda: encode(make_event(type="payment")), "$.type", "regex"),
+    (
+        "undotted type",
+        lambda: encode(make_event(type="payment")),
+        "$.type",
+        "type must be dotted lower case, e.g. payment.succeeded",
+    ),
     (
         "naive occurred_at",
         lambda: encode(make_event(occurred_at="2024-05-01T10:00:00")),
@@ -163,9 +168,15 @@ INVALID: list[tuple[str, Callable[[], bytes], str, str]] = [
         "phone not E.164",
         lambda: encode(make_event(customer={"id": "cus_1", "phone": "06 12 34 56 78"})),
         "$.customer.phone",
-        "regex",
+        "E.164, e.g. +33612345678",
     ),
-    ("dot in id", lambda: encode(make_event(id="evt.1")), "$.id", "regex"),
+    (
+        "email not an address",
+        lambda: encode(make_event(customer={"id": "cus_1", "email": "not-an-email"})),
+        "$.customer.email",
+        "not an email address",
+    ),
+    ("dot in id", lambda: encode(make_event(id="evt.1")), "$.id", "no '.'"),
     ("id not a string", lambda: encode(make_event(id=42)), "$.id", "`str`"),
     ("array body", lambda: b"[]", "$", "`object`"),
     ("malformed JSON", lambda: b'{"id": "evt_1", "type": ', "$", "malformed JSON"),
@@ -183,10 +194,91 @@ async def test_invalid_event_is_400_naming_the_field(
 ):
     answer = await send(intake, body())
     error = assert_error(answer, 400, "invalid_event")
-    assert set(error) == {"error", "message", "path"}
+    assert set(error) == {"error", "message", "path", "problems"}
     assert error["path"] == path
     assert says in error["message"]
+    assert "regex" not in error["message"]
+    assert error["problems"][0] == {"path": path, "message": error["message"]}
     assert_nothing_enqueued(redis_client)
+
+
+async def test_every_problem_is_named_not_only_the_first(intake, redis_client: redis.Redis):
+    event = make_event(customer={"id": "cus_1", "phone": "06", "email": "a@b@"})
+    del event["type"], event["occurred_at"]
+    error = assert_error(await send(intake, encode(event)), 400, "invalid_event")
+    problems = {(p["path"], p["message"]) for p in error["problems"]}
+    assert ("$", "Object missing required field `type`") in problems
+    assert ("$", "Object missing required field `occurred_at`") in problems
+    assert ("$.customer.phone", "phone must be E.164, e.g. +33612345678") in problems
+    assert_nothing_enqueued(redis_client)
+
+
+async def test_every_missing_catalog_field_is_named(intake, redis_client: redis.Redis):
+    event = make_event(
+        type="payment_request.partially_paid",
+        customer={"id": "cus_1", "email": "not-an-email"},
+        data={"amount": 1250, "currency": "EUR"},
+    )
+    error = assert_error(await send(intake, encode(event)), 400, "invalid_event")
+    paths = [p["path"] for p in error["problems"]]
+    assert paths == [
+        "$.customer.email",
+        "$.refs.payment_request_id",
+        "$.data.paid_amount",
+        "$.data.remaining_amount",
+    ]
+    assert_nothing_enqueued(redis_client)
+
+
+async def test_a_good_email_with_an_idn_domain_is_accepted(intake, redis_client: redis.Redis):
+    event = make_event(customer={"id": "cus_1", "email": "jean.dupont+pay@exemple-café.fr"})
+    assert (await send(intake, encode(event))).status == 202
+
+
+# -- webhook-id is the event's id --
+
+
+async def test_webhook_id_other_than_the_event_id_is_400(intake, redis_client: redis.Redis):
+    body = encode(make_event())
+    error = assert_error(
+        await send(intake, body, signed_headers(body, "msg_other")), 400, "invalid_event"
+    )
+    assert error["path"] == "$.id"
+    assert "webhook-id" in error["message"] and "msg_other" in error["message"]
+    assert_nothing_enqueued(redis_client)
+
+
+async def test_webhook_id_equal_to_the_event_id_is_accepted(intake, redis_client: redis.Redis):
+    event = make_event()
+    body = encode(event)
+    answer = await send(intake, body, signed_headers(body, event["id"]))
+    assert answer.status == 202
+    assert stored_ids(redis_client) == [event["id"]]
+
+
+# -- unknown types: accepted, but a typo is pointed out --
+
+
+async def test_a_typo_in_the_type_is_accepted_with_a_warning(
+    intake, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+):
+    event = make_event(type="payment.succeded")
+    answer = await send(intake, encode(event))
+    assert answer.status == 202
+    assert "did you mean 'payment.succeeded'?" in answer.json["warning"]
+    assert stored_ids(redis_client) == [event["id"]]
+    assert any(
+        r.levelname == "WARNING" and "payment.succeeded" in r.getMessage() for r in caplog.records
+    )
+    assert intake.gateway.intake.stats.unknown_types["payment.succeded"] == 1
+
+
+async def test_a_providers_own_type_gets_no_warning_but_is_counted(intake, redis_client):
+    event = make_event(type="stripe.customer.created")
+    answer = await send(intake, encode(event))
+    assert answer.status == 202
+    assert answer.json == {"id": event["id"], "duplicate": False}
+    assert intake.gateway.intake.stats.unknown_types["stripe.customer.created"] == 1
 
 
 # -- 401 bad_signature --
