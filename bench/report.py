@@ -9,10 +9,11 @@ INTAKE_RATIO_TARGET = 0.8
 DELIVERY_RATIO_TARGET = 0.8
 LATENCY_P99_TARGET_MS = 25.0
 
-#: Context only: from /work/shared/bench-peers/results.md (another run, same 2-core box;
-#: each peer enqueues N jobs into Redis and a worker POSTs them to the same kind of sink).
+#: Context only: from a separate peers run (another run, same 2-core box; each peer
+#: enqueues N jobs into Redis and a worker POSTs them to the same kind of sink). Its
+#: results file is not in this repository: named, not located on one machine.
 PEERS = {
-    "source": "/work/shared/bench-peers/results.md",
+    "source": "bench-peers/results.md, 2026-11-25",
     "deliveries_per_s": {
         "Celery (prefork c2, best config)": "~0.9k/s",
         "arq (tuned: max_jobs 64, poll 50 ms)": "<=1.5k/s",

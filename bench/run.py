@@ -588,5 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.to_json(result))
     print(report.table(result))
-    print(f"\nresult file: {out}")
+    shown = out.resolve()
+    shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else out
+    print(f"\nresult file: {shown}")
     return 0 if all(c["ok"] for c in result["checks"].values()) else 1

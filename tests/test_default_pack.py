@@ -186,8 +186,8 @@ async def test_1_receipt_goes_out_at_once_even_on_saturday_night(plan, run):
         ("2026-12-05 21:30 Sat", "payment-receipt", "customer_email", B2B["email"])
     ]
     body = text(plan, only(sent, "payment-receipt"))
-    # The subject is one line of plain spaces; the body keeps CLDR's no-break spaces.
-    assert body.startswith("Paiement reçu : 1 250,00 € — facture FA-1\n")
+    # Subject and body keep CLDR's no-break spaces in the amount.
+    assert body.startswith("Paiement reçu : 1\u202f250,00\xa0€ — facture FA-1\n")
     assert f"Montant : {money(125000, 'fr')}" in body
     assert "carte •••• 4242" in body
     no_email = {k: v for k, v in B2B.items() if k != "email"}

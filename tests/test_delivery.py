@@ -11,6 +11,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -471,6 +472,12 @@ async def test_retention_trims_history_and_dead_letters(tmp_path, redis_url, red
     assert redis_client.xlen("tocsin:dead") == 1
 
 
+def line_of(conf: Path, written: str) -> int:
+    """The number of the first line of ``conf`` that starts with ``written``."""
+    lines = conf.read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if text.strip().startswith(written))
+
+
 def test_visibility_timeout_shorter_than_a_send_timeout_is_refused(tmp_path, redis_url):
     conf = write_conf(tmp_path, redis_url=redis_url)
     text = conf.read_text().replace(
@@ -480,7 +487,7 @@ def test_visibility_timeout_shorter_than_a_send_timeout_is_refused(tmp_path, red
     result = CliRunner().invoke(main, ["check", str(conf)])
     assert result.exit_code == 2
     assert (
-        f"{conf}: worker.visibility_timeout: 4s would let a second worker take over jobs "
+        f"{conf}:{line_of(conf, 'visibility_timeout')}: worker.visibility_timeout: 4s would let a second worker take over jobs "
         "of channel 'hook' while the first may still be sending (send timeout 3s + 5s margin): "
         "raise it to at least 8s" in result.output
     )
@@ -494,7 +501,7 @@ def test_delivery_policy_errors_name_the_field(tmp_path, redis_url):
     )
     result = CliRunner().invoke(main, ["check", str(conf)])
     assert result.exit_code == 2
-    assert f"{conf}: channels.hook.delivery" in result.output
+    assert f"{conf}:{line_of(conf, 'retry_schedule')}: channels.hook.delivery" in result.output
 
 
 def channel_plugin(tmp_path, monkeypatch, module: str, type_name: str, send_body: str) -> None:

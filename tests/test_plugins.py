@@ -47,6 +47,12 @@ UNUSED_REDIS = "redis://127.0.0.1:1/0"
 # -- helpers -------------------------------------------------------------------------
 
 
+def line_of(conf: Path, written: str) -> int:
+    """The number of the first line of ``conf`` that starts with ``written``."""
+    lines = conf.read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if text.strip().startswith(written))
+
+
 def install_dist(
     site: Path, dist: str, version: str, entry_points: dict[str, str], package: Path | None = None
 ) -> Path:
@@ -373,7 +379,7 @@ def test_guide_condition_rejects_a_bad_operand_at_check_time(tmp_path, plugin_mo
     )
     result = cli("check", str(conf_path))
     assert result.exit_code == 2
-    assert f"{conf_path}: rules.mid-size.when[0]: " in result.stderr
+    assert f"{conf_path}:{line_of(conf_path, 'when')}: rules.mid-size.when[0]: " in result.stderr
     assert "[low, high]" in result.stderr
 
 
@@ -392,7 +398,10 @@ def test_disabling_autoload_leaves_only_the_core(tmp_path, monkeypatch):
 
     result = cli("check", str(conf_path))
     assert result.exit_code == 2
-    assert f"{conf_path}: channels.hook.type: unknown channel type 'json_hook'" in result.stderr
+    line = line_of(conf_path, 'type = "json_hook"')
+    assert f"{conf_path}:{line}: channels.hook.type: unknown channel type 'json_hook'" in (
+        result.stderr
+    )
 
 
 def test_disabling_autoload_in_a_subprocess(tmp_path):
@@ -434,7 +443,10 @@ def test_conf_can_block_a_plugin(tmp_path):
 
     result = cli("check", str(conf_path))
     assert result.exit_code == 2
-    assert f"{conf_path}: channels.hook.type: unknown channel type 'json_hook'" in result.stderr
+    line = line_of(conf_path, 'type = "json_hook"')
+    assert f"{conf_path}:{line}: channels.hook.type: unknown channel type 'json_hook'" in (
+        result.stderr
+    )
     assert "json_hook" not in load_registry(blocked=["json_hook"]).channels
 
 

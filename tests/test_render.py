@@ -99,6 +99,12 @@ def console_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     sys.modules.pop("acme_console", None)
 
 
+def line_of(conf: Path, written: str) -> int:
+    """The number of the first line of ``conf`` that starts with ``written``."""
+    lines = conf.read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if text.strip().startswith(written))
+
+
 def cli(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
 
@@ -352,9 +358,10 @@ def test_check_reports_a_template_failing_on_a_sample_with_file_and_line(tmp_pat
     result = cli("check", str(conf))
     assert result.exit_code == 2
     problems = result.stderr.splitlines()
+    nowhere = line_of(conf, 'channel = "nowhere"')
     # Every problem of the run: the conf's own, the invalid sample, the failing render.
     assert problems == [
-        f"{conf}: rules.elsewhere.actions[0].channel: no channel 'nowhere' "
+        f"{conf}:{nowhere}: rules.elsewhere.actions[0].channel: no channel 'nowhere' "
         "(channels: console, hook, quiet)",
         f"{tmp_path}/examples/bad.json: $.data.amount: amounts are integers in minor units "
         "(1250 = 12.50)",

@@ -40,7 +40,7 @@ class FileLog(Channel[FileLogConfig]):
     def __init__(self, name: str, config: FileLogConfig, context: ChannelContext) -> None:
         super().__init__(name, config, context)
         if not config.path:
-            # A ValueError here is reported by `tocsin check` as `file: channels.NAME: ...`.
+            # A ValueError here is reported by `tocsin check` as `file:LINE: channels.NAME: ...`.
             raise ValueError("path: must not be empty")
         self.path = context.data_dir / config.path  # an absolute path stays as it is
         self._encoder = msgspec.json.Encoder()
