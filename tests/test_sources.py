@@ -2,10 +2,14 @@
 
 Each provider's requests are signed the provider's way by an independent
 implementation: Stripe's official ``stripe`` library, the ``standardwebhooks``
-reference library, and for CentralPay (whose scheme is a plain HMAC of the body) the
-standard library's ``hmac``. The payloads are in ``tests/fixtures/<provider>/``,
-written from the providers' API documentation; each mapped event type is checked to
-come out as the expected canonical event.
+reference library, and for CentralPay the standard library's ``hmac``: CentralPay
+publishes no signature scheme, so these sources use ``verify = "hmac"`` with a
+configured header, the one mode whose refusals the intake itself decides (``verify =
+"fetch"`` is tested against the API stand-in in test_centralpay.py). The payloads are
+in ``tests/fixtures/<provider>/``: Stripe's from its API documentation, CentralPay's in
+the ``{"type", "object"}`` shape a real integration reads, with the object fields
+docs/sources.md cites. Each mapped event type is checked to come out as the expected
+canonical event.
 
 The gateway runs with the intake role only, so what the intake stores stays in the
 events stream for the tests to read.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -28,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,7 @@ from standardwebhooks.webhooks import Webhook
 from gateway import Secret, SignatureError, catalog
 from gateway.cli import main
 
+from .centralpay_standin import payment_request
 from .conftest import RunningGateway, make_event, write_conf
 from .test_intake import EVENTS, assert_error, assert_nothing_enqueued, send
 
@@ -68,6 +74,7 @@ secrets = ["{STRIPE_SECRET}"]
 
 [sources.centralpay]
 type = "centralpay"
+verify = "hmac"
 secrets = ["{CENTRALPAY_SECRET}"]
 signature_header = "{CENTRALPAY_HEADER}"
 
@@ -82,6 +89,7 @@ unmapped = "ignore"
 
 [sources.centralpay-b64]
 type = "centralpay"
+verify = "hmac"
 secrets = ["{CENTRALPAY_SECRET}"]
 signature_header = "Signature"
 signature_encoding = "base64"
@@ -119,8 +127,13 @@ def centralpay_headers(
 def partner_headers(
     body: bytes, secret: str = PARTNER_SECRET, timestamp: int | None = None
 ) -> dict[str, str]:
-    """Standard Webhooks headers from the reference library."""
+    """Standard Webhooks headers from the reference library; ``webhook-id`` is the event's
+    id, as the intake requires (a body with no id gets a fresh one)."""
     msg_id = f"msg_{uuid.uuid4().hex}"
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(body)
+        if isinstance(parsed, dict) and isinstance(parsed.get("id"), str):
+            msg_id = parsed["id"]
     ts = int(time.time()) if timestamp is None else timestamp
     signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(ts, UTC), body.decode())
     return {
@@ -161,10 +174,20 @@ def _stripe_unknown() -> dict[str, Any]:
 
 
 def _centralpay_unknown() -> dict[str, Any]:
-    payload = fixture("centralpay", "TRANSACTION_SUCCEEDED")
-    payload["event"] = "ONBOARDING_ENROLLMENT_CREATED"
-    payload["data"] = {"enrollmentId": "0a1b2c3d", "status": "PARTIAL"}
-    return payload
+    return {
+        "type": "ONBOARDING_ENROLLMENT_CREATED",
+        "object": {"enrollmentId": "0a1b2c3d", "status": "PARTIAL"},
+    }
+
+
+def _centralpay_id(payload: dict[str, Any]) -> str:
+    """CentralPay sends no event id: the key is the object's id and what the event means
+    (the canonical type, or the name itself when unmapped)."""
+    obj = payload["object"]
+    if payload["type"] == "TRANSACTION_SUCCEEDED":
+        return f"centralpay:{obj['transactionId']}:payment_succeeded"
+    assert payload["type"] == "ONBOARDING_ENROLLMENT_CREATED"
+    return f"centralpay:{obj['enrollmentId']}:ONBOARDING_ENROLLMENT_CREATED"
 
 
 PROVIDERS = {
@@ -186,7 +209,7 @@ PROVIDERS = {
         signature_header=CENTRALPAY_HEADER,
         unknown=_centralpay_unknown,
         unknown_type="centralpay.onboarding_enrollment_created",
-        stored_id=lambda p: f"centralpay:{p['id']}",
+        stored_id=_centralpay_id,
     ),
     "standard_webhooks": Provider(
         name="partner",
@@ -412,7 +435,7 @@ async def test_unmapped_events_can_be_ignored(gw, redis_client):
 
 async def test_centralpay_base64_signature_with_prefix_and_aliases(gw, redis_client):
     payload = fixture("centralpay", "TRANSACTION_SUCCEEDED")
-    payload["event"] = "TRANSACTION_OK"  # this deployment's name, mapped in conf
+    payload["type"] = "TRANSACTION_OK"  # this deployment's name, mapped in conf
     body = encode(payload)
     digest = hmac.new(CENTRALPAY_SECRET.encode(), body, hashlib.sha256).digest()
     headers = {
@@ -423,6 +446,7 @@ async def test_centralpay_base64_signature_with_prefix_and_aliases(gw, redis_cli
     assert answer.status == 202, answer.text
     [event] = stored(redis_client)
     assert event["type"] == "payment.succeeded"
+    assert event["id"] == f"centralpay:{TX}:payment_succeeded"
     assert event["source"]["event_type"] == "TRANSACTION_OK"
     # the hex signature in the other header is not what this source reads
     assert_error(
@@ -432,32 +456,97 @@ async def test_centralpay_base64_signature_with_prefix_and_aliases(gw, redis_cli
     )
 
 
-async def test_centralpay_without_an_event_id_dedupes_on_the_content(gw, redis_client):
-    payload = fixture("centralpay", "REFUND_CREATED")
-    del payload["id"]
-    body = encode(payload)
-    first = await send(gw, body, centralpay_headers(body), path="/v1/sources/centralpay")
-    assert first.status == 202, first.text
-    # CentralPay's retry: the same notification, re-serialised with another key order
-    again = json.dumps(payload, sort_keys=True, indent=1).encode()
-    second = await send(gw, again, centralpay_headers(again), path="/v1/sources/centralpay")
-    assert (second.status, second.json) == (200, {"id": first.json["id"], "duplicate": True})
-    assert re.fullmatch(r"centralpay:h_[0-9a-f]{40}", first.json["id"])
+async def test_centralpay_dedupe_key_comes_from_the_object(gw, redis_client):
+    """CentralPay sends no event id: the key is the object's id, what the event means and,
+    for a payment request, how many payments it holds."""
+    path = "/v1/sources/centralpay"
+
+    async def post(payload: dict[str, Any], **dumps: Any) -> tuple[int, Any]:
+        body = json.dumps(payload, **dumps).encode()
+        answer = await send(gw, body, centralpay_headers(body), path=path)
+        return answer.status, answer.json
+
+    name = "PAYMENTREQUEST_TRANSACTION_SUCCEEDED"
+    shares = (100000, 70000, 70000)
+    one = {
+        "type": name,
+        "object": payment_request(PR, "FA-2026-0042", 240000, shares=shares, paid_shares=(0,)),
+    }
+    two = {
+        "type": name,
+        "object": payment_request(PR, "FA-2026-0042", 240000, shares=shares, paid_shares=(0, 1)),
+    }
+    partially_paid = f"centralpay:{PR}:payment_request_partially_paid"
+    assert await post(one) == (202, {"id": f"{partially_paid}:1", "duplicate": False})
+    # CentralPay's retry, re-serialised with another key order: the same event
+    assert await post(one, sort_keys=True, indent=1) == (
+        200,
+        {"id": f"{partially_paid}:1", "duplicate": True},
+    )
+    # the next payment on the same request, with the same meaning: a new event
+    assert await post(two) == (202, {"id": f"{partially_paid}:2", "duplicate": False})
+    first, second = stored(redis_client)
+    assert [first["data"]["paid_amount"], second["data"]["paid_amount"]] == [100000, 170000]
+
+    # one transaction: CAPTURED after SUCCEEDED means the same (paid), SUCCESS does not
+    transaction = fixture("centralpay", "TRANSACTION_SUCCEEDED")
+    paid = f"centralpay:{TX}:payment_succeeded"
+    assert await post(transaction) == (202, {"id": paid, "duplicate": False})
+    transaction["type"] = "TRANSACTION_CAPTURED"
+    assert await post(transaction) == (200, {"id": paid, "duplicate": True})
+    transaction["type"] = "TRANSACTION_SUCCESS"
+    assert await post(transaction) == (
+        202,
+        {"id": f"centralpay:{TX}:payment_authorized", "duplicate": False},
+    )
+
+    # an object of a kind with no id field at all: its content is the key
+    anonymous = {"type": "ONBOARDING_ENROLLMENT_UPDATED", "object": {"status": "ACTIVE", "step": 2}}
+    status, answer = await post(anonymous)
+    assert status == 202, answer
+    assert re.fullmatch(r"centralpay:ONBOARDING_ENROLLMENT_UPDATED:h_[0-9a-f]{32}", answer["id"])
+    assert await post(anonymous, sort_keys=True, indent=1) == (
+        200,
+        {"id": answer["id"], "duplicate": True},
+    )
+    anonymous["object"]["step"] = 3
+    status, other = await post(anonymous)
+    assert (status, other["duplicate"]) == (202, False)
+    assert other["id"] != answer["id"]
+    assert len(stored(redis_client)) == 6
 
 
 def test_centralpay_conf_mistakes_are_reported(tmp_path):
     extra = """
     [sources.cp]
     type = "centralpay"
+    verify = "hmac"
     secrets = ["x"]
     signature_encoding = "hexadecimal"
+
+    [sources.cp2]
+    type = "centralpay"
+    verify = "hmac"
+    secrets = ["x"]
     aliases = { "FOO" = "NOT_A_MAPPED_EVENT" }
+
+    [sources.cp3]
+    type = "centralpay"
+    verify = "none"
+    allow_from = ["127.0.0.1"]
+    unmapped = "ignore"
     """
     conf = write_conf(tmp_path, redis_url="redis://127.0.0.1:1/0", extra=extra)
     result = CliRunner().invoke(main, ["check", str(conf)])
     assert result.exit_code == 2
-    assert "sources.cp" in result.stderr
-    assert "signature_header" in result.stderr or "signature_encoding" in result.stderr
+    err = result.stderr
+    assert "sources.cp.signature_encoding: Invalid enum value 'hexadecimal'" in err
+    assert (
+        "sources.cp2: signature_header: name the header your deployment signs in; "
+        "aliases: NOT_A_MAPPED_EVENT not in the mapping table"
+    ) in err
+    # unknown CentralPay names are always forwarded: the option is gone, not ignored
+    assert "sources.cp3: Object contains unknown field `unmapped`" in err
 
 
 # -- duplicates: the provider's event id is the dedupe key --------------------------------
@@ -529,8 +618,8 @@ class Case:
             payload["type"] = self.event
             target = payload["data"]["object"]
         else:
-            payload["event"] = self.event
-            target = payload["data"]
+            payload["type"] = self.event
+            target = payload["object"]
         for path, value in (self.patch or {}).items():
             _set(target, path, value)
         return payload
@@ -935,9 +1024,38 @@ PR_FIELDS = {
     "currency": "EUR",
     "due_at": "2026-12-25T22:59:59Z",
     "link_expires_at": "2027-01-24T22:59:59Z",
-    "link_url": f"https://payment.centralpay.net/pr/{PR}",
+    "link_url": f"https://payment.centralpay.net/pr/{PR}/0",
 }
 PR_REFS = {"payment_request_id": PR, "invoice_ref": "FA-2026-0042"}
+CP_CUSTOMER_NAMED = {**CP_CUSTOMER, "name": "Claire Dupont"}
+
+
+def pr_breakdowns(paid: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The PAYMENTREQUEST_PARTIAL fixture's two shares, ``paid`` the indexes paid: each
+    paid share holds its payment, as CentralPay's API records it."""
+    shares = fixture("centralpay", "PAYMENTREQUEST_PARTIAL")["object"]["breakdowns"]
+    for index, share in enumerate(shares):
+        share["paid"] = index in paid
+        share["payments"] = (
+            [{"uuid": f"{PR}-tx{index}", "paymentMethod": "TRANSACTION"}] if index in paid else []
+        )
+    return list(shares)
+
+
+@dataclass(frozen=True)
+class days_from_now:
+    """A timestamp ``days`` after the moment it is compared (the event's arrival), within a
+    minute: dispute deadlines derived from a notice that carries no date of its own."""
+
+    days: int
+
+    def matches(self, actual: Any) -> bool:
+        if not isinstance(actual, str):
+            return False
+        expected = datetime.now(UTC) + timedelta(days=self.days)
+        when = datetime.fromisoformat(actual.replace("Z", "+00:00"))
+        return abs((when - expected).total_seconds()) < 60
+
 
 CENTRALPAY_CASES = [
     Case(
@@ -956,15 +1074,18 @@ CENTRALPAY_CASES = [
         customer=CP_CUSTOMER,
     ),
     Case(
+        # SUCCESS is an authorisation: the money moves at capture (7 days at most)
         "TRANSACTION_SUCCEEDED",
         "TRANSACTION_SUCCESS",
-        "payment.succeeded",
-        {"payment_id": TX, "amount": 125000},
+        "payment.authorized",
+        {"payment_id": TX, "amount": 125000, "currency": "EUR", "status": "SUCCESS"},
+        refs={"order_ref": "CMD-2026-11-0457"},
     ),
     Case(
+        # captured: sent to clearing, paid (doc-api.centralpay.net/en/transactions-status)
         "TRANSACTION_SUCCEEDED",
         "TRANSACTION_CAPTURED",
-        "payment.captured",
+        "payment.succeeded",
         {"payment_id": TX, "amount": 125000, "status": "CAPTURED"},
         patch={"transactionStatus": "CAPTURED"},
     ),
@@ -1008,8 +1129,8 @@ CENTRALPAY_CASES = [
             "dispute_id": DISPUTE_ID,
             "payment_id": TX,
             "amount": 125000,
-            # no deadline in the transaction: notice date (10:15Z) + 21 days
-            "respond_by": "2026-12-16T10:15:00Z",
+            # no deadline in the transaction: the notice (its arrival) + 21 days
+            "respond_by": days_from_now(21),
         },
         patch={"disputeId": DISPUTE_ID},
     ),
@@ -1057,8 +1178,8 @@ CENTRALPAY_CASES = [
         "DISPUTE_CHARGEBACK_NOTICED",
         "DISPUTE_RETRIEVAL_NOTICED",
         "dispute.inquiry_opened",
-        # no deadline given: the notice date (07:00Z) + 7 days
-        {"dispute_id": DISPUTE_ID, "respond_by": "2026-12-11T07:00:00Z"},
+        # no deadline given: the notice (its arrival) + 7 days
+        {"dispute_id": DISPUTE_ID, "respond_by": days_from_now(7)},
         patch={"disputeStatus": "RETRIEVAL_NOTICED", "responseDeadline": DELETE},
     ),
     Case(
@@ -1200,7 +1321,7 @@ CENTRALPAY_CASES = [
             "status": "ACTIVE",
             "renews_at": "2026-12-19T23:00:00Z",
         },
-        refs={"subscription_id": CP_SUB},
+        refs={"subscription_id": CP_SUB, "subscription_ref": "ABO-2026-0118"},
     ),
     Case(
         "SUBSCRIPTION_CREATED",
@@ -1254,64 +1375,93 @@ CENTRALPAY_CASES = [
         },
     ),
     Case(
-        "PAYMENT_REQUEST_PARTIAL",
-        "PAYMENT_REQUEST_PARTIAL",
+        "PAYMENTREQUEST_TRANSACTION_SUCCEEDED",
+        "PAYMENTREQUEST_TRANSACTION_SUCCEEDED",
+        "payment_request.paid",
+        {
+            "amount": 240000,  # totalAmount 240000.0: whole minor units
+            "currency": "EUR",
+            "paid_amount": 240000,
+            "remaining_amount": 0,
+            "status": "CLOSED",
+            "payment_status": "PAID",
+            "link_url": f"https://payment.centralpay.net/pr/{PR}/0",
+        },
+        refs=PR_REFS,
+        customer={"email": "compta@atelier-dupont.fr", "name": "Claire Dupont"},
+    ),
+    Case(
+        "PAYMENTREQUEST_PARTIAL",
+        "PAYMENTREQUEST_TRANSACTION_SUCCEEDED",
         "payment_request.partially_paid",
         {**PR_FIELDS, "paid_amount": 100000, "remaining_amount": 140000},
         refs=PR_REFS,
-        customer=CP_CUSTOMER,
+        customer=CP_CUSTOMER_NAMED,
     ),
     Case(
-        "PAYMENT_REQUEST_PARTIAL",
-        "PAYMENT_REQUEST_CREATED",
+        "PAYMENTREQUEST_PARTIAL",
+        "PAYMENTREQUEST_PARTIAL",
+        "payment_request.partially_paid",
+        {**PR_FIELDS, "paid_amount": 100000, "remaining_amount": 140000},
+        refs=PR_REFS,
+        customer=CP_CUSTOMER_NAMED,
+    ),
+    Case(
+        "PAYMENTREQUEST_PARTIAL",
+        "PAYMENTREQUEST_CREATED",
         "payment_request.created",
         {**PR_FIELDS, "paid_amount": 0, "remaining_amount": 240000},
         refs=PR_REFS,
-        patch={"paidAmount": DELETE, "paymentStatus": "PENDING"},
+        patch={"paymentStatus": "PENDING", "breakdowns": pr_breakdowns(paid=())},
     ),
     Case(
-        "PAYMENT_REQUEST_PARTIAL",
-        "PAYMENT_REQUEST_PENDING",
+        "PAYMENTREQUEST_PARTIAL",
+        "PAYMENTREQUEST_PENDING",
         "payment_request.created",
         {"amount": 240000, "paid_amount": 0, "payment_status": "PENDING"},
         refs=PR_REFS,
-        patch={"paidAmount": 0, "paymentStatus": "PENDING"},
+        patch={"paymentStatus": "PENDING", "breakdowns": pr_breakdowns(paid=())},
     ),
     Case(
-        "PAYMENT_REQUEST_PARTIAL",
-        "PAYMENT_REQUEST_PAID",
+        "PAYMENTREQUEST_PARTIAL",
+        "PAYMENTREQUEST_PAID",
         "payment_request.paid",
         {"amount": 240000, "paid_amount": 240000, "remaining_amount": 0},
         refs=PR_REFS,
-        patch={"paidAmount": DELETE, "paymentStatus": "PAID"},
+        patch={
+            "paymentStatus": "PAID",
+            "paymentRequestStatus": "CLOSED",
+            "breakdowns": pr_breakdowns(paid=(0, 1)),
+        },
     ),
     Case(
-        "PAYMENT_REQUEST_PARTIAL",
-        "PAYMENT_REQUEST_UNPAID",
+        # still due: the total less the shares paid
+        "PAYMENTREQUEST_PARTIAL",
+        "PAYMENTREQUEST_UNPAID",
         "payment_request.overdue",
         {"remaining_amount": 140000, "due_at": "2026-12-25T22:59:59Z"},
         refs=PR_REFS,
-        patch={"paymentStatus": "UNPAID", "remainingAmount": 140000},
+        patch={"paymentStatus": "UNPAID"},
     ),
     Case(
-        "PAYMENT_REQUEST_PARTIAL",
-        "PAYMENT_REQUEST_CANCELED",
+        "PAYMENTREQUEST_PARTIAL",
+        "PAYMENTREQUEST_CANCELED",
         "payment_request.canceled",
         {"reason": "Duplicate request", "status": "CANCELED"},
         refs=PR_REFS,
         patch={"paymentRequestStatus": "CANCELED", "cancellationReason": "Duplicate request"},
     ),
     Case(
-        "PAYMENT_REQUEST_PARTIAL",
-        "PAYMENT_REQUEST_CLOSED",
+        "PAYMENTREQUEST_PARTIAL",
+        "PAYMENTREQUEST_CLOSED",
         "payment_request.expired",
         {"status": "CLOSED", "link_expires_at": "2027-01-24T22:59:59Z"},
         refs=PR_REFS,
         patch={"paymentRequestStatus": "CLOSED"},
     ),
     Case(
-        "PAYMENT_REQUEST_PARTIAL",
-        "PAYMENT_REQUEST_EXPIRED",
+        "PAYMENTREQUEST_PARTIAL",
+        "PAYMENTREQUEST_EXPIRED",
         "payment_request.expired",
         {"amount": 240000},
         refs=PR_REFS,
@@ -1357,11 +1507,39 @@ CENTRALPAY_CASES = [
 
 
 def _subset(actual: Any, expected: Any) -> bool:
+    if isinstance(expected, days_from_now):
+        return expected.matches(actual)
     if isinstance(expected, dict):
         return isinstance(actual, dict) and all(
             k in actual and _subset(actual[k], v) for k, v in expected.items()
         )
     return bool(actual == expected) and type(actual) is type(expected)
+
+
+#: Each CentralPay object's id field, by event-name prefix (longest first).
+CP_ID_FIELDS = (
+    ("PAYMENTREQUEST_", "paymentRequestId"),
+    ("SCT_TRANSACTION_", "sctTransactionId"),
+    ("SDD_TRANSACTION_", "sddTransactionId"),
+    ("TRANSACTION_", "transactionId"),
+    ("REFUND_", "refundId"),
+    ("DISPUTE_", "disputeId"),
+    ("MANDATE_", "mandateId"),
+    ("SUBSCRIPTION_", "subscriptionId"),
+    ("INSTALLMENT_", "installmentPaymentId"),
+    ("PAYOUT_", "payoutId"),
+    ("CARD_", "cardId"),
+)
+
+
+def centralpay_key(case: Case, payload: dict[str, Any]) -> str:
+    """``<object id>:<canonical type, _ for .>``, and a payment request's payment count."""
+    obj = payload["object"]
+    field = next(f for prefix, f in CP_ID_FIELDS if case.event.startswith(prefix))
+    key = f"{obj[field]}:{case.canonical.replace('.', '_')}"
+    if case.event.startswith("PAYMENTREQUEST_"):
+        key += f":{sum(len(b['payments']) for b in obj['breakdowns'])}"
+    return key
 
 
 def _case_id(case: Case) -> str:
@@ -1381,13 +1559,14 @@ async def test_mapped_event_becomes_the_expected_canonical_event(gw, redis_clien
     assert answer.status == 202, answer.text
     [event] = stored(redis_client)
     assert event["type"] == case.canonical
-    assert event["id"] == f"{provider}:{payload['id']}"
+    event_id = payload["id"] if provider == "stripe" else centralpay_key(case, payload)
+    assert event["id"] == f"{provider}:{event_id}"
     assert _subset(event["data"], case.data), event["data"]
     assert _subset(event.get("refs", {}), case.refs or {}), event.get("refs")
     assert _subset(event.get("customer", {}), case.customer or {}), event.get("customer")
     source = event["source"]
     assert source["provider"] == provider
-    assert source["event_id"] == payload["id"]
+    assert source["event_id"] == event_id
     assert source["event_type"] == case.event
     assert source["payload"] == payload  # the provider's original, untouched
     # Stripe's fixtures are test-mode events; the CentralPay source is set to live
