@@ -84,7 +84,7 @@ def signed_headers(
     timestamp: int | None = None,
 ) -> dict[str, str]:
     if msg_id is None:  # the intake refuses a webhook-id other than the event's id
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             parsed = json.loads(body)
             if isinstance(parsed, dict) and isinstance(parsed.get("id"), str):
                 msg_id = parsed["id"]
