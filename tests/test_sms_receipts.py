@@ -169,7 +169,7 @@ async def shown(conf: Path, delivery_id: str, *expected: str, timeout: float = 1
 def receipt_lines(output: str) -> list[str]:
     """The receipts ``tocsin deliveries show`` lists, as ``status  detail``, without times."""
     listed = output.split("\nreceipts\n", 1)[1].splitlines()
-    stamp = re.compile(r" +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  ")
+    stamp = re.compile(r" +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ")
     assert all(stamp.match(line) for line in listed), listed
     return [stamp.sub("", line, count=1) for line in listed]
 
