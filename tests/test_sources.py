@@ -487,6 +487,9 @@ async def test_centralpay_dedupe_key_comes_from_the_object(gw, redis_client):
     assert await post(two) == (202, {"id": f"{partially_paid}:2", "duplicate": False})
     first, second = stored(redis_client)
     assert [first["data"]["paid_amount"], second["data"]["paid_amount"]] == [100000, 170000]
+    # each names its own payment and what it brought
+    assert [first["data"]["payment_id"], second["data"]["payment_id"]] == [f"{PR}-tx0", f"{PR}-tx1"]
+    assert [first["data"]["payment_amount"], second["data"]["payment_amount"]] == [100000, 70000]
 
     # one transaction: CAPTURED after SUCCEEDED means the same (paid), SUCCESS does not
     transaction = fixture("centralpay", "TRANSACTION_SUCCEEDED")
@@ -1386,6 +1389,9 @@ CENTRALPAY_CASES = [
             "status": "CLOSED",
             "payment_status": "PAID",
             "link_url": f"https://payment.centralpay.net/pr/{PR}/0",
+            # this payment: the share paid last (lastPaymentAttempt), not the total
+            "payment_id": "c5e4d3b2-1a0f-4e9d-8c7b-6a5f4e3d2c1b",
+            "payment_amount": 140000,
         },
         refs=PR_REFS,
         customer={"email": "compta@atelier-dupont.fr", "name": "Claire Dupont"},
@@ -1394,7 +1400,13 @@ CENTRALPAY_CASES = [
         "PAYMENTREQUEST_PARTIAL",
         "PAYMENTREQUEST_TRANSACTION_SUCCEEDED",
         "payment_request.partially_paid",
-        {**PR_FIELDS, "paid_amount": 100000, "remaining_amount": 140000},
+        {
+            **PR_FIELDS,
+            "paid_amount": 100000,
+            "remaining_amount": 140000,
+            "payment_id": TX,
+            "payment_amount": 100000,
+        },
         refs=PR_REFS,
         customer=CP_CUSTOMER_NAMED,
     ),
