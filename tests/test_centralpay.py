@@ -167,6 +167,34 @@ async def test_a_forged_notification_is_refused_and_recorded(
     assert receiver.received == [], "a forged event reached a rule"
 
 
+async def test_a_payment_read_back_after_capture_or_clearing_is_still_paid(
+    tmp_path, redis_url, api, receiver: Receiver, start_gateway, redis_client
+):
+    """A transaction moves on from SUCCESS to CAPTURED, then CLEARED once debited
+    (doc-api.centralpay.net/en/transactions-status); the API is read when the job runs."""
+    for ident, status in (("tx-cap", "CAPTURED"), ("tx-clr", "CLEARED")):
+        api.put(
+            "transaction",
+            {"transactionId": ident, "amount": 8000, "currency": "EUR"}
+            | {"transactionStatus": status},
+        )
+    conf = write_conf(
+        tmp_path,
+        redis_url=redis_url,
+        hook_url=receiver.url,
+        rules=PAID_RULE,
+        extra=fetch_source(api.url),
+    )
+    gw = await start_gateway(conf)
+    for name, ident in (("TRANSACTION_CAPTURED", "tx-cap"), ("TRANSACTION_SUCCEEDED", "tx-clr")):
+        status, answer = await post(gw, notification(name, {"transactionId": ident}))
+        assert status == 202, answer
+    received = await receiver.wait_for(2, timeout=15)
+    paid = sorted((r.json()["data"]["payment_id"], r.json()["type"]) for r in received)
+    assert paid == [("tx-cap", "payment.succeeded"), ("tx-clr", "payment.succeeded")]
+    assert dead_letters(redis_client) == []
+
+
 async def test_the_api_down_is_retried_and_wrong_credentials_dead_letter(
     tmp_path, redis_url, api, receiver: Receiver, start_gateway, redis_client, monkeypatch
 ):

@@ -39,11 +39,15 @@ EVIDENCED = frozenset({"paymentRequest", "transaction"})
 #: What the fetched object must say for the notification's name to be believed: the
 #: object is CentralPay's word, the name is only the caller's. jss-backend trusts a
 #: transaction only with ``transactionStatus == "SUCCESS"``; a payment request is paid
-#: when ``paymentStatus == "PAID"`` (its CentralPayPaymentRequest constants).
+#: when ``paymentStatus == "PAID"`` (its CentralPayPaymentRequest constants). A
+#: transaction authorised then captured moves on to CAPTURED, then CLEARED once debited
+#: (doc-api.centralpay.net/en/transactions-status): the object is read when the job
+#: runs, possibly after a retry or a replay, so those still confirm the payment.
+_PAID_TRANSACTION = ("transactionStatus", frozenset({"SUCCESS", "CAPTURED", "CLEARED"}))
 STATUS_CHECKS: Mapping[str, tuple[str, frozenset[str]]] = {
-    "TRANSACTION_SUCCEEDED": ("transactionStatus", frozenset({"SUCCESS"})),
-    "TRANSACTION_SUCCESS": ("transactionStatus", frozenset({"SUCCESS"})),
-    "TRANSACTION_CAPTURED": ("transactionStatus", frozenset({"SUCCESS"})),
+    "TRANSACTION_SUCCEEDED": _PAID_TRANSACTION,
+    "TRANSACTION_SUCCESS": _PAID_TRANSACTION,
+    "TRANSACTION_CAPTURED": _PAID_TRANSACTION,
     "PAYMENTREQUEST_PAID": ("paymentStatus", frozenset({"PAID"})),
 }
 
