@@ -309,6 +309,18 @@ async def test_names_amounts_and_refs_as_centralpay_writes_them(open_gw, redis_c
     assert (status, answer["path"]) == (400, "$.type")
 
 
+async def test_each_attempt_at_an_installment_is_its_own_event(open_gw, redis_client):
+    attempt = {"installmentPaymentId": "inst-1", "amount": 5000, "currency": "EUR"}
+    statuses = []
+    for number, tx in ((1, "tx-a"), (3, "tx-c"), (3, "tx-c")):  # the last: CentralPay's retry
+        body = {**attempt, "attempt": number, "maxAttempts": 3, "transactionId": tx}
+        statuses.append((await post(open_gw, notification("INSTALLMENT_FAILED", body)))[0])
+    assert statuses == [202, 202, 200]
+    first, final = stored(redis_client)
+    assert (first["data"]["final_attempt"], final["data"]["final_attempt"]) == (False, True)
+    assert final["id"] == "centralpay:inst-1:installment_failed:tx-c"
+
+
 async def test_allow_from_refuses_other_addresses(tmp_path, redis_url, start_gateway):
     conf = write_conf(
         tmp_path,

@@ -1545,12 +1545,15 @@ CP_ID_FIELDS = (
 
 
 def centralpay_key(case: Case, payload: dict[str, Any]) -> str:
-    """``<object id>:<canonical type, _ for .>``, and a payment request's payment count."""
+    """``<object id>:<canonical type, _ for .>``, and a payment request's payment count
+    or an installment's attempt (its transaction)."""
     obj = payload["object"]
     field = next(f for prefix, f in CP_ID_FIELDS if case.event.startswith(prefix))
     key = f"{obj[field]}:{case.canonical.replace('.', '_')}"
     if case.event.startswith("PAYMENTREQUEST_"):
         key += f":{sum(len(b['payments']) for b in obj['breakdowns'])}"
+    elif case.event.startswith("INSTALLMENT_"):
+        key += f":{obj.get('transactionId') or obj['attempt']}"
     return key
 
 

@@ -163,7 +163,8 @@ def _stable_id(name: str, canonical: str | None, obj: Mapping[str, Any]) -> str:
 
     The meaning is the canonical type when mapped, so two names that mean the same thing
     for one object (TRANSACTION_SUCCEEDED and TRANSACTION_CAPTURED: paid) give one event.
-    A payment request counts its payments: each new payment is a new event. An object
+    A payment request counts its payments: each new payment is a new event; an
+    installment names its attempt (its transaction), each retry being one. An object
     with no id field at all (an unknown kind) falls back to a hash of the object itself,
     which a retry of the same notification reproduces.
     """
@@ -180,6 +181,12 @@ def _stable_id(name: str, canonical: str | None, obj: Mapping[str, Any]) -> str:
     stable = f"{ident}:{meaning}"
     if name.startswith("PAYMENTREQUEST_"):
         stable += f":{_payments(obj)}"
+    elif name.startswith("INSTALLMENT_"):
+        # One installment is tried several times, days apart (within the dedupe window):
+        # each attempt is its own event, or the final failure would be dropped.
+        attempt = obj.get("transactionId") or obj.get("attempt")
+        if isinstance(attempt, str | int) and not isinstance(attempt, bool):
+            stable += f":{attempt}"
     return stable
 
 
