@@ -10,7 +10,7 @@ import click
 import msgspec
 from redis.asyncio import Redis
 
-from . import admin
+from . import admin, admin_events
 from .cli_common import (
     conf_only,
     echo_json,
@@ -255,6 +255,76 @@ def dlq_replay(
 @click.group()
 def events() -> None:
     """Events Tocsin has routed (kept for the history retention)."""
+
+
+@events.command("list")
+@click.option("--type", "type_glob", default=None, help="Only types matching: payment.*")
+@click.option(
+    "--since", default=None, callback=when_param, help="Accepted since: 2h, 3d or an ISO date."
+)
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(min=1), help="At most this many."
+)
+@json_option
+@conf_option
+def events_list(
+    type_glob: str | None, since: float | None, limit: int, as_json: bool, conf_path: Path | None
+) -> None:
+    """Accepted events, newest first: routed, waiting, or waiting for their source's
+    confirmation. Unknown types are listed too: nothing accepted is dropped."""
+    conf = conf_only(conf_path)
+    found = with_redis(
+        conf,
+        lambda r, k: admin_events.list_events(r, k, type_glob=type_glob, since=since, limit=limit),
+    )
+    if as_json:
+        for item in found:
+            echo_json(item.as_dict())
+        return
+    if not found:
+        click.echo("no events match")
+        return
+    table(
+        ("ACCEPTED", "STATE", "TYPE", "FROM", "ID"),
+        ((stamp(e.accepted), _state(e), e.type, _origin(e), e.id) for e in found),
+    )
+
+
+@events.command("show")
+@click.argument("event_id")
+@json_option
+@conf_option
+def events_show(event_id: str, as_json: bool, conf_path: Path | None) -> None:
+    """One accepted event, whole, and the deliveries it has led to."""
+    conf = conf_only(conf_path)
+    found = with_redis(conf, lambda r, k: admin_events.show_event(r, k, event_id))
+    if found is None:
+        raise click.ClickException(
+            f"no event {event_id} (never accepted, or older than history.retention; "
+            "`tocsin events list` lists them)"
+        )
+    records = with_redis(conf, lambda r, k: admin.find_deliveries(r, k, event_id=event_id))
+    if as_json:
+        echo_json({**found.as_dict(), "deliveries": [msgspec.to_builtins(r) for r in records]})
+        return
+    click.echo(f"event     {found.id} ({found.type})")
+    click.echo(f"from      {_origin(found)}")
+    click.echo(f"accepted  {stamp(found.accepted)}  ({_state(found)})")
+    click.echo(msgspec.json.format(found.raw, indent=2).decode())
+    click.echo("deliveries" if records else "deliveries: none yet")
+    for r in records:
+        note = next((a.note for a in reversed(r.attempts) if a.note), "")
+        click.echo(f"  {r.id}  {r.channel}  {r.status}" + (f"  {note}" if note else ""))
+
+
+def _state(event: admin_events.StoredEvent) -> str:
+    if event.confirm_by is not None:
+        return f"{event.state}: confirmation by {event.confirm_by}"
+    return event.state
+
+
+def _origin(event: admin_events.StoredEvent) -> str:
+    return event.provider + (f" {event.provider_type}" if event.provider_type else "")
 
 
 @events.command("replay")

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from .conf import Conf, default_conf_path, read_conf
 from .conf_lines import with_lines
+from .confirm import PREFIX as CONFIRM_PREFIX
 from .durations import Duration
 from .errors import PluginError, TocsinError
 from .keys import Keys
@@ -84,9 +85,13 @@ def conf_only(conf_path: Path | None) -> Conf:
 
 def known_channel(conf: Conf, channel: str | None) -> None:
     """A ``--channel`` that names no channel of the conf is a typo, not an empty result."""
-    if channel is not None and channel not in conf.channels:
-        names = ", ".join(sorted(conf.channels)) or "none"
-        raise CliError(f"no channel {channel!r} in {conf.path} (channels: {names})")
+    if channel is None or channel in conf.channels:
+        return
+    # A source's confirmation runs on an internal channel (gateway.confirm), no conf table.
+    if channel.startswith(CONFIRM_PREFIX) and channel[len(CONFIRM_PREFIX) :] in conf.sources:
+        return
+    names = ", ".join(sorted(conf.channels)) or "none"
+    raise CliError(f"no channel {channel!r} in {conf.path} (channels: {names})")
 
 
 def with_redis(conf: Conf, action: Callable[[Redis, Keys], Awaitable[T]]) -> T:

@@ -380,3 +380,42 @@ async def test_the_api_stand_in_refuses_what_the_real_api_refuses(api):
             assert (await response.json())["transactionStatus"] == "SUCCESS"
         async with http.get(f"{api.url}/transaction/nope", headers=good) as response:
             assert response.status == 404
+
+
+async def test_tocsin_events_lists_unknown_and_confirming_events(
+    tmp_path, redis_url, api, start_gateway, redis_client
+):
+    conf = write_conf(tmp_path, redis_url=redis_url, rules="", extra=fetch_source(api.url))
+    gw = await start_gateway(conf)
+    api.put(
+        "transaction",
+        {"transactionId": "tx-5", "transactionStatus": "SUCCESS", "amount": 900, "currency": "EUR"},
+    )
+    status, _ = await post(gw, notification("ONBOARDING_ENROLLMENT_CREATED", {"x": 1}))
+    assert status == 202
+    status, _ = await post(gw, notification("TRANSACTION_SUCCESS", {"transactionId": "tx-5"}))
+    assert status == 202
+    # The confirmed event arrives as a third one once CentralPay has answered.
+    await until(lambda: redis_client.xlen("tocsin:events") >= 3)
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, [*args, "--conf", str(conf)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    listed = await asyncio.to_thread(run, "events", "list")
+    lines = listed.splitlines()
+    assert lines[0].split() == ["ACCEPTED", "STATE", "TYPE", "FROM", "ID"]
+    confirmed, posted, unknown = lines[1:4]
+    assert "payment.authorized" in confirmed and "centralpay:tx-5:payment_authorized" in confirmed
+    assert "confirmation by centralpay" in posted and "centralpay TRANSACTION_SUCCESS" in posted
+    assert "centralpay.onboarding_enrollment_created" in unknown
+    only = await asyncio.to_thread(run, "events", "list", "--type", "centralpay.*")
+    assert len(only.splitlines()) == 2
+
+    shown = await asyncio.to_thread(
+        run, "events", "show", "centralpay:posted:tx-5:payment_authorized"
+    )
+    assert (
+        "source.centralpay" in shown and "confirmed as centralpay:tx-5:payment_authorized" in shown
+    )

@@ -67,6 +67,8 @@ BAD_ARGUMENTS: dict[str, tuple[list[str], int, str]] = {
     "dlq replay": (["dlq", "replay", "--conf", "CONF"], 2, "name dead letters"),
     "events": (["events", "bogus"], 2, "No such command 'bogus'"),
     "events replay": (["events", "replay", "evt_nope", "--conf", "CONF"], 1, "no routed event"),
+    "events list": (["events", "list", "--limit", "0", "--conf", "CONF"], 2, "--limit"),
+    "events show": (["events", "show", "evt_nope", "--conf", "CONF"], 1, "no event evt_nope"),
     "events catalog": (["events", "catalog", "--bogus"], 2, "No such option '--bogus'"),
     "endpoints": (["endpoints", "--conf", "nope.toml"], 2, "nope.toml: file not found"),
     "endpoints enable": (
