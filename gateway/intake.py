@@ -23,7 +23,6 @@ from redis.exceptions import RedisError
 
 from .catalog import TYPES, UnknownTypes, check_event, suggest_type
 from .channel import Channel
-from .default_plugins import StandardWebhooksSource
 from .event import Event, EventInvalid, encode_event
 from .intake_guard import IntakeStats
 from .keys import Keys
@@ -155,20 +154,6 @@ def _timed_out(what: str) -> web.Response:
     # RFC 9110 15.5.9: a 408 closes the connection; the client may retry on a new one.
     message = f"the request's {what} did not arrive in time"
     return _answer(408, {"error": "request_timeout", "message": message}, {"Connection": "close"})
-
-
-def _check_message_id(request: web.Request, event: Event) -> None:
-    """Standard Webhooks: ``webhook-id`` is the message's id, the one a receiver drops
-    duplicates by; the intake dedupes by the body's ``id``. Two ids for one message
-    would make a retry that changed one of them slip past, or a new event look like a
-    duplicate: they must be equal."""
-    header = request.headers.get("webhook-id", "")
-    if header != event.id:
-        raise EventInvalid(
-            "$.id",
-            f"differs from the webhook-id header ({header!r}); they must be equal: "
-            "duplicates are recognised by this id",
-        )
 
 
 MAX_BODY = web.AppKey("max_body", int)
@@ -329,14 +314,14 @@ class Intake:
         try:
             events = source.parse(body)
             for event in events:
-                if isinstance(source, StandardWebhooksSource):
-                    _check_message_id(request, event)
                 _mark_confirmation(event, source)
                 if not source.confirms:  # what is confirmed is checked once confirmed
                     check_event(event, self.unknown_types)  # required fields, field types
         except EventInvalid as exc:
             return invalid(exc)
         warnings = {e.id: w for e in events if not source.confirms and (w := self._unknown(e))}
+        # The body's id is the dedupe key, whatever webhook-id says: one Tocsin feeding
+        # another sends its delivery id there, one per rule that forwards the event.
         try:
             if len(events) == 1:  # the usual case: no Task and no gather per request
                 results = [await self.enqueuer.enqueue(events[0].id, encode_event(events[0]))]

@@ -83,11 +83,6 @@ def signed_headers(
     secret: str = INTAKE_SECRET,
     timestamp: int | None = None,
 ) -> dict[str, str]:
-    if msg_id is None:  # the intake refuses a webhook-id other than the event's id
-        with contextlib.suppress(ValueError, RecursionError):
-            parsed = json.loads(body)
-            if isinstance(parsed, dict) and isinstance(parsed.get("id"), str):
-                msg_id = parsed["id"]
     headers = Signer([secret]).headers(msg_id or f"msg_{uuid.uuid4().hex}", body, timestamp)
     headers["Content-Type"] = "application/json"
     return headers

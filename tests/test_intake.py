@@ -235,25 +235,25 @@ async def test_a_good_email_with_an_idn_domain_is_accepted(intake, redis_client:
     assert (await send(intake, encode(event))).status == 202
 
 
-# -- webhook-id is the event's id --
+# -- the body's id, not webhook-id, is the dedupe key (json_hook sends its delivery id) --
 
 
-async def test_webhook_id_other_than_the_event_id_is_400(intake, redis_client: redis.Redis):
-    body = encode(make_event())
-    error = assert_error(
-        await send(intake, body, signed_headers(body, "msg_other")), 400, "invalid_event"
-    )
-    assert error["path"] == "$.id"
-    assert "webhook-id" in error["message"] and "msg_other" in error["message"]
-    assert_nothing_enqueued(redis_client)
-
-
-async def test_webhook_id_equal_to_the_event_id_is_accepted(intake, redis_client: redis.Redis):
+async def test_webhook_id_other_than_the_event_id_is_accepted_and_dedupe_uses_the_body_id(
+    intake, redis_client: redis.Redis
+):
     event = make_event()
     body = encode(event)
-    answer = await send(intake, body, signed_headers(body, event["id"]))
-    assert answer.status == 202
-    assert stored_ids(redis_client) == [event["id"]]
+    first = await send(intake, body, signed_headers(body, "msg_delivery_a"))
+    assert first.status == 202
+    # the same event forwarded as another message (another rule's delivery): a duplicate
+    again = await send(intake, body, signed_headers(body, "msg_delivery_b"))
+    assert (again.status, again.json) == (200, {"id": event["id"], "duplicate": True})
+    # a new event under a webhook-id already seen: new
+    other = make_event()
+    other_body = encode(other)
+    third = await send(intake, other_body, signed_headers(other_body, "msg_delivery_a"))
+    assert third.status == 202
+    assert stored_ids(redis_client) == [event["id"], other["id"]]
 
 
 # -- unknown types: accepted, but a typo is pointed out --

@@ -36,7 +36,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.event import EVENT_ID_PATTERN
 from gateway.intake import Enqueuer, Intake
 from gateway.keys import Keys
 from gateway.openapi import document, document_bytes, event_schemas
@@ -290,18 +289,7 @@ def signed(case: Any) -> tuple[bytes, dict[str, str]]:
     return body, sign(body)
 
 
-def _event_id(body: bytes) -> str | None:
-    """The body's ``id`` when it could be a ``webhook-id``: the intake wants them equal."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    found = parsed.get("id") if isinstance(parsed, dict) else None
-    return found if isinstance(found, str) and re.match(EVENT_ID_PATTERN, found) else None
-
-
 def sign(body: bytes, msg_id: str | None = None) -> dict[str, str]:
-    msg_id = msg_id or _event_id(body)
     headers = Signer([INTAKE_SECRET]).headers(msg_id or f"msg_{uuid.uuid4().hex}", body)
     headers["Content-Type"] = "application/json"
     return headers
