@@ -143,6 +143,7 @@ def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
 def invalid(exc: EventInvalid) -> web.Response:
     """``message``/``path`` name the first problem (as before), ``problems`` all of them."""
     problems = [{"path": path, "message": reason} for path, reason in exc.problems]
+    del problems[MAX_PROBLEMS:]  # a 256 KiB body of unknown fields is not a 5 MB answer
     return error(400, "invalid_event", exc.reason, path=exc.path, problems=problems)
 
 
@@ -157,6 +158,11 @@ def _timed_out(what: str) -> web.Response:
 
 
 MAX_BODY = web.AppKey("max_body", int)
+#: At most this many entries in an ``invalid_event`` answer's ``problems``.
+MAX_PROBLEMS = 100
+#: Distinct unknown types counted by name; past it they are counted under ``"(other)"``,
+#: so senders cannot grow the counter (or a metrics label set) without bound.
+MAX_UNKNOWN_TYPES = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -359,7 +365,11 @@ class Intake:
         in it (``payment.succeded``): routed nowhere but by rules naming it exactly."""
         if event.type in TYPES:
             return None
-        self.stats.unknown_types[event.type] += 1
+        counted = self.stats.unknown_types
+        if event.type in counted or len(counted) < MAX_UNKNOWN_TYPES:
+            counted[event.type] += 1
+        else:
+            counted["(other)"] += 1
         hint = suggest_type(event.type)
         if hint is None:  # a provider's own type (stripe.customer.created): expected
             return None

@@ -585,3 +585,10 @@ async def test_an_id_is_a_duplicate_within_the_window_and_new_after_it(redis_url
     finally:
         await enqueuer.stop()
         await client.aclose()
+
+
+async def test_problems_are_capped_so_a_body_of_junk_gets_a_short_answer(intake, redis_client):
+    event = make_event(**{f"j{i}": 0 for i in range(150)})
+    error = assert_error(await send(intake, encode(event)), 400, "invalid_event")
+    assert len(error["problems"]) == 100
+    assert error["problems"][0]["message"].startswith("Object contains unknown field `j")
