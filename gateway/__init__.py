@@ -5,6 +5,7 @@ A channel plugin needs: ``hookimpl``, ``Channel`` (+ ``ChannelContext``), ``Deli
 """
 
 from . import catalog  # the event catalog and the mapping helpers source plugins use
+from .address import check_address
 from .channel import Channel, ChannelContext
 from .conditions import MISSING, Condition
 from .conf import Action, Secret
@@ -25,7 +26,7 @@ from .outbound import OutboundPolicy, OutboundRefused
 from .outbound import delivery_error as outbound_error
 from .receipts import Receipt, ReceiptRequest, ReceiptStatus
 from .signing import SignatureError, Signer, Verifier
-from .source import Source, decode_payload
+from .source import Source, decode_payload, parse_networks
 from .templating import TemplateFailure, Templates
 
 __all__ = [
@@ -61,12 +62,14 @@ __all__ = [
     "TransientError",
     "Verifier",
     "catalog",
+    "check_address",
     "decode_event",
     "decode_payload",
     "encode_event",
     "hookimpl",
     "hookspec",
     "outbound_error",
+    "parse_networks",
     "parse_retry_after",
     "raise_for_outcome",
     "template_context",

@@ -1,8 +1,7 @@
 """Email addresses: the one rule the intake checks and the email channel sends with.
 
-The same rule as ``gateway_email.compose.check_address`` (plugins/email), kept in the
-core so the intake can refuse at once what the email channel would only refuse later,
-in the dead letters.
+In the core, exported as ``gateway.check_address``, so the intake refuses at once what
+an email channel would only refuse later, in the dead letters.
 """
 
 from __future__ import annotations

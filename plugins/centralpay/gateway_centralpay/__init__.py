@@ -39,8 +39,8 @@ from gateway import (
     decode_event,
     decode_payload,
     hookimpl,
+    parse_networks,
 )
-from gateway.source import parse_networks
 
 from .config import LIVE_API, SANDBOX_API, CentralPayApi, CentralPayConfig, problems
 from .fetch import basic_auth, fetch_object, object_id, resource

@@ -43,11 +43,12 @@ from gateway import (
     PermanentError,
     Secret,
     TransientError,
+    check_address,
     hookimpl,
     template_context,
 )
 
-from .compose import Parts, build_message, check_address, header_text, inline_css, mailbox
+from .compose import Parts, build_message, header_text, inline_css, mailbox
 from .text import html_to_text
 from .transport import DEFAULT_PORTS, SmtpPool, SmtpSettings
 

@@ -19,41 +19,10 @@ from email.utils import format_datetime
 
 import css_inline
 
-#: RFC 5322 ``atext`` plus ``.``: what an unquoted local part may hold.
-_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 #: css-inline never fetches a stylesheet: templates cannot make the gateway call out.
 _INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
-
-
-def check_address(value: str) -> str:
-    """``value`` as a bare ``local@domain`` address, or ``ValueError`` saying why not.
-
-    Accepted: an ASCII local part without quotes, and a domain of at least two labels
-    (an internationalized domain is converted to its ASCII form).
-    """
-    if not isinstance(value, str) or not value:
-        raise ValueError("no address")
-    if any(unicodedata.category(ch)[0] in "CZ" for ch in value):
-        raise ValueError("an address cannot hold spaces or control characters")
-    local, at, domain = value.rpartition("@")
-    if not at or not local or not domain:
-        raise ValueError("an address needs a local part, '@' and a domain")
-    if len(local) > 64 or not _LOCAL.match(local):
-        raise ValueError(f"{local!r} is not a valid local part")
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ValueError(f"{domain!r} is not a valid domain") from None
-    labels = ascii_domain.split(".")
-    if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
-        raise ValueError(f"{domain!r} is not a valid domain")
-    address = f"{local}@{ascii_domain}"
-    if len(address) > 254:
-        raise ValueError("an address is at most 254 characters")
-    return address
 
 
 #: What a header line break could come from. Only these collapse: ``str.split()`` would
