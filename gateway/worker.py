@@ -37,6 +37,12 @@ from .windows import SendingWindow
 
 log = logging.getLogger("tocsin.worker")
 
+#: While a channel is at its in-flight limit (its stream left out of the read), the other
+#: streams are read without a server-side BLOCK, which no finished send could cut short;
+#: the loop then waits for a send to finish, or this long before looking at them again.
+HELD_POLL = 0.05
+#: Otherwise, how long one read waits on the server for a new job.
+READ_BLOCK = 0.5
 #: How often each worker looks for due retries.
 PROMOTE_INTERVAL = 0.25
 #: At low load, how long settled jobs wait for company before their XACK+XDEL is written
@@ -163,6 +169,29 @@ class Worker:
         except TimeoutError:
             pass
 
+    def _block_ms(self, room: dict[str, int]) -> int | None:
+        """How long the next read may block on the server: not at all while a stream
+        left out is held by sends in flight (one finishing gives it room at once), else
+        until a held-back stream's gate may open (rate limit, breaker), at most
+        ``READ_BLOCK``. (A read blocked 500 ms on an idle stream once left a saturated
+        channel next to it at max_in_flight jobs per 0.5 s.)"""
+        block = READ_BLOCK
+        for stream, name in self.streams.items():
+            if stream in room or name in self.disabled:
+                continue
+            gate = self.gates[name]
+            if gate.in_flight > 0:
+                return None
+            block = min(block, gate.wait_hint())
+        return max(1, int(block * 1000))
+
+    async def _wait_for_send(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._slot_free.wait()
+        except TimeoutError:
+            pass
+
     async def _read_loop(self, stopping: asyncio.Event) -> None:
         backoff = Backoff()
         groups_ready = False
@@ -187,13 +216,10 @@ class Worker:
                 pending_pass = any(c != ">" for c in reading.values())
                 # COUNT applies to each stream: share the free slots out.
                 count = max(1, min(free // len(reading), *room.values()))
+                block = None if pending_pass else self._block_ms(room)
+                self._slot_free.clear()  # a send finishing during the read counts
                 reply = await read_group(
-                    self.redis,
-                    WORKER_GROUP,
-                    self.consumer,
-                    reading,
-                    count,
-                    None if pending_pass else 500,
+                    self.redis, WORKER_GROUP, self.consumer, reading, count, block
                 )
                 backoff.reset()
             except (RedisError, OSError) as exc:
@@ -216,6 +242,8 @@ class Worker:
             for stream, cursor in reading.items():
                 if cursor != ">":
                     cursors[stream] = last.get(stream, ">")
+            if block is None and not pending_pass and not last:
+                await self._wait_for_send(HELD_POLL)
 
     def _start(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], *, recheck: bool
