@@ -36,7 +36,7 @@ async def open_redis(conf: Conf) -> AsyncIterator[Redis]:
     started: RedisServer | None = None
     url = conf.redis.url
     if not url:
-        server = RedisServer(conf.data_dir / "redis")
+        server = RedisServer(conf.data_dir / "redis", server=conf.redis.embedded_server)
         url = server.running_url() or ""
         if not url:
             url = server.start()

@@ -79,7 +79,7 @@ def serve(
     embedded: RedisServer | None = None
     url = conf.redis.url
     if not url:
-        embedded = RedisServer(conf.data_dir / "redis")
+        embedded = RedisServer(conf.data_dir / "redis", server=conf.redis.embedded_server)
         log.info(
             "no redis.url in %s: starting the embedded Redis (%s), AOF on, data in %s",
             conf.path,
@@ -90,7 +90,9 @@ def serve(
             url = embedded.start()
         except TocsinError as exc:
             _fail([f"embedded Redis: {exc}"])
-        log.info("embedded Redis ready at %s", url)
+        log.info(
+            "embedded Redis ready at %s (Redis %s, pid %s)", url, embedded.version, embedded.pid
+        )
     gateway = Gateway(plan, url, roles, host=host, port=port, sock=sock)
     try:
         _run(gateway.run)

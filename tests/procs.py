@@ -64,12 +64,6 @@ class Pid:
         stat = _stat(self.pid)
         return stat is not None and int(stat[19]) == self.started and stat[0] != "Z"
 
-    def exe_name(self) -> str:
-        try:
-            return Path(os.readlink(f"/proc/{self.pid}/exe")).name
-        except OSError:
-            return ""
-
     def kill(self) -> None:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
@@ -268,7 +262,13 @@ class Serve:
         return found.group(1) if found else None
 
     def redis_children(self) -> list[Pid]:
-        return [p for p in children(self.proc.pid) if p.exe_name().startswith("redis-server")]
+        """The embedded redis-server, by the pid the gateway logged (not by executable
+        name: Debian's /usr/bin/redis-server is a symlink to redis-check-rdb)."""
+        found = re.search(r"embedded Redis ready at \S+ \(Redis \S+, pid (\d+)\)", self.proc.stderr)
+        if found is None:
+            return []
+        pid = int(found.group(1))
+        return [p for p in children(self.proc.pid) if p.pid == pid]
 
 
 @contextlib.asynccontextmanager
