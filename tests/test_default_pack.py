@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -850,3 +851,131 @@ def test_customer_facing_reminders_wait_for_the_courtesy_window_and_transactiona
         "payment-request-reminders/final-reminder:customer_email",
     }
     assert all(w is None for k, w in windows.items() if k not in held)
+
+
+# -- what the customer reads: the payment's reference and who sent it ----------------------
+
+
+def render_receipt(
+    conf: Path, event: Path, locale: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, str]:
+    """The receipt's text and HTML parts as ``tocsin render`` prints them."""
+    monkeypatch.chdir(conf.parent.parent)
+    result = CliRunner().invoke(
+        main,
+        [
+            "render",
+            "payment_receipt",
+            "--event",
+            str(event),
+            "--channel",
+            "customer_email",
+            "--locale",
+            locale,
+            str(conf),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    text = result.stdout.split("--- text ---\n", 1)[1].split("--- html ---\n", 1)[0]
+    html = result.stdout.split("--- html ---\n", 1)[1]
+    return text, html
+
+
+@pytest.mark.parametrize(
+    ("locale", "name", "legal", "support"),
+    [
+        ("fr", "ACME Outillage (démo)", "au capital de 10 000 € — RCS Paris", "Une question ?"),
+        ("en", "ACME Tools (demo)", "share capital €10,000 — Paris Trade", "Questions?"),
+    ],
+)
+def test_receipt_shows_the_invoice_not_the_event_id_and_says_who_sent_it(
+    monkeypatch, locale, name, legal, support
+):
+    text, html = render_receipt(CONF, EXAMPLES / "payment_succeeded.json", locale, monkeypatch)
+    for part in (text, html):
+        assert "evt_demo_0001" not in part
+        assert "FA-2026-0042" in part
+        assert name in part
+        assert legal in part
+        assert "support@example.com" in part and "+33 1 23 45 67 89" in part
+        assert "12 rue de l'Exemple" in part
+    assert f"{support} support@example.com · " in text
+    # The French legal line is not borrowed by the English email, nor the reverse.
+    other = "share capital" if locale == "fr" else "au capital de"
+    assert other not in text and other not in html
+    # The logo header falls back to the name (the demo has no logo URL), then the footer.
+    assert '<span class="brand-name"' in html and html.count(name) == 2
+    assert "12 rue de l'Exemple<br>75011 Paris<br>France" in html
+
+
+def test_receipt_without_an_invoice_shows_the_providers_payment_reference(tmp_path, monkeypatch):
+    body = json.loads((EXAMPLES / "payment_succeeded.json").read_text())
+    del body["refs"]["invoice_ref"]
+    body["data"]["payment_id"] = "tx_9f2c"
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps(body))
+    text, html = render_receipt(CONF, event, "fr", monkeypatch)
+    assert "Référence : tx_9f2c\n" in text
+    assert "<th" in html and ">Référence</th>" in html and ">tx_9f2c</td>" in html
+    assert "evt_demo_0001" not in text + html
+    assert "Facture" not in text
+
+
+@pytest.mark.parametrize(
+    ("refs", "data", "shown"),
+    [
+        ({"invoice_ref": "FA-1", "payment_request_id": "pr_1"}, {"payment_id": "tx_1"}, "FA-1"),
+        ({"order_ref": "CMD-7"}, {"payment_id": "tx_1"}, "CMD-7"),
+        ({"payment_request_id": "pr_1"}, {"payment_id": "tx_1"}, "tx_1"),
+        ({"payment_request_id": "pr_1"}, {}, "pr_1"),
+        ({}, {"refund_id": "re_1", "payment_id": "tx_1"}, "re_1"),
+        ({}, {"transfer_id": "sct_31"}, "sct_31"),
+        ({}, {}, ""),
+    ],
+)
+def test_customer_reference_prefers_the_merchants_then_the_providers_never_the_event_id(
+    plan, refs, data, shown
+):
+    template = plan.templates.from_string(
+        '{% from "_layout/reference.j2" import customer_reference %}'
+        "[{{ customer_reference(event) | trim }}]"
+    )
+    event = {"id": "evt_1", "refs": refs, "data": data}
+    assert template.render(event=event) == f"[{shown}]"
+
+
+def test_an_empty_brand_renders_the_receipt_cleanly(tmp_path, monkeypatch):
+    conf_dir = tmp_path / "conf"
+    shutil.copytree(CONF.parent, conf_dir)
+    conf = conf_dir / "tocsin.toml"
+    source = conf.read_text()
+    start = source.index("[brand]")
+    end = source.index("# -- customers and staff")
+    conf.write_text(source[:start] + source[end:])
+    text, html = render_receipt(conf, EXAMPLES / "payment_succeeded.json", "fr", monkeypatch)
+    assert text.rstrip("\n").endswith("Ce message vous est envoyé automatiquement.")
+    assert "brand-" not in html and "<img" not in html and "None" not in text + html
+    assert "Une question" not in html and "mailto:" not in html
+    assert "FA-2026-0042" in html
+    check = CliRunner().invoke(main, ["check", str(conf)])
+    assert check.exit_code == 0, check.output
+
+
+def test_brand_values_are_escaped_in_html_and_plain_in_text(tmp_path, monkeypatch):
+    conf_dir = tmp_path / "conf"
+    shutil.copytree(CONF.parent, conf_dir)
+    conf = conf_dir / "tocsin.toml"
+    source = conf.read_text().replace(
+        'name = "ACME Outillage (démo)"',
+        'name = "Dupont & Fils <b>"\nlogo_url = "https://cdn.example.com/logo.png?a=1&b=2"',
+    )
+    conf.write_text(source)
+    text, html = render_receipt(conf, EXAMPLES / "payment_succeeded.json", "fr", monkeypatch)
+    assert "Dupont & Fils <b>" in text
+    # (The HTML is re-serialized when its styles are inlined: "<" stays bare in attributes.)
+    assert "<strong>Dupont &amp; Fils &lt;b&gt;</strong>" in html
+    assert (
+        '<img src="https://cdn.example.com/logo.png?a=1&amp;b=2" alt="Dupont &amp; Fils <b>"'
+        in html
+    )
+    assert html.count("<b>") == 1  # inside alt="" only: never markup

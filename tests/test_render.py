@@ -504,3 +504,58 @@ def test_render_shipped_template_with_the_shipped_event(monkeypatch):
     )
     body = result.stdout.split("--- json ---\n", 1)[1]
     assert json.loads(body)["amount_minor"] == 125000
+
+
+# -- [brand] -------------------------------------------------------------------------------
+
+BRAND = """
+[brand]
+name = "Dupont"
+legal = "SARL Dupont"
+[brand.fr]
+legal = "SARL Dupont au capital de 1 000 €"
+"""
+
+
+def test_every_template_sees_the_brand_in_the_language_it_renders(tmp_path):
+    template = '{"from": {{ brand.name | tojson }}, "legal": {{ brand.legal | tojson }}}'
+    conf = conf_with(tmp_path, {"receipt/json.j2": template}, console=False, extra=BRAND)
+    for locale, legal in (("fr-FR", "SARL Dupont au capital de 1 000 €"), ("en", "SARL Dupont")):
+        result = cli(
+            "render", "receipt", "--event", str(event_file(tmp_path)), "--locale", locale, str(conf)
+        )
+        assert result.exit_code == 0, result.output
+        body = json.loads(result.stdout.split("--- json ---\n", 1)[1])
+        assert body == {"from": "Dupont", "legal": legal}
+
+
+def test_check_refuses_a_logo_that_is_not_https_and_other_brand_mistakes(tmp_path):
+    brand = """
+    [brand]
+    name = "Dupont"
+    logo_url = "http://cdn.example.com/logo.png"
+    support_email = "support at example.com"
+    slogan = "Le meilleur"
+    [brand.en]
+    logo_url = "data:image/png;base64,AAAA"
+    website = "www.example.com"
+    [brand.Paris]
+    name = "Dupont Paris"
+    """
+    conf = conf_with(tmp_path, {"receipt/json.j2": RECEIPT_JSON}, console=False, extra=brand)
+    result = cli("check", str(conf))
+    assert result.exit_code == 2, result.output
+    https = "must be an https:// URL"
+    http_line, data_line = line_of(conf, 'logo_url = "http:'), line_of(conf, 'logo_url = "data:')
+    assert f"{conf}:{http_line}: brand.logo_url: {https}" in result.stderr
+    assert f"{conf}:{data_line}: brand.en.logo_url: {https}" in result.stderr
+    assert f"{conf}:{line_of(conf, 'support_email')}: brand.support_email: " in result.stderr
+    assert f"{conf}:{line_of(conf, 'slogan')}: brand: Object contains unknown field `slogan`" in (
+        result.stderr
+    )
+    assert f"{conf}:{line_of(conf, 'website')}: brand.en.website: must be an http(s)" in (
+        result.stderr
+    )
+    assert f"{conf}:{line_of(conf, '[brand.Paris]')}: brand.Paris: a sub-table names a locale" in (
+        result.stderr
+    )
