@@ -126,6 +126,10 @@ class WorkerSection(_Section):
     visibility_timeout: Duration | None = None
     #: A job taken over more than this many times is dead-lettered as poison.
     poison_after: int = 3
+    #: An event a router read and has not routed for this long is taken over by another
+    #: router (its router died). Unset: ten times the longest a live router holds a
+    #: batch (router_batch x 1 ms), at least 2 s. (docs/delivery.md, Crash safety)
+    router_reclaim_after: Duration | None = None
 
 
 class HistorySection(_Section):

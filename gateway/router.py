@@ -33,10 +33,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tocsin.router")
 
-#: Events read but not routed for this long belong to a router that died; take them over.
-#: Routing a batch takes milliseconds, so this is far above any live router's hold.
-RECLAIM_IDLE_MS = 30_000
+#: The slowest a live router is taken to route one event. Measured: ~50 us (128-event
+#: batches, a rule with a condition, so each event decoded whole; 2-core box while a
+#: benchmark ran); 1 ms leaves room for scenarios' Redis round trips and a busier box.
+SLOWEST_PER_EVENT = 0.001
+#: How many times that batch time an event may stay read and unrouted before another
+#: router takes it over (``[worker] router_reclaim_after`` unset), and the floor of that.
+#: A takeover that comes too early costs only work done twice: the fan-out script skips
+#: an event another router acknowledged, and scenarios ignore an event seen twice.
+RECLAIM_MARGIN = 10
+RECLAIM_FLOOR = 2.0
+#: How often a router looks for events to take over: half the reclaim time, at most this.
 RECLAIM_INTERVAL = 5.0
+
+
+def default_reclaim_after(batch: int) -> float:
+    """Seconds after which a read, unrouted event is taken as its router's death: ten
+    times the longest a live router holds a batch of ``batch`` events, at least 2 s
+    (128, the default batch: 2 s)."""
+    return max(RECLAIM_FLOOR, RECLAIM_MARGIN * SLOWEST_PER_EVENT * batch)
+
+
 #: How often routed events older than the retention are trimmed from the events stream.
 TRIM_INTERVAL = 60.0
 
@@ -163,7 +180,7 @@ class Router:
         consumer: str,
         batch: int = 512,
         *,
-        reclaim_idle_ms: int = RECLAIM_IDLE_MS,
+        reclaim_idle_ms: int | None = None,
         retention: float = 30 * 86400,
         scenarios: ScenarioEngine | None = None,
         clock: Callable[[], float] = time.time,
@@ -171,7 +188,10 @@ class Router:
         self.clock = clock
         self.scenarios = scenarios
         self.retention = max(1, int(retention))
+        if reclaim_idle_ms is None:
+            reclaim_idle_ms = int(default_reclaim_after(batch) * 1000)
         self.reclaim_idle_ms = reclaim_idle_ms
+        self.reclaim_interval = min(RECLAIM_INTERVAL, max(0.05, reclaim_idle_ms / 2000))
         self.redis = redis
         self.keys = keys
         self.rules = rules
@@ -213,7 +233,7 @@ class Router:
                     await self._route(entries)
                 if time.monotonic() >= next_reclaim:
                     await self._reclaim()
-                    next_reclaim = time.monotonic() + RECLAIM_INTERVAL
+                    next_reclaim = time.monotonic() + self.reclaim_interval
                 if time.monotonic() >= next_trim:
                     await self.trim()
                     next_trim = time.monotonic() + TRIM_INTERVAL

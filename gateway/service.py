@@ -176,6 +176,9 @@ class Gateway:
             self.plan.rules,
             self.consumer,
             conf.worker.router_batch,
+            reclaim_idle_ms=(
+                None if (after := conf.worker.router_reclaim_after) is None else int(after * 1000)
+            ),
             retention=float(conf.history.retention),
             scenarios=scenarios,
         )

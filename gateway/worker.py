@@ -185,9 +185,9 @@ class Worker:
             block = min(block, gate.wait_hint())
         return max(1, int(block * 1000))
 
-    async def _wait_for_send(self, timeout: float) -> None:
+    async def _wait_for_send(self) -> None:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(HELD_POLL):
                 await self._slot_free.wait()
         except TimeoutError:
             pass
@@ -243,7 +243,7 @@ class Worker:
                 if cursor != ">":
                     cursors[stream] = last.get(stream, ">")
             if block is None and not pending_pass and not last:
-                await self._wait_for_send(HELD_POLL)
+                await self._wait_for_send()
 
     def _start(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], *, recheck: bool

@@ -11,14 +11,14 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.delivery import Delivery, encode_delivery
-from gateway.keys import WORKER_GROUP, Keys
+from gateway.keys import ROUTER_GROUP, WORKER_GROUP, Keys
 from gateway.redis_server import free_port
+from gateway.router import Router
 from gateway.streams import ensure_group
 from gateway.worker import Worker
 
@@ -124,3 +124,43 @@ async def test_a_saturated_channel_keeps_its_full_rate_beside_an_idle_one(tmp_pa
     assert rate >= 0.8 * full, f"{rate:.0f} jobs/s on the saturated channel, full rate {full:.0f}"
     idle_wait = rec.arrivals["/idle"][0] - posted
     assert idle_wait < 0.25, f"the idle channel's job waited {idle_wait:.3f}s"
+
+
+async def test_a_dead_routers_events_are_taken_over_within_router_reclaim_after(
+    tmp_path, redis_url, start_gateway
+):
+    """Events a router read and died holding (what a SIGKILL leaves) are routed by a
+    live router once idle past ``[worker] router_reclaim_after``: not before, and not
+    30 s later as with the old hard-coded value."""
+    conf = write_conf(tmp_path, redis_url=redis_url)
+    text = conf.read_text().replace('shutdown_grace = "2s"', 'router_reclaim_after = "1s"', 1)
+    conf.write_text(text)
+    keys = Keys()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await ensure_group(client, keys.events, ROUTER_GROUP)
+        for _ in range(5):
+            await client.xadd(keys.events, {"e": json.dumps(make_event()).encode()})
+        await client.xreadgroup(ROUTER_GROUP, "dead-router", {keys.events: ">"}, count=10)
+        orphaned = time.monotonic()
+        await start_gateway(conf, roles=("router",))
+        deadline = orphaned + 10
+        while await client.xlen(keys.deliveries("hook")) < 5:
+            assert time.monotonic() < deadline, "the dead router's events were not taken over"
+            await asyncio.sleep(0.02)
+        took = time.monotonic() - orphaned
+        assert (await client.xpending(keys.events, ROUTER_GROUP))["pending"] == 0
+    finally:
+        await client.aclose()
+    # 1 s idle, then within a reclaim interval (0.5 s) and a blocked read (0.5 s).
+    assert 1.0 <= took < 2.5, f"taken over after {took:.2f}s"
+
+
+def test_router_reclaim_after_defaults_to_ten_times_a_slow_batch(tmp_path, redis_url):
+    """Unset, it follows router_batch: 2 s for the default 128 (floor), 10 s for 1,000."""
+    plan = load_plan(write_conf(tmp_path, redis_url=redis_url))
+    client = aioredis.Redis.from_url(redis_url)
+    assert Router(client, Keys(), plan.rules, "r").reclaim_idle_ms == 5_120
+    assert Router(client, Keys(), plan.rules, "r", 128).reclaim_idle_ms == 2_000
+    assert Router(client, Keys(), plan.rules, "r", 1_000).reclaim_idle_ms == 10_000
+    assert Router(client, Keys(), plan.rules, "r", reclaim_idle_ms=750).reclaim_interval == 0.375
