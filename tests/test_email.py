@@ -39,7 +39,7 @@ from gateway import (
     Templates,
     TransientError,
 )
-from gateway.conf import convert
+from gateway.conf import convert, load_conf
 from gateway.plugins import load_registry
 from gateway.redis_server import free_port
 
@@ -680,7 +680,9 @@ def test_sample_receipt_templates_render_in_french_and_english(tmp_path):
     assert fr["subject"] == "Paiement reçu : 1\u202f250,00\xa0€ — facture FA-2026-0042"
     assert "Nous avons bien reçu votre paiement de 1\u202f250,00\xa0€. Merci !" in fr["text"]
     assert "Date : 25 novembre 2026" in fr["text"]
-    assert "Référence : evt_demo_0001" in fr["text"]
+    # The customer sees their invoice number, never the gateway's event id.
+    assert "Facture : FA-2026-0042" in fr["text"]
+    assert "evt_demo_0001" not in fr["text"] + fr["html"]
     assert "Carte •••• 4242" in fr["html"]
     en = channel.preview(delivery(event, template="payment_receipt", locale="en"))
     assert en["subject"] == "Payment received: €1,250.00 — invoice FA-2026-0042"
@@ -705,6 +707,34 @@ async def test_a_french_amount_reaches_the_subject_with_its_no_break_spaces(tmp_
     subject = got.message()["Subject"]
     assert subject == "Paiement reçu : 1\u202f250,00\xa0€ — facture FA-2026-0042"
     assert "1\u202f250,00\xa0€" in body_of(got.message(), "plain")
+
+
+async def test_the_sent_receipt_says_who_sent_it_in_both_parts(tmp_path, smtp_server):
+    """The shipped [brand] reaches the customer's mailbox, in the text and the HTML part."""
+    server = await smtp_server()
+    brand = load_conf(SAMPLE_TEMPLATES.parent / "tocsin.toml").brand
+    templates = Templates(SAMPLE_TEMPLATES, "fr", load_registry().filters, brand=brand)
+    channel = Email(
+        "mail",
+        convert({"from_address": FROM, **smtp_options(server)}, EmailConfig),
+        ChannelContext(templates, tmp_path, "fr"),
+    )
+    await channel.start()
+    try:
+        event = json.loads(SAMPLE_EVENT.read_text())
+        await channel.send(delivery(event, template="payment_receipt", locale="en"))
+    finally:
+        await channel.close()
+    [got] = await server.wait_for(1)
+    text, html = body_of(got.message(), "plain"), body_of(got.message(), "html")
+    for part in (text, html):
+        assert "ACME Tools (demo)" in part
+        assert "75011 Paris" in part
+        assert "Paris Trade and Companies Register" in part
+        assert "support@example.com" in part
+        assert "FA-2026-0042" in part
+        assert "evt_demo_0001" not in part
+    assert '<a href="mailto:support@example.com"' in html
 
 
 def test_send_timeout_follows_the_configured_timeout(tmp_path):
