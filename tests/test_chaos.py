@@ -668,3 +668,76 @@ async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(tmp_path, redi
     assert dead_letters(redis_url) == []
     for proc in (stopped, survivor):
         assert log_problems(proc) == [], proc.proc.stderr[-3000:]
+
+
+# --- 6. SIGKILL a worker under steady load: what is sent again ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("latency", "kill_after"), [(0.05, 600), (0.5, 200)], ids=["receiver-50ms", "receiver-500ms"]
+)
+async def test_a_worker_sigkilled_under_load_resends_only_what_it_had_not_settled(
+    tmp_path, redis_url, figures, latency, kill_after
+):
+    """A worker dies mid-stream: nothing is lost, and what a rescuer sends again, with
+    the same webhook-id, is only what the dead one had not settled: its sends in flight
+    (at most max_in_flight = 128; a 500 ms receiver keeps the channel at that limit)
+    plus deliveries waiting for the batched acknowledgement. docs/delivery.md quotes
+    the figures this test prints."""
+    limit = 128
+    async with ledger_receiver(free_port(), delay=latency) as rec, gateways(tmp_path) as procs:
+        hooks = {"hook": Hook(rec.url, timeout="1s")}
+
+        def conf(name: str) -> Path:
+            return chaos_conf(tmp_path / name, redis_url, hooks, sender=name)
+
+        front, victim = await procs.start(
+            ("front", conf("front"), ("intake", "router"), free_port()),
+            ("victim", conf("victim"), ("worker",)),
+        )
+        ledger = Ledger()
+        events = [make_event() for _ in range(3000)]
+        producing = asyncio.create_task(
+            produce(ledger, [front.url], events, producers=16, timeout=90)
+        )
+        await wait_for(
+            lambda: len(rec.delivered()) >= kill_after or producing.done(), 60, "webhooks delivered"
+        )
+        assert not producing.done(), "every event went through before the kill"
+        in_flight_at_kill = len(rec.unanswered("victim"))
+        victim.proc.signal(signal.SIGKILL)
+        assert await victim.proc.wait() == -signal.SIGKILL
+        killed_at = time.monotonic()
+        orphaned = pending_jobs(redis_url, "hook", victim.consumer)
+        [rescuer] = await procs.start(("rescuer", conf("rescuer"), ("worker",)))
+        await producing
+        last = await rec.wait_delivered(set(ledger.acked), timeout=90)
+        codes = await procs.terminate(front, rescuer)
+
+    tries = rec.by_webhook_id()
+    sent_by_victim = {w for w, ts in tries.items() if any(t.sender == "victim" for t in ts)}
+    resent = {w for w in sent_by_victim if any(t.sender == "rescuer" for t in tries[w])}
+    accepted_twice = rec.duplicates()
+    figures(
+        **ledger_figures(ledger, rec),
+        max_in_flight=limit,
+        in_flight_at_kill=in_flight_at_kill,
+        unsettled_at_kill=len(orphaned),
+        sent_again=len(resent),
+        accepted_twice=len(accepted_twice),
+        recovery_s=last - killed_at,
+    )
+    assert codes == [0, 0], [p.proc.stderr[-2000:] for p in (front, rescuer)]
+    assert set(ledger.acked) == {e["id"] for e in events}
+    assert set(ledger.acked) - rec.delivered_event_ids() == set(), "acknowledged events lost"
+    assert orphaned, "the killed worker held no unsettled job: nothing was tested"
+    # What is sent again is exactly what the dead worker read and never settled.
+    assert resent == set(orphaned.values()) & sent_by_victim
+    # In flight, plus what finished within an acknowledgement batch's linger and write.
+    assert len(orphaned) <= limit + 2 * 64, len(orphaned)
+    assert set(accepted_twice) <= resent
+    assert rec.rejected == []
+    assert leftovers(redis_url, ["hook"]) == {"events pending": 0, "hook pending": 0, "retries": 0}
+    assert dead_letters(redis_url) == []
+    for proc in (front, rescuer):
+        assert log_problems(proc) == [], proc.proc.stderr[-3000:]
