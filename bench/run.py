@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="redis-server AOF fsync policy (default always: the embedded Redis's own)",
     )
     parser.add_argument(
+        "--redis-server",
+        default="auto",
+        help="redis-server binary (default auto: the embedded Redis's own choice)",
+    )
+    parser.add_argument(
         "--worker-concurrency",
         type=int,
         default=None,
@@ -136,7 +141,10 @@ class Bench:
     # ------------------------------------------------------------------ infrastructure
     def start_infra(self) -> None:
         self.redis_server = RedisServer(
-            self.tmp / "redis", port=free_port(), appendfsync=self.args.appendfsync
+            self.tmp / "redis",
+            port=free_port(),
+            appendfsync=self.args.appendfsync,
+            server=self.args.redis_server,
         )
         url = self.redis_server.start()
         self.redis = redis.Redis.from_url(url, decode_responses=True)
