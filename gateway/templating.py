@@ -137,6 +137,10 @@ class Templates:
             raise TemplateFailure(
                 f"template {notification}: {detail}", template=notification, detail=detail
             )
+        return self.render_file(name, context)
+
+    def render_file(self, name: str, context: Mapping[str, Any]) -> str:
+        """Render ``name`` as ``find`` returned it (a caller that looked it up once)."""
         # The brand in the language the text is written in: the locale folder found, which
         # is not the delivery's locale when a notification lacks that language.
         parts = name.split("/")

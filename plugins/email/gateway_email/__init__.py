@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +47,7 @@ from gateway import (
     template_context,
 )
 
-from .compose import Parts, build_message, header_text, inline_css, mailbox
+from .compose import MessageWriter, Parts, build_message, header_text, inline_css, mailbox
 from .text import html_to_text
 from .transport import DEFAULT_PORTS, SmtpPool, SmtpSettings
 
@@ -57,6 +56,8 @@ HTML_PART = "email.html"
 TEXT_PART = "email.txt"
 #: Hosts to which a password may travel without TLS (a local relay).
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+#: Template lookups remembered per (notification, locale).
+_LOOKUPS = 1024
 
 
 class EmailConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -129,6 +130,8 @@ class Email(Channel[EmailConfig]):
             )
         self.sender = mailbox(from_address, config.from_name)
         self.reply_to = mailbox(reply_to) if reply_to else None
+        self._writer = MessageWriter(self.sender, self.reply_to)
+        self._lookups: dict[tuple[str, str | None], tuple[str, dict[str, str]]] = {}
         self.outbox = context.data_dir / config.outbox_dir
         self.settings = SmtpSettings(
             host=config.host,
@@ -201,29 +204,52 @@ class Email(Channel[EmailConfig]):
             raise PermanentError(f"invalid recipient address {address!r}: {exc}") from None
         return mailbox(checked, recipient.name if recipient.kind == "customer" else None)
 
+    def _files(self, notification: str, locale: str | None) -> tuple[str, dict[str, str]]:
+        """The subject's template file, and each part's present beside it.
+
+        All parts come from the folder holding the subject (receipt/en/, receipt/fr/ or
+        receipt/): an English subject never travels with a French body. Looked up once
+        per notification and locale: Jinja already keeps every template it compiled for
+        the life of the process (auto_reload off), and the lookups cost a dozen stat()
+        calls per message."""
+        key = (notification, locale)
+        found = self._lookups.get(key)
+        if found is not None:
+            return found
+        templates = self.context.templates
+        subject_file = templates.find(notification, SUBJECT_PART, locale)
+        if subject_file is None:
+            raise PermanentError(
+                f"template {notification}: no {SUBJECT_PART}.j2 for locale "
+                f"{locale or self.context.default_locale}"
+            )
+        folder = templates.root / subject_file.rpartition("/")[0]
+        inner = subject_file[len(notification) + 1 :]
+        folder_locale = inner.partition("/")[0] if "/" in inner else locale
+        files = {}
+        for part in (SUBJECT_PART, HTML_PART, TEXT_PART):
+            if (folder / f"{part}.j2").is_file():
+                name = templates.find(notification, part, folder_locale)
+                if name is None:  # cannot happen: the file is there; say so if it does
+                    raise PermanentError(f"template {notification}: {part}.j2 vanished")
+                files[part] = name
+        if len(self._lookups) >= _LOOKUPS:  # locales come from event data: stay bounded
+            self._lookups.clear()
+        self._lookups[key] = found = (subject_file, files)
+        return found
+
     def parts(self, delivery: Delivery) -> Parts:
         """Subject, text and (optional) HTML, rendered; raises PermanentError."""
         notification = delivery.template
         if notification is None:
             raise PermanentError("email needs a template: set `template` on the rule's action")
         templates = self.context.templates
-        # All parts come from the folder holding the subject (receipt/en/, receipt/fr/ or
-        # receipt/): an English subject never travels with a French body.
-        subject_file = templates.find(notification, SUBJECT_PART, delivery.locale)
-        if subject_file is None:
-            raise PermanentError(
-                f"template {notification}: no {SUBJECT_PART}.j2 for locale "
-                f"{delivery.locale or self.context.default_locale}"
-            )
-        folder = templates.root / subject_file.rpartition("/")[0]
-        inner = subject_file[len(notification) + 1 :]
-        locale = inner.partition("/")[0] if "/" in inner else delivery.locale
+        subject_file, files = self._files(notification, delivery.locale)
         context = template_context(delivery, delivery.decode_event())
 
         def render(part: str) -> str | None:
-            if not (folder / f"{part}.j2").is_file():
-                return None
-            return templates.render(notification, part, locale, context)
+            name = files.get(part)
+            return None if name is None else templates.render_file(name, context)
 
         subject = header_text(render(SUBJECT_PART) or "")
         if not subject:
@@ -249,7 +275,9 @@ class Email(Channel[EmailConfig]):
         return Parts(subject=subject, text=text, html=html)
 
     def message(self, delivery: Delivery, recipient: Address | None = None) -> EmailMessage:
-        """The message ``send`` would send (its Date aside)."""
+        """The message ``send`` would send (its Date and MIME boundary aside), as an object.
+
+        ``send`` writes the same bytes without building it (``MessageWriter``)."""
         if recipient is None:
             recipient = self.recipient(delivery)
         return build_message(
@@ -259,6 +287,24 @@ class Email(Channel[EmailConfig]):
             reply_to=self.reply_to,
             parts=self.parts(delivery),
             date=datetime.now(UTC),
+        )
+
+    def data(
+        self,
+        delivery: Delivery,
+        recipient: Address | None = None,
+        *,
+        date: datetime | None = None,
+        boundary: str | None = None,
+    ) -> bytes:
+        """What ``send`` sends: ``message(...).as_bytes(policy=SMTP)``, byte for byte
+        (for the same Date and MIME boundary), written without the ``EmailMessage``."""
+        return self._writer.message_bytes(
+            delivery_id=delivery.id,
+            recipient=recipient if recipient is not None else self.recipient(delivery),
+            parts=self.parts(delivery),
+            date=date if date is not None else datetime.now(UTC),
+            boundary=boundary,
         )
 
     def preview(self, delivery: Delivery) -> dict[str, str]:
@@ -276,7 +322,7 @@ class Email(Channel[EmailConfig]):
 
     async def send(self, delivery: Delivery) -> None:
         recipient = self.recipient(delivery)
-        data = self.message(delivery, recipient).as_bytes(policy=SMTP)
+        data = self.data(delivery, recipient)
         if self.config.backend == "outbox":
             await asyncio.to_thread(self._write_outbox, delivery.id, data)
             return
