@@ -14,6 +14,7 @@ templates (issue #15). tests/test_email_bytes.py holds the two to byte equality.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import sys
@@ -107,7 +108,6 @@ def build_message(
 #: SMTP's line length, as the stdlib folds headers and wraps quoted-printable bodies.
 _MAX_LINE = 78
 _CRLF = "\r\n"
-_NEWLINE = re.compile(r"\r\n|\r|\n")
 #: Values whose header the stdlib writes as ``Name: value`` when the line fits: printable
 #: ASCII words between single spaces, no encoded-word lookalike (checked apart).
 _PLAIN_TEXT = re.compile(r"[!-~]+(?: [!-~]+)*")
@@ -147,10 +147,17 @@ def header_bytes(name: str, value: str | Address) -> bytes:
 
 def _qp_body(text: str) -> bytes:
     """A UTF-8 text body in quoted-printable with CRLF line ends, as set_content(cte=
-    "quoted-printable") and BytesGenerator write it (same stdlib encoder, same wrap)."""
+    "quoted-printable") and BytesGenerator write it: the same stdlib encoder, one line at
+    a time. body_encode escapes every CR and LF left after ``splitlines``, and encodes
+    each line on its own, so joining encoded lines is the same; and most lines (the
+    layout's) are the same in every message."""
     lines = text.encode("utf-8").splitlines()
-    encoded = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), _MAX_LINE)
-    return _CRLF.join(_NEWLINE.split(encoded)).encode("ascii")
+    return ("\r\n".join(map(_qp_line, lines)) + "\r\n").encode("ascii")
+
+
+@functools.lru_cache(maxsize=4096)
+def _qp_line(line: bytes) -> str:
+    return quoprimime.body_encode(line.decode("latin-1"), _MAX_LINE, _CRLF) if line else ""
 
 
 _MIME_VERSION = header_bytes("MIME-Version", "1.0")
