@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -222,3 +223,13 @@ def test_a_boundary_of_another_shape_is_folded_by_the_stdlib():
         delivery_id="msg_1", recipient=recipient, parts=parts, date=DATE, boundary="b" * 70
     )
     assert got == message.as_bytes(policy=SMTP)
+
+
+def test_header_text_drops_every_control_character_and_keeps_no_break_spaces():
+    controls = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cc"]
+    for ch in controls:
+        assert ch not in header_text(f"a{ch}b"), hex(ord(ch))
+    assert (
+        header_text(" Reçu\r\n\tde  1\u202f250,00\xa0€\x00\x7f\x9f ")
+        == "Reçu de 1\u202f250,00\xa0€"
+    )

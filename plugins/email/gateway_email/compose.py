@@ -18,7 +18,6 @@ import functools
 import random
 import re
 import sys
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from email import quoprimime
@@ -39,13 +38,14 @@ _INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=Fal
 #: also take the no-break spaces a locale puts in amounts (``1\u202f234,50\xa0€`` in
 #: fr-FR) and dates, which must reach the subject as they reach the body.
 _BREAKS = re.compile(r"[ \t\n\r\f\v\x1c-\x1f\x85\u2028\u2029]+")
+#: Unicode's Cc category, all of it: U+0000-U+001F and U+007F-U+009F.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def header_text(value: str) -> str:
     """One line of text for a header: runs of ASCII white space (CR and LF too) become
     one space; other control characters go."""
-    text = _BREAKS.sub(" ", value).strip(" ")
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc")
+    return _CONTROLS.sub("", _BREAKS.sub(" ", value).strip(" "))
 
 
 def mailbox(address: str, name: str | None = None) -> Address:
