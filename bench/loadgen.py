@@ -14,6 +14,9 @@ Both print one JSON line. The secret is read from ``BENCH_INTAKE_SECRET``.
 
     python -m bench.loadgen closed --url http://127.0.0.1:8088/v1/events -n 20000 -c 64
     python -m bench.loadgen paced --url ... --rate 1000 --duration 5
+
+``retrying``: ``paced``, but each event is posted again until acknowledged, as a payment
+provider does (the fault phase); the acknowledged ids go to ``--acks FILE``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import asyncio
 import os
 import time
 from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
 
 import aiohttp
 
@@ -163,6 +168,87 @@ async def paced(
     }
 
 
+#: A retrying producer's pause between tries of one event (providers back off longer;
+#: this keeps the backlog a fault builds as large as the load made it).
+RETRY_PAUSE = 0.1
+
+
+async def retrying(
+    url: str,
+    rate: float,
+    duration: float,
+    max_inflight: int,
+    id_prefix: str,
+    signer: Signer,
+) -> dict:
+    """``paced``, as a payment provider posts: each event is tried again (same id, same
+    body) until it is acknowledged (202, or 200: an earlier try was stored), so a gateway
+    or Redis going down delays events but cannot drop them. The result lists each
+    acknowledged id with when (epoch seconds)."""
+    n = int(rate * duration)
+    answers: Counter[str] = Counter()
+    acked: list[tuple[str, float]] = []
+    refused: Counter[str] = Counter()
+    slots = asyncio.Semaphore(max_inflight)
+    stalled = 0
+
+    connector = aiohttp.TCPConnector(limit=max_inflight)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(i: int) -> None:
+            try:
+                event_id = f"{id_prefix}{i:08d}"
+                body = encode(make_event(event_id, time.time(), i))
+                while True:
+                    headers = _signed(signer, event_id, body)  # a fresh timestamp per try
+                    try:
+                        async with session.post(url, data=body, headers=headers) as response:
+                            await response.read()
+                            status = str(response.status)
+                    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                        status = type(exc).__name__
+                    answers[status] += 1
+                    if status in ("200", "202"):
+                        acked.append((event_id, time.time()))
+                        return
+                    if status.startswith("4") and status not in ("408", "429"):
+                        refused[status] += 1  # a provider would not try again
+                        return
+                    await asyncio.sleep(RETRY_PAUSE)
+            finally:
+                slots.release()
+
+        tasks = []
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        for i in range(n):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if slots.locked():
+                stalled += 1
+            await slots.acquire()
+            tasks.append(asyncio.create_task(one(i)))
+        send_elapsed = time.perf_counter() - t0
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - t0
+    return {
+        "mode": "retrying",
+        "n": n,
+        "rate_offered": rate,
+        "duration_s": duration,
+        "accepted": len(acked),
+        "answers": dict(answers),
+        "refused": dict(refused),
+        "stalled_ticks": stalled,
+        "send_elapsed_s": round(send_elapsed, 4),
+        "elapsed_s": round(elapsed, 4),
+        "cpu_loop_s": round(time.process_time() - cpu0, 3),
+        "acked": [[event_id, round(at, 6)] for event_id, at in acked],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -173,17 +259,37 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--max-inflight", type=int, default=256)
-    for each in (c, p):
+    r = sub.add_parser("retrying")
+    r.add_argument("--rate", type=float, default=500.0)
+    r.add_argument("--duration", type=float, default=16.0)
+    r.add_argument("--max-inflight", type=int, default=512)
+    r.add_argument("--acks", required=True, help="file: each acknowledged id and when, a line")
+    for each in (c, p, r):
         each.add_argument("--url", required=True)
         each.add_argument("--id-prefix", default="evt_bench_")
         each.add_argument("--max-seconds", type=float, default=300.0)
     args = parser.parse_args()
     signer = Signer([os.environ["BENCH_INTAKE_SECRET"]])
+    work: Coroutine[Any, Any, dict]
     if args.mode == "closed":
         work = closed(args.url, args.n, args.conc, args.id_prefix, signer)
+    elif args.mode == "retrying":
+        work = retrying(
+            args.url,
+            args.rate,
+            args.duration,
+            args.max_inflight,
+            args.id_prefix,
+            signer,
+        )
     else:
         work = paced(args.url, args.rate, args.duration, args.max_inflight, args.id_prefix, signer)
-    emit_result(run_loop(bounded(work, args.max_seconds)))
+    result = run_loop(bounded(work, args.max_seconds))
+    if args.mode == "retrying":
+        # A file, not the JSON line: a pipe cut that line at 96 KiB.
+        with open(args.acks, "w") as out:
+            out.writelines(f"{event_id} {at}\n" for event_id, at in result.pop("acked"))
+    emit_result(result)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from . import faults
+
 INTAKE_RATIO_TARGET = 0.8
 DELIVERY_RATIO_TARGET = 0.8
 LATENCY_P99_TARGET_MS = 25.0
+#: After the last fault, the backlog drains within this many times a fault-free drain.
+FAULT_DRAIN_TARGET = 2.0
 
 #: Context only: from a separate peers run (another run, same 2-core box; each peer
 #: enqueues N jobs into Redis and a worker POSTs them to the same kind of sink). Its
@@ -73,6 +77,17 @@ def checks(result: dict[str, Any], n: int) -> dict[str, dict[str, Any]]:
         out["latency_exactly_once"] = _check(
             ok and accepted == offered, f"{accepted}/{offered} got 202; {detail}"
         )
+    faults = result.get("faults")
+    if faults is not None:
+        load, left = faults["load"], faults["left_in_redis"]
+        out["faults_nothing_lost"] = _check(
+            faults["lost"] == 0
+            and faults["acknowledged"] == load["n"]
+            and faults["bad_signature"] == 0
+            and not any(left.values()),
+            f"{faults['acknowledged']}/{load['n']} acknowledged (after retries), "
+            f"{faults['lost']} lost {faults['lost_sample']}, left in Redis {left}",
+        )
     return out
 
 
@@ -119,6 +134,9 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if "latency" in result:
         p99 = result["latency"]["latency_ms"]["p99"]
         out["latency_p99_ms"] = _target(p99, LATENCY_P99_TARGET_MS, False)
+    if "faults" in result:
+        ratio = result["faults"]["drain_ratio"]
+        out["fault_drain_ratio"] = _target(ratio, FAULT_DRAIN_TARGET, False)
     return out
 
 
@@ -226,6 +244,30 @@ def _rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
                 "",
                 "gateway CPU us/event (all roles)",
                 _n(latency["server_cpu_us_per_event"]),
+                "",
+                "",
+                "",
+                "",
+            ),
+        ]
+    if "faults" in result:
+        f = result["faults"]
+        free = f["fault_free"] or {}
+        rows += [
+            (
+                "faults",
+                f"drain s after last fault, backlog {f['backlog_at_last_fault']:,} (fault-free)",
+                _n(f["drain_s"], 2),
+                _n(free.get("drain_s"), 2),
+                _n(f["drain_ratio"], 2),
+                tg["fault_drain_ratio"]["target"],
+                verdict("fault_drain_ratio"),
+            ),
+            (
+                "",
+                f"@ {f['rate']:g}/s x {f['seconds']:g}s, gateway SIGKILL x{len(faults.KILLS)}, "
+                "redis x1: lost / sent twice",
+                f"{f['lost']} / {f['sent_twice']}",
                 "",
                 "",
                 "",

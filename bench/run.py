@@ -9,6 +9,8 @@ Phases (each Tocsin figure has a ceiling measured in the same run, same box):
              N signed bodies to the same sink.
 3. latency   ``tocsin serve`` (all roles) under ``bench.loadgen paced`` at R events/s;
              the sink measures receipt time - ``data.ts`` (stamped at send time).
+4. faults    (``--faults``) the gateway SIGKILLed twice and redis-server once under a
+             paced load; lost, sent twice, drain vs a fault-free drain (``bench.faults``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import redis
 from gateway.redis_server import RedisServer, free_port
 from gateway.signing import generate_secret
 
-from . import report
+from . import faults, report
 from .common import HOST, box_busy_seconds, encode, make_event
 from .procs import REPO, Procs, cpu_seconds, http_json, tail, wait_http
 
@@ -56,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reps", type=int, default=1, help="repeat intake+delivery K times; report the median"
     )
+    faults.add_arguments(parser)
     parser.add_argument(
         "--latency-only", action="store_true", help="run only the latency phase (fast iteration)"
     )
@@ -99,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.latency_seconds = 2.0 if args.quick else 5.0
     if min(args.events, args.concurrency, args.reps, args.delivery_procs) < 1 or args.rate <= 0:
         parser.error("--events, --concurrency, --reps, --delivery-procs, --rate must be positive")
+    if args.fault_rate <= 0 or args.fault_seconds < 4:
+        parser.error("--fault-rate must be positive, --fault-seconds at least 4")
     if args.profile is not None and _py_spy() is None:
         parser.error("--profile needs py-spy: pip install py-spy")
     return args
@@ -577,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.start_infra()
         result["meta"] = _meta(args, bench.redis)
-        if not args.latency_only:
+        if not args.latency_only and not args.faults_only:
             runs = []
             for rep in range(args.reps):
                 intake = bench.phase_intake(rep)
@@ -585,7 +590,10 @@ def main(argv: list[str] | None = None) -> int:
             result["intake"] = _pick_median([r["intake"] for r in runs])
             result["delivery"] = _pick_median([r["delivery"] for r in runs])
             result["runs"] = runs
-        result["latency"] = bench.phase_latency()
+        if not args.faults_only:
+            result["latency"] = bench.phase_latency()
+        if args.faults or args.faults_only:
+            result["faults"] = faults.phase_faults(bench, args.fault_rate, args.fault_seconds)
     finally:
         bench.stop_infra()
     result["meta"]["wall_s"] = round(time.monotonic() - started, 1)

@@ -2,6 +2,7 @@
 
 ``POST /hook``   count it; latency = receipt time - ``data.ts`` of the body; answer 200.
 ``GET /stats``   counts, duplicates (by ``webhook-id`` and by event ``id``), latency percentiles.
+``GET /ids``     every event id received (the fault phase's loss check).
 ``POST /reset``  forget everything (between phases).
 
 ``--verify`` (secret in ``BENCH_HOOK_SECRET``) checks every Standard Webhooks signature
@@ -46,6 +47,8 @@ class Sink:
         self.count = 0
         self.first: float | None = None
         self.last: float | None = None
+        #: When an event id was last seen for the first time (a re-send is not progress).
+        self.last_new: float | None = None
         self.latencies: list[float] = []
         self.no_ts = 0
         self.bad_signature = 0
@@ -80,6 +83,8 @@ class Sink:
         if parsed.id is not None:
             if parsed.id in self.event_ids:
                 self.duplicate_event_ids += 1
+            else:
+                self.last_new = now
             self.event_ids.add(parsed.id)
         if parsed.data is not None and parsed.data.ts is not None:
             self.latencies.append(now - parsed.data.ts)
@@ -93,6 +98,7 @@ class Sink:
                 "count": self.count,
                 "first": self.first,
                 "last": self.last,
+                "last_new": self.last_new,
                 "unique_webhook_ids": len(self.webhook_ids),
                 "duplicate_webhook_ids": self.duplicate_webhook_ids,
                 "unique_event_ids": len(self.event_ids),
@@ -104,6 +110,9 @@ class Sink:
             }
         )
 
+    async def ids(self, request: web.Request) -> web.Response:
+        return web.json_response(sorted(self.event_ids))
+
     async def reset_handler(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"ok": True})
@@ -113,6 +122,7 @@ def app(sink: Sink) -> web.Application:
     application = web.Application(client_max_size=1 << 20)
     application.router.add_post("/hook", sink.hook)
     application.router.add_get("/stats", sink.stats)
+    application.router.add_get("/ids", sink.ids)
     application.router.add_post("/reset", sink.reset_handler)
     return application
 

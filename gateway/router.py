@@ -54,6 +54,9 @@ def default_reclaim_after(batch: int) -> float:
     return max(RECLAIM_FLOOR, RECLAIM_MARGIN * SLOWEST_PER_EVENT * batch)
 
 
+#: The longest the router waits between tries while Redis is unreachable (as the
+#: worker's read loop: routing resumes within 250 ms of Redis answering again).
+RECONNECT_CAP = 0.25
 #: How often routed events older than the retention are trimmed from the events stream.
 TRIM_INTERVAL = 60.0
 
@@ -201,7 +204,7 @@ class Router:
         self._conditional = [rule for rule in rules if rule.matcher.conditions]
 
     async def run(self, stopping: asyncio.Event) -> None:
-        backoff = Backoff()
+        backoff = Backoff(cap=RECONNECT_CAP)
         group_ready = False
         # Our own pending entries first (a restart under the same consumer name), then new ones.
         cursor = "0"

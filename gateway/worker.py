@@ -43,6 +43,11 @@ log = logging.getLogger("tocsin.worker")
 HELD_POLL = 0.05
 #: Otherwise, how long one read waits on the server for a new job.
 READ_BLOCK = 0.5
+#: The longest the read and acknowledgement loops wait between tries while Redis is
+#: unreachable: delivery resumes within this of Redis answering again. (``Backoff``'s own
+#: cap, 5 s, left workers idle for up to 3 s after a 2 s Redis restart; a few refused
+#: connections a second per loop cost a down Redis nothing.)
+RECONNECT_CAP = 0.25
 #: How often each worker looks for due retries.
 PROMOTE_INTERVAL = 0.25
 #: At low load, how long settled jobs wait for company before their XACK+XDEL is written
@@ -193,7 +198,7 @@ class Worker:
             pass
 
     async def _read_loop(self, stopping: asyncio.Event) -> None:
-        backoff = Backoff()
+        backoff = Backoff(cap=RECONNECT_CAP)
         groups_ready = False
         cursors = dict.fromkeys(self.streams, "0")  # own pending entries first
         while not stopping.is_set():
@@ -569,7 +574,7 @@ class Worker:
         )
 
     async def _ack_loop(self, stopping: asyncio.Event) -> None:
-        backoff = Backoff()
+        backoff = Backoff(cap=RECONNECT_CAP)
         while not stopping.is_set() or self._inflight:
             await self._ack_wakeup.wait()
             if not stopping.is_set() and sum(map(len, self._acks.values())) < ACK_BATCH:

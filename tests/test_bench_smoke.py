@@ -68,3 +68,29 @@ def test_bench_quick_run_delivers_every_event_once(tmp_path: Path) -> None:
     assert {"p50", "p99"} <= set(latency["latency_ms"])
 
     assert set(result["targets"]) == {"intake_ratio", "delivery_ratio", "latency_p99_ms"}
+
+
+@pytest.mark.slow
+def test_bench_fault_phase_loses_nothing(tmp_path: Path) -> None:
+    """``--faults-only``, short: the gateway SIGKILLed twice and redis-server once under
+    a retrying paced load; every event acknowledged, none lost, Redis left empty."""
+    out = tmp_path / "result.json"
+    argv = [sys.executable, "-m", "bench", "--faults-only", "--fault-rate", "200"]
+    argv += ["--fault-seconds", "6", "--verify", "--out", str(out)]
+    run = subprocess.run(argv, check=False, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    faults = result["faults"]
+    assert [what for what, _ in faults["timeline"]] == [
+        "gateway SIGKILL",
+        "gateway SIGKILL",
+        "redis SIGKILL",
+        "redis started",
+    ]
+    assert faults["acknowledged"] == faults["load"]["n"] == 1200
+    assert faults["lost"] == 0 and faults["bad_signature"] == 0
+    assert faults["load"]["answers"].get("503", 0) > 0, "Redis was never down for the producers"
+    assert faults["left_in_redis"] == {"events": 0, "deliveries": 0, "retries": 0, "dead": 0}
+    assert result["checks"]["faults_nothing_lost"]["ok"]
+    assert faults["fault_free"]["delivered"] == faults["backlog_at_last_fault"]
+    assert set(result["targets"]) == {"fault_drain_ratio"}

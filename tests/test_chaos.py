@@ -108,6 +108,7 @@ def chaos_conf(
     *,
     sender: str,
     grace: str = "3s",
+    worker: str = "",
 ) -> Path:
     """A conf sending every ``payment.*`` event to each hook, tagged with ``sender``.
 
@@ -125,6 +126,7 @@ def chaos_conf(
         url = "{redis_url}"
         [worker]
         shutdown_grace = "{grace}"
+        {worker}
         [outbound]
         # The receivers run on loopback, which the SSRF guard refuses unless listed.
         allow = ["127.0.0.0/8"]
@@ -403,7 +405,7 @@ async def test_redis_crash_and_restart_mid_stream_loses_no_acknowledged_event(
         answers_503=ledger.answers[503],
         redis_down_s=down_s,
         all_delivered_after_crash_s=recovered_s,
-        # Events a router stranded and took over 30 s later (see the test below).
+        # Events a router stranded and another took over (router_reclaim_after) later.
         router_takeovers=gw.proc.stderr.count("router: took over"),
         # Jobs a live worker left to the visibility timeout instead of reading them again.
         job_takeovers=sum(p.proc.stderr.count("took over job") for p in (gw, worker)),
@@ -442,7 +444,15 @@ async def test_router_routes_its_own_read_batch_once_redis_answers_again(
     async with ledger_receiver(free_port()) as rec, gateways(tmp_path) as procs:
         hooks = {"hook": Hook(rec.url)}
         front_conf = chaos_conf(tmp_path / "front", own_redis.url, hooks, sender="front")
-        router_conf = chaos_conf(tmp_path / "router", router_url, hooks, sender="router")
+        # A takeover (the router's own, after router_reclaim_after) must not be what
+        # routes the stranded events: put it far beyond the 10 s allowed below.
+        router_conf = chaos_conf(
+            tmp_path / "router",
+            router_url,
+            hooks,
+            sender="router",
+            worker='router_reclaim_after = "60s"',
+        )
         front, router = await procs.start(
             ("front", front_conf, ("intake", "worker"), free_port()),
             ("router", router_conf, ("router",)),
@@ -471,7 +481,7 @@ async def test_router_routes_its_own_read_batch_once_redis_answers_again(
         await produce(ledger, [front.url], later, producers=4)
         await rec.wait_delivered({e["id"] for e in later}, timeout=30)
         try:
-            # Seconds after Redis answers the router again; the takeover comes after 30.
+            # Seconds after Redis answers the router again; the takeover comes after 60.
             last = await rec.wait_delivered({e["id"] for e in stranded}, timeout=10)
             routed_s: float | str = last - restored_at
         except AssertionError:
