@@ -319,7 +319,7 @@ class MailBench:
             redis_pid = self.redis_server.process.pid
             cpu0, sink0 = cpu_seconds(proc.pid), cpu_seconds(self.sink.pid)
             redis0 = cpu_seconds(redis_pid)
-            box0 = box_busy_seconds()
+            box0, window0 = box_busy_seconds(), time.monotonic()
             posted = self.loadgen(port, f"evt_mail{rep}_")
             stats = self.wait_sink(self.n, proc)
             if spy is not None:
@@ -327,10 +327,9 @@ class MailBench:
             cpu = _delta(cpu0, cpu_seconds(proc.pid))
             sink_cpu = _delta(sink0, cpu_seconds(self.sink.pid))
             redis_cpu = _delta(redis0, cpu_seconds(redis_pid))
-            box = box_busy_seconds() - box0
+            box, window = box_busy_seconds() - box0, time.monotonic() - window0
         finally:
             self.procs.stop(proc)
-        elapsed = (stats["last"] or 0) - posted["t_start"]
         ours = (cpu or 0) + (sink_cpu or 0) + (redis_cpu or 0) + posted["cpu_s"]
         return {
             "emails_per_s": _rate(self.n, stats, posted["t_start"]),
@@ -339,7 +338,7 @@ class MailBench:
             "cpu_us_per_email": _per(cpu, self.n),
             "sink_cpu_us_per_email": _per(sink_cpu, self.n),
             "redis_cpu_us_per_email": _per(redis_cpu, self.n),
-            "not_ours_cores": round(max(0.0, box - ours) / elapsed, 2) if elapsed > 0 else None,
+            "not_ours_cores": round(max(0.0, box - ours) / window, 2),
             "sink": stats,
             "ok": posted["accepted"] == self.n and stats["distinct"] == self.n,
         }
