@@ -20,10 +20,10 @@ from .delivery import Attempt, Delivery, decode_delivery, encode_delivery
 from .event import Event
 from .history import DeliveryRecord, encode_record, get_record, iter_records, record_of
 from .keys import WORKER_GROUP, Keys
-from .plan import CompiledRule
 from .redis_client import connect
 from .redis_server import RedisServer
 from .router import plan_deliveries, routed_event
+from .rules import CompiledRule
 from .scripts import REPLAY
 
 _event_decoder = msgspec.json.Decoder(Event)

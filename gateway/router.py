@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 from redis.asyncio import Redis
@@ -16,7 +16,7 @@ from . import confirm
 from .delivery import Delivery, Recipient, delivery_id, encode_job
 from .event import Customer, Event
 from .keys import ROUTER_GROUP, Keys
-from .plan import CompiledAction, CompiledRule, Target
+from .rules import CompiledAction, CompiledRule, Target
 from .scripts import FANOUT, is_noscript
 from .streams import (
     Backoff,
@@ -28,8 +28,12 @@ from .streams import (
     read_group,
 )
 
-if TYPE_CHECKING:
-    from .scenarios import ScenarioEngine
+
+class EventHook(Protocol):
+    """What the router tells of each routed event (the scenario engine listens)."""
+
+    async def on_event(self, event: Event) -> None: ...
+
 
 log = logging.getLogger("tocsin.router")
 
@@ -185,7 +189,7 @@ class Router:
         *,
         reclaim_idle_ms: int | None = None,
         retention: float = 30 * 86400,
-        scenarios: ScenarioEngine | None = None,
+        scenarios: EventHook | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.clock = clock

@@ -34,8 +34,8 @@ from .delivery import encode_delivery
 from .durations import Duration, shift
 from .event import Event, encode_event
 from .keys import SCENARIO_GROUP, Keys
-from .plan import CompiledAction, Matcher, Plan, compile_actions, compile_match
 from .router import action_deliveries
+from .rules import CompiledAction, Matcher, PlanParts, compile_actions, compile_match
 from .scripts import PROMOTE, SCENARIO_CAS, SCENARIO_STEP
 from .streams import Backoff, Entry, ensure_group, read_group
 
@@ -703,7 +703,7 @@ def state_event(instance: Instance) -> Event:
 # -- compiling the conf -----------------------------------------------------------------
 
 
-def compile_scenarios(plan: Plan, problems: list[str]) -> list[CompiledScenario]:
+def compile_scenarios(plan: PlanParts, problems: list[str]) -> list[CompiledScenario]:
     conf = plan.conf
     out = []
     for name, scenario in conf.scenarios.items():
