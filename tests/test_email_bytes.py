@@ -5,7 +5,8 @@
 (issue #15). These tests hold it to the straightforward path: find and render each part
 with ``Templates.render``, inline the CSS with a fresh css-inline call, build an
 ``EmailMessage`` and flatten it with ``policy=SMTP``. Every shipped notification with
-email parts, for every shipped sample event that reaches it, in fr and en; then header
+email parts, for every shipped sample event that reaches it, in fr, en and locales that
+fall back (fr-BE, de, none); then header
 values chosen to hit every branch of the stdlib's folding and encoding.
 """
 
@@ -87,7 +88,7 @@ def reference_bytes(channel: Email, delivery: Delivery, boundary: str) -> bytes:
 
 def shipped_email_deliveries(plan: Plan) -> list[Delivery]:
     """Every email delivery the shipped rules and scenarios make from the shipped samples,
-    in each of fr and en."""
+    in fr, en and three locales that fall back."""
     out = []
     for path in sorted(EXAMPLES.glob("*.json")):
         events, problems = read_events(path)
@@ -98,7 +99,8 @@ def shipped_email_deliveries(plan: Plan) -> list[Delivery]:
             )
             for delivery in routed:
                 if isinstance(plan.channels[delivery.channel], Email) and delivery.template:
-                    for locale in ("fr", "en"):
+                    # fr-BE falls back to fr, de (no folder) to the default, None too.
+                    for locale in ("fr", "en", "fr-BE", "de", None):
                         out.append(msgspec.structs.replace(delivery, locale=locale))
     return out
 
