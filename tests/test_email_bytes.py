@@ -6,8 +6,8 @@
 with ``Templates.render``, inline the CSS with a fresh css-inline call, build an
 ``EmailMessage`` and flatten it with ``policy=SMTP``. Every shipped notification with
 email parts, for every shipped sample event that reaches it, in fr, en and locales that
-fall back (fr-BE, de, none); then header
-values chosen to hit every branch of the stdlib's folding and encoding.
+fall back (fr-BE, de, none); then header values chosen to hit every branch of the
+stdlib's folding and encoding.
 """
 
 from __future__ import annotations
