@@ -7,6 +7,8 @@ import gc
 import logging
 import os
 import signal
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,8 @@ import click
 import msgspec
 
 from .cli_admin import COMMANDS as ADMIN_COMMANDS
+from .cli_common import CliError, listen_socket, setup_logging
 from .cli_common import fail as _fail
-from .cli_common import listen_socket, setup_logging
 from .cli_common import load as _load
 from .cli_local import COMMANDS as LOCAL_COMMANDS
 from .cli_options import conf_argument, conf_option
@@ -26,6 +28,17 @@ from .plan import Plan
 from .plugins import load_registry
 from .redis_server import RedisServer
 from .signing import generate_secret
+from .supervisor import (
+    SPREADS,
+    ChildSpec,
+    Supervisor,
+    bind_to_parent,
+    child_logging,
+    inherited_socket,
+    layout,
+    reuseport_sockets,
+    usable_cores,
+)
 
 log = logging.getLogger("tocsin")
 
@@ -34,6 +47,18 @@ log = logging.getLogger("tocsin")
 @click.version_option(package_name="tocsin")
 def main() -> None:
     """Tocsin: payment events in; customer notifications, staff alerts and signed webhooks out."""
+
+
+def _processes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise click.BadParameter(f"{value!r}: a number of processes (1 or more) or 'auto'")
+    return count
 
 
 @main.command()
@@ -53,31 +78,64 @@ def main() -> None:
     help="Override intake.port (0: any free port).",
 )
 @click.option(
+    "--processes",
+    metavar="N|auto",
+    callback=_processes,
+    default=None,
+    help="Gateway processes, all on the one port (default: gateway.processes, 'auto': one "
+    "per usable core). 1: a single process, no supervisor.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning"]),
     help="How much to log (to stderr).",
 )
+# What the supervisor tells its children: not for users.
+@click.option("--spread", type=click.Choice(SPREADS), default="all", hidden=True)
+@click.option("--supervisor", "parent", type=int, default=None, hidden=True)
+@click.option("--listen-fd", type=int, default=None, hidden=True)
+@click.option("--redis-url", default=None, hidden=True)
 def serve(
     conf_path: Path | None,
     roles: tuple[str, ...],
     host: str | None,
     port: int | None,
+    processes: int | str | None,
     log_level: str,
+    spread: str,
+    parent: int | None,
+    listen_fd: int | None,
+    redis_url: str | None,
 ) -> None:
-    """Run the gateway: HTTP intake, router and channel workers."""
+    """Run the gateway: HTTP intake, router and channel workers.
+
+    By default one gateway process per usable core, under one parent that owns the
+    embedded Redis and the port, restarts a process that dies and, on SIGTERM or
+    Ctrl-C, lets them all drain before stopping Redis (docs/deployment.md).
+    """
     from .service import ROLES, Gateway  # noqa: PLC0415 - keeps `tocsin check` light
 
     setup_logging(log_level)
+    if parent is not None:
+        bind_to_parent(parent)
+        child_logging()
     conf, _registry, plan = _load(conf_path)
     roles = roles or ROLES
+    wanted = conf.gateway.processes if processes is None else processes
+    count = 1 if parent is not None else (usable_cores() if wanted == "auto" else int(wanted))
     # The port first: one line if it is taken, before Redis and the workers start.
     sock = None
-    if "intake" in roles:
+    if listen_fd is not None:
+        sock = inherited_socket(listen_fd)
+    elif "intake" in roles:
         sock = listen_socket(host or conf.intake.host, conf.intake.port if port is None else port)
+    sockets: list[socket.socket] = []
+    if count > 1 and sock is not None:
+        sockets = _shared_port(sock, host or conf.intake.host, count)
     embedded: RedisServer | None = None
-    url = conf.redis.url
+    url = redis_url or conf.redis.url
     if not url:
         embedded = RedisServer(conf.data_dir / "redis", server=conf.redis.embedded_server)
         log.info(
@@ -93,13 +151,63 @@ def serve(
         log.info(
             "embedded Redis ready at %s (Redis %s, pid %s)", url, embedded.version, embedded.pid
         )
-    gateway = Gateway(plan, url, roles, host=host, port=port, sock=sock)
+    code = 0
     try:
-        _run(gateway.run)
+        if count == 1:
+            _run(Gateway(plan, url, roles, host=host, port=port, sock=sock).run)
+        else:
+            specs = [
+                ChildSpec(slot, child_roles, sockets[slot] if "intake" in child_roles else None)
+                for slot, child_roles in enumerate(layout(count, roles, spread))
+            ]
+            child_argv = [
+                *("--conf", str(conf.path), "--log-level", log_level),
+                *(("--host", host) if host else ()),
+                *(("--redis-url", url) if embedded is not None else ()),
+            ]
+            code = _supervise(specs, child_argv, float(conf.worker.shutdown_grace))
     finally:
         if embedded is not None:
             embedded.stop()
             log.info("embedded Redis stopped; data kept in %s", embedded.data_dir)
+    if code:
+        sys.exit(code)
+
+
+def _shared_port(probe: socket.socket, host: str, count: int) -> list[socket.socket]:
+    """``count`` SO_REUSEPORT sockets on the port ``probe`` (bound alone) proved free."""
+    port = probe.getsockname()[1]
+    probe.close()
+    try:
+        return reuseport_sockets(host, port, count)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _supervise(specs: list[ChildSpec], child_argv: list[str], drain: float) -> int:
+    """Run the children until SIGTERM/SIGINT; the supervisor's exit code."""
+
+    def command(spec: ChildSpec) -> list[str]:
+        argv = [sys.executable, "-m", "gateway.cli", "serve", *child_argv]
+        argv += ["--processes", "1", "--supervisor", str(os.getpid())]
+        for role in spec.roles:
+            argv += ["--role", role]
+        if spec.sock is not None:
+            argv += ["--listen-fd", str(spec.sock.fileno())]
+        return argv
+
+    # The children's own shutdown grace, plus their start-up and Redis's goodbyes.
+    supervisor = Supervisor(specs, command, grace=drain + 15.0)
+    log.info("supervisor (pid %d): %d gateway processes", os.getpid(), len(specs))
+
+    async def runner() -> int:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        return await supervisor.run(stopping)
+
+    return asyncio.run(runner())
 
 
 def _run(main_coro: Any) -> None:

@@ -15,7 +15,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -69,6 +69,9 @@ class GatewaySection(_Section):
     timezone: str = "Europe/Paris"
     #: Sample events (canonical JSON) that `tocsin check` renders every template with.
     samples: str = "examples"
+    #: Gateway processes `tocsin serve` runs (``auto``: one per usable core); see
+    #: docs/deployment.md.
+    processes: Annotated[int, msgspec.Meta(ge=1)] | Literal["auto"] = "auto"
 
 
 class IntakeSection(_Section):

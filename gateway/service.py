@@ -33,6 +33,8 @@ from .worker import Worker
 log = logging.getLogger("tocsin")
 
 ROLES = ("intake", "router", "worker")
+#: On ``/healthz`` answers: the pid of the gateway process that answered.
+PROCESS_HEADER = "Tocsin-Process"
 
 
 def consumer_name() -> str:
@@ -227,8 +229,10 @@ class Gateway:
             max_connections=conf.intake.max_connections,
             max_connections_per_peer=conf.intake.max_connections_per_peer,
         )
+        app = intake.app(guard.middleware)
+        app.on_response_prepare.append(_name_process)
         runner = web.AppRunner(
-            intake.app(guard.middleware),
+            app,
             access_log=None,
             handle_signals=False,
             keepalive_timeout=float(conf.intake.keepalive_timeout),
@@ -246,6 +250,13 @@ class Gateway:
         self.bound_port = sockets[0].getsockname()[1] if sockets else port
         log.info("intake listening on http://%s:%s/v1/events", host, self.bound_port)
         return runner
+
+
+async def _name_process(request: web.Request, response: web.StreamResponse) -> None:
+    # Several gateway processes share the port (gateway/supervisor): a probe or a test
+    # can tell which one answered.
+    if request.path == "/healthz":
+        response.headers[PROCESS_HEADER] = str(os.getpid())
 
 
 async def _close_channel(channel: Channel[Any]) -> None:
