@@ -69,6 +69,7 @@ def _conf(bench: Bench) -> Path:
 def _serve(bench: Bench, conf: Path, name: str, port: int, *roles: str) -> tuple[Any, Path]:
     log = bench.tmp / f"{name}.log"
     argv = ["serve", "--conf", str(conf), "--port", str(port), "--log-level", "info"]
+    argv += ["--processes", bench.args.processes]
     for role in roles:
         argv += ["--role", role]
     return bench.procs.python(name, "gateway.cli", *argv, log=log), log

@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="delivery phase: 1 router+worker process plus K-1 worker-only processes",
     )
+    parser.add_argument(
+        "--processes",
+        default="1",
+        help="each tocsin serve's --processes (default 1: the figures below are per process; "
+        "CPU columns count the supervisor only when >1). bench.pipeline compares layouts",
+    )
     parser.add_argument("--verify", action="store_true", help="sink verifies every signature")
     parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, conf)")
@@ -272,6 +278,7 @@ class Bench:
         port = free_port()
         log = self.tmp / f"{name}.log"
         argv = ["serve", "--conf", str(self.conf), "--port", str(port), "--log-level", "info"]
+        argv += ["--processes", self.args.processes]
         for role in roles:
             argv += ["--role", role]
         proc = self.procs.python(name, "gateway.cli", *argv, log=log)
