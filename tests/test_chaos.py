@@ -713,7 +713,9 @@ async def test_a_worker_sigkilled_under_load_resends_only_what_it_had_not_settle
         await wait_for(
             lambda: len(rec.delivered()) >= kill_after or producing.done(), 60, "webhooks delivered"
         )
-        assert not producing.done(), "every event went through before the kill"
+        # What matters is work left at the kill: with a 500 ms receiver the producers may
+        # be done (the intake is far faster than delivery), the backlog is not.
+        assert len(rec.delivered()) < len(events) - limit, "the stream drained before the kill"
         in_flight_at_kill = len(rec.unanswered("victim"))
         victim.proc.signal(signal.SIGKILL)
         assert await victim.proc.wait() == -signal.SIGKILL
