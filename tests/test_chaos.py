@@ -724,6 +724,23 @@ async def test_a_worker_sigkilled_under_load_resends_only_what_it_had_not_settle
         [rescuer] = await procs.start(("rescuer", conf("rescuer"), ("worker",)))
         await producing
         last = await rec.wait_delivered(set(ledger.acked), timeout=90)
+
+        # The dead worker's sends in flight reached the receiver (the 500 ms one answers
+        # after the kill): delivered by event id, yet unsettled until the rescuer takes
+        # them over, after the visibility timeout, and sends them again.
+        def resent_all() -> bool:
+            tries = rec.by_webhook_id()
+            return all(
+                any(t.sender == "rescuer" for t in tries[w])
+                for w in orphaned.values()
+                if any(t.sender == "victim" for t in tries.get(w, ()))
+            )
+
+        await wait_for(
+            lambda: not pending_jobs(redis_url, "hook", victim.consumer) and resent_all(),
+            60,
+            "the takeover and its re-sends",
+        )
         codes = await procs.terminate(front, rescuer)
 
     tries = rec.by_webhook_id()
