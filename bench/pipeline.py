@@ -15,7 +15,8 @@ connections while the gateway routes and delivers them to the sink. *accepted/s*
 N / (last answer - first request); *delivered/s* = N / (sink's last receipt - first
 request). The sink must end with N distinct event ids.
 
-    .venv/bin/python -m bench.pipeline -n 20000 --reps 3 --appendfsync everysec
+    .venv/bin/python -m bench.pipeline -n 20000 --reps 3
+    .venv/bin/python -m bench.pipeline -n 20000 --reps 3 --appendfsync everysec --wait-aof never
 """
 
 from __future__ import annotations
@@ -52,6 +53,17 @@ def layout_commands(layout: str, processes: int) -> list[list[str]]:
 
 
 class Pipeline(Bench):
+    #: ``redis.wait_aof`` in the generated conf (``None``: Tocsin's default).
+    wait_aof: str | None = None
+
+    def write_conf(self, redis_url: str) -> None:
+        super().write_conf(redis_url)
+        if self.wait_aof is not None:
+            text = self.conf.read_text()
+            self.conf.write_text(
+                text.replace("[redis]\n", f'[redis]\nwait_aof = "{self.wait_aof}"\n')
+            )
+
     def run_layout(self, layout: str, rep: int, processes: int) -> dict[str, Any]:
         self.compact_aof()
         self.sink_reset()
@@ -97,9 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__)
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated")
     parser.add_argument("--processes", type=int, default=2, help="N for all and split")
+    parser.add_argument(
+        "--wait-aof",
+        default=None,
+        help="redis.wait_aof in the conf: 'never' with --appendfsync everysec is a Redis "
+        "without WAITAOF (< 7.2); under everysec WAITAOF holds each batch up to a second",
+    )
     known, rest = parser.parse_known_args(argv)
     args = parse_args(rest)
     bench = Pipeline(args)
+    bench.wait_aof = known.wait_aof
     runs: list[dict[str, Any]] = []
     try:
         bench.start_infra()

@@ -131,9 +131,13 @@ def serve(
         sock = inherited_socket(listen_fd)
     elif "intake" in roles:
         sock = listen_socket(host or conf.intake.host, conf.intake.port if port is None else port)
+    spread_roles = layout(count, roles, spread)
     sockets: list[socket.socket] = []
     if count > 1 and sock is not None:
-        sockets = _shared_port(sock, host or conf.intake.host, count)
+        # One per child with the intake: a socket no child accepts on would still get
+        # its share of the connections from the kernel, and leave them hanging.
+        listeners = sum("intake" in child_roles for child_roles in spread_roles)
+        sockets = _shared_port(sock, host or conf.intake.host, listeners)
     embedded: RedisServer | None = None
     url = redis_url or conf.redis.url
     if not url:
@@ -156,9 +160,10 @@ def serve(
         if count == 1:
             _run(Gateway(plan, url, roles, host=host, port=port, sock=sock).run)
         else:
+            free = iter(sockets)
             specs = [
-                ChildSpec(slot, child_roles, sockets[slot] if "intake" in child_roles else None)
-                for slot, child_roles in enumerate(layout(count, roles, spread))
+                ChildSpec(slot, child_roles, next(free) if "intake" in child_roles else None)
+                for slot, child_roles in enumerate(spread_roles)
             ]
             child_argv = [
                 *("--conf", str(conf.path), "--log-level", log_level),
