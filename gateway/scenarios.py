@@ -47,8 +47,11 @@ _SEP = "\x1f"
 CAS_ATTEMPTS = 20
 #: How often due timers are looked for: steps fire within this of their due time.
 TIMER_INTERVAL = 0.25
-#: A due step read by a gateway that died is taken over after this long.
-RECLAIM_IDLE_MS = 30_000
+#: A due step read by a gateway that died is taken over after this long, unless the
+#: gateway passes ``[worker] router_reclaim_after`` (what ``tocsin serve`` does: the
+#: router role fires steps, so a step waits no longer than an event would).
+RECLAIM_AFTER = 30.0
+#: How often due steps to take over are looked for: half the reclaim time, at most this.
 RECLAIM_INTERVAL = 5.0
 
 
@@ -205,6 +208,7 @@ class ScenarioEngine:
         timezone: str = "Europe/Paris",
         clock: Callable[[], float],
         retention: float = 30 * 86400,
+        reclaim_after: float = RECLAIM_AFTER,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -212,7 +216,8 @@ class ScenarioEngine:
         self.zone = ZoneInfo(timezone)
         self.clock = clock
         self.retention = retention
-        self.reclaim_idle_ms = RECLAIM_IDLE_MS
+        self.reclaim_idle_ms = int(reclaim_after * 1000)
+        self.reclaim_interval = min(RECLAIM_INTERVAL, max(0.05, reclaim_after / 2))
 
     def _timer(self, instance: Instance, step: int) -> bytes:
         """A timers member: where it goes when due (the steps stream) and what fires."""
@@ -624,7 +629,7 @@ class ScenarioEngine:
                 await self.fire_pending(consumer, block_ms=int(TIMER_INTERVAL * 1000))
                 if time.monotonic() >= next_reclaim:
                     await self._reclaim(consumer)
-                    next_reclaim = time.monotonic() + RECLAIM_INTERVAL
+                    next_reclaim = time.monotonic() + self.reclaim_interval
                 backoff.reset()
             except (RedisError, OSError) as exc:
                 await backoff.wait("scenarios", exc)

@@ -25,7 +25,7 @@ from .intake_guard import ConnectionGuard, GuardedSite, IntakeStats
 from .keys import Keys
 from .plan import EVENTS_SOURCE, Plan
 from .redis_client import connect
-from .router import Router
+from .router import Router, default_reclaim_after
 from .scenarios import ScenarioEngine
 from .streams import Backoff
 from .worker import Worker
@@ -167,7 +167,14 @@ class Gateway:
             self.plan.scenarios,
             timezone=conf.gateway.timezone,
             clock=time.time,
+            reclaim_after=self._reclaim_after(),
         )
+
+    def _reclaim_after(self) -> float:
+        """``[worker] router_reclaim_after``, else the default the router derives."""
+        conf = self.plan.conf.worker
+        after = conf.router_reclaim_after
+        return float(after) if after is not None else default_reclaim_after(conf.router_batch)
 
     def _router(self, redis: Redis, scenarios: ScenarioEngine | None = None) -> Router:
         conf = self.plan.conf
@@ -178,9 +185,7 @@ class Gateway:
             self.plan.rules,
             self.consumer,
             conf.worker.router_batch,
-            reclaim_idle_ms=(
-                None if (after := conf.worker.router_reclaim_after) is None else int(after * 1000)
-            ),
+            reclaim_idle_ms=int(self._reclaim_after() * 1000),
             retention=float(conf.history.retention),
             scenarios=scenarios,
         )

@@ -268,6 +268,35 @@ async def test_a_step_read_by_a_crashed_gateway_fires_once_after_takeover(tmp_pa
         await client.aclose()
 
 
+async def test_a_crashed_gateways_due_step_fires_within_router_reclaim_after(
+    tmp_path, redis_url, start_gateway
+):
+    """The router role fires steps, so a step a dead gateway read waits for the takeover
+    no longer than an event would: ``[worker] router_reclaim_after``, not 30 s."""
+    conf = conf_for(tmp_path, redis_url)
+    conf.write_text(
+        conf.read_text().replace('shutdown_grace = "2s"', 'router_reclaim_after = "1s"')
+    )
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        # Every step due and read by the crashed gateway: none is left for a timer to fire.
+        engine = await _engine(conf, client, lambda: T0.timestamp() + 60 * 86400)
+        event, _ = pr_event("created", T0, remaining_amount=5)
+        await engine.on_event(event)
+        await engine.promote()
+        await ensure_group(client, "tocsin:steps", SCENARIO_GROUP)
+        await client.xreadgroup(SCENARIO_GROUP, "crashed", {"tocsin:steps": ">"})
+        orphaned = time.monotonic()
+        await start_gateway(conf, roles=("router",))
+        while not await client.xlen("tocsin:deliveries:hook"):
+            assert time.monotonic() - orphaned < 10, "the crashed gateway's step never fired"
+            await asyncio.sleep(0.02)
+        took = time.monotonic() - orphaned
+    finally:
+        await client.aclose()
+    assert 1.0 <= took < 2.5, f"fired {took:.2f}s after the crash"
+
+
 # -- end to end: a real gateway, real time, the operator commands ------------------------
 
 
