@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
 
 from gateway.redis_server import free_port
+from gateway.signing import Signer
 
-from .common import HOST
+from .common import HOST, encode, make_event
 from .run import READY_LINE, Bench, parse_args
 
 LAYOUTS = ("single", "all", "split", "roles")
@@ -84,10 +87,13 @@ class Pipeline(Bench):
                 time.sleep(0.05)
         url = f"http://{HOST}:{port}/v1/events"
         prefix = f"p{rep}{layout}_"
-        args = ("-n", str(self.n), "-c", str(self.args.concurrency), "--id-prefix", prefix)
-        load = self.loadgen(url, "closed", *args)
+        if self.wrk_seconds:
+            load = self.wrk(url, prefix)
+        else:
+            args = ("-n", str(self.n), "-c", str(self.args.concurrency), "--id-prefix", prefix)
+            load = self.loadgen(url, "closed", *args)
         deadline = time.monotonic() + self.load_timeout
-        while (stats := self.sink_stats())["unique_event_ids"] < self.n:
+        while (stats := self.sink_stats())["unique_event_ids"] < load["accepted"]:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -99,16 +105,76 @@ class Pipeline(Bench):
             "accepted": load["accepted"],
             "accepted_per_s": load["rate"],
             "delivered": delivered,
-            "delivered_per_s": round(self.n / (stats["last"] - load["t_start"]), 1),
+            "delivered_per_s": round(delivered / (stats["last"] - load["t_start"]), 1),
             "duplicates": stats["duplicate_webhook_ids"],
-            "ok": load["accepted"] == self.n and delivered == self.n,
+            # wrk does not count the requests in flight when it stops (at most C).
+            "ok": load["accepted"] <= delivered <= load["accepted"] + self.args.concurrency
+            and not stats["duplicate_webhook_ids"],
         }
+
+    #: ``--wrk SECONDS``: load with wrk (C, a fraction of the Python generator's CPU).
+    wrk_seconds: float = 0.0
+
+    def wrk(self, url: str, prefix: str) -> dict[str, Any]:
+        """wrk -t1 -c C for ``wrk_seconds``, each request a distinct pre-signed event."""
+        signer = Signer([self.intake_secret])
+        now = time.time()
+        raw = self.tmp / "wrk-requests.bin"
+        with raw.open("wb") as out:
+            for i in range(self.n):
+                event_id = f"{prefix}{i:08d}"
+                body = encode(make_event(event_id, now, i))
+                headers = {**signer.headers(event_id, body), "Content-Type": "application/json"}
+                head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                out.write(
+                    f"POST /v1/events HTTP/1.1\r\nHost: {HOST}\r\n{head}"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                    + b"\0"
+                )
+        script = self.tmp / "wrk.lua"
+        script.write_text(WRK_SCRIPT.replace("REQUESTS", str(raw)))
+        argv = ["wrk", "-t1", f"-c{self.args.concurrency}", f"-d{self.wrk_seconds:g}s"]
+        started = time.time()
+        done = subprocess.run(
+            [*argv, "-s", str(script), url], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk exited with {done.returncode}: {done.stdout}{done.stderr}")
+        found = re.search(r"(\d+) requests in ([\d.]+)s", done.stdout)
+        if found is None or "Non-2xx" in done.stdout or int(found.group(1)) > self.n:
+            raise RuntimeError(
+                f"wrk: refused answers or events reused (-n too small):\n{done.stdout}"
+            )
+        accepted, seconds = int(found.group(1)), float(found.group(2))
+        return {"accepted": accepted, "rate": round(accepted / seconds, 1), "t_start": started}
+
+
+#: Sends each request of the file once, in order (they are NUL-separated).
+WRK_SCRIPT = """
+local requests, i = {}, 0
+init = function(args)
+  local data = io.open("REQUESTS", "rb"):read("*a")
+  for one in string.gmatch(data, "([^%z]+)%z") do requests[#requests + 1] = one end
+end
+request = function()
+  i = i + 1
+  return requests[i] or requests[#requests]
+end
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__)
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated")
     parser.add_argument("--processes", type=int, default=2, help="N for all and split")
+    parser.add_argument(
+        "--wrk",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="load with wrk for that long instead of bench.loadgen (-n: events prepared)",
+    )
     parser.add_argument(
         "--wait-aof",
         default=None,
@@ -119,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(rest)
     bench = Pipeline(args)
     bench.wait_aof = known.wait_aof
+    bench.wrk_seconds = known.wrk
     runs: list[dict[str, Any]] = []
     try:
         bench.start_infra()

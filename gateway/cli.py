@@ -92,8 +92,15 @@ def _processes(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     type=click.Choice(["debug", "info", "warning"]),
     help="How much to log (to stderr).",
 )
+@click.option(
+    "--spread",
+    type=click.Choice(SPREADS),
+    default="all",
+    show_default=True,
+    help="With several processes: all (each runs every role) or split (one runs the "
+    "intake, the others route and deliver). Measured: docs/deployment.md.",
+)
 # What the supervisor tells its children: not for users.
-@click.option("--spread", type=click.Choice(SPREADS), default="all", hidden=True)
 @click.option("--supervisor", "parent", type=int, default=None, hidden=True)
 @click.option("--listen-fd", type=int, default=None, hidden=True)
 @click.option("--redis-url", default=None, hidden=True)
