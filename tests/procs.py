@@ -303,7 +303,9 @@ class Gateways:
         """Start one (without waiting): ``roles`` empty runs all three; ``port`` for intake."""
         if port is None and (not roles or "intake" in roles):
             raise ValueError("a process with the intake role needs a port")
-        args = ["serve", "--conf", str(conf), "--log-level", log_level]
+        # One process each: these model separate gateways (each its own consumer, killed
+        # alone); `tocsin serve`'s own processes are tests/test_supervisor.py's.
+        args = ["serve", "--conf", str(conf), "--log-level", log_level, "--processes", "1"]
         for role in roles:
             args += ["--role", role]
         if port is not None:
