@@ -24,6 +24,7 @@ import pytest
 from gateway.redis_server import free_port
 from gateway.service import PROCESS_HEADER
 from gateway.supervisor import ChildSpec, RestartPolicy, Supervisor, layout, usable_cores
+from gateway.supervisor.cores import _cgroup_limit
 
 from .conftest import make_event, write_conf
 from .procs import Pid, Serve, children, ledger_receiver, post_event, run_to_end, serving, wait_gone
@@ -202,6 +203,15 @@ async def test_a_bad_process_count_is_refused_before_anything_starts(short_dir):
     assert bad_conf.popen.returncode == 2
     assert "gateway.processes" in bad_conf.stderr, bad_conf.stderr
     assert not (short_dir / "var" / "redis").exists()
+
+
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path):
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # systemd CPUQuota=150%
+    assert _cgroup_limit(cpu_max) == 2
+    cpu_max.write_text("max 100000\n")
+    assert _cgroup_limit(cpu_max) is None
+    assert _cgroup_limit(tmp_path / "absent") is None
 
 
 def test_layouts():
