@@ -101,9 +101,18 @@ def _processes(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     "intake, the others route and deliver). Measured: docs/deployment.md.",
 )
 # What the supervisor tells its children: not for users.
-@click.option("--supervisor", "parent", type=int, default=None, hidden=True)
-@click.option("--listen-fd", type=int, default=None, hidden=True)
-@click.option("--redis-url", default=None, hidden=True)
+@click.option(
+    "--supervisor",
+    "parent",
+    type=int,
+    default=None,
+    hidden=True,
+    help="Pid of the supervisor this gateway dies with.",
+)
+@click.option(
+    "--listen-fd", type=int, default=None, hidden=True, help="Inherited listening socket."
+)
+@click.option("--redis-url", default=None, hidden=True, help="The supervisor's embedded Redis.")
 def serve(
     conf_path: Path | None,
     roles: tuple[str, ...],
