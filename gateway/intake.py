@@ -35,16 +35,33 @@ from .streams import as_text
 
 log = logging.getLogger("tocsin.intake")
 
-#: Longest a batch waits for ``WAITAOF`` before the requests in it get a 503.
-WAITAOF_TIMEOUT_MS = 2000
+#: Longest a batch waits for ``WAITAOF`` before the requests in it get a 503. Under
+#: ``appendfsync everysec`` a write waits up to a second for the next fsync (measured on
+#: Redis 8.2.3: ~1,005 ms back to back); 3 s leaves room for a slow fsync, and is still
+#: well under the timeouts providers give a webhook call.
+WAITAOF_TIMEOUT_MS = 3000
+#: How often a ``WAITAOF`` is sent while written events wait for the fsync. Each covers
+#: every write before it, so a 202 waits for the first fsync after its write plus at most
+#: this; one ``WAITAOF`` per batch sent only after the previous one returned made every
+#: 202 wait two fsync intervals (measured: p50 ~2 s under ``everysec``).
+WAITAOF_EVERY = 0.05
 
 
 class NotDurable(RedisError):
     """Redis took the write but could not confirm it reached the AOF on disk."""
 
 
+Waiter = tuple[str, bytes, "asyncio.Future[str | None]"]
+Written = tuple["asyncio.Future[str | None]", str | None]
+
+
 class Enqueuer:
-    """Group commit: one ``enqueue_many.lua`` call carries every waiting request."""
+    """Group commit: one ``enqueue_many.lua`` call carries every waiting request.
+
+    With ``wait_aof`` the writes go out as they come and the answers wait for Redis to
+    confirm them on disk: a ``WAITAOF`` every ``WAITAOF_EVERY`` while any write is
+    unconfirmed, each answering the writes made before it was sent.
+    """
 
     def __init__(
         self,
@@ -62,22 +79,30 @@ class Enqueuer:
         self.window = max(1, int(dedupe_window))
         self.keep = max(self.window, int(retention))
         self.wait_aof = wait_aof
-        self._pending: list[tuple[str, bytes, asyncio.Future[str | None]]] = []
+        self._pending: list[Waiter] = []
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Written, not yet confirmed on disk: each request's future and its entry id.
+        self._unconfirmed: list[Written] = []
+        self._written = asyncio.Event()
+        self._confirming: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tocsin-enqueuer")
+        self._tasks = [asyncio.create_task(self._run(), name="tocsin-enqueuer")]
+        if self.wait_aof:
+            self._tasks.append(asyncio.create_task(self._confirm_loop(), name="tocsin-waitaof"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        for _, _, fut in self._pending:
-            if not fut.done():
-                fut.set_exception(RedisError("gateway shutting down"))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._confirming:  # writes being confirmed: their requests get their answer
+            await asyncio.gather(*self._confirming, return_exceptions=True)
+        waiting = [fut for _, _, fut in self._pending] + [fut for fut, _ in self._unconfirmed]
+        _fail(waiting, RedisError("gateway shutting down"))
         self._pending.clear()
+        self._unconfirmed.clear()
 
     async def enqueue(self, event_id: str, payload: bytes) -> str | None:
         """The stream entry id, or ``None`` if the id was seen within the dedupe window."""
@@ -94,35 +119,71 @@ class Enqueuer:
             if not batch:
                 continue
             try:
-                await self._flush(batch)
+                entries = await self._flush(batch)
             except Exception as exc:  # RedisError, OSError...: every waiter gets a 503
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, RedisError) else RedisError(exc))
+                _fail([fut for _, _, fut in batch], exc)
+                continue
+            written = [(fut, entry) for (_, _, fut), entry in zip(batch, entries, strict=True)]
+            if self.wait_aof:
+                self._unconfirmed += written
+                self._written.set()
+            else:
+                _answer_all(written)
 
-    async def _flush(self, batch: list[tuple[str, bytes, asyncio.Future[str | None]]]) -> None:
+    async def _confirm_loop(self) -> None:
+        while True:
+            await self._written.wait()
+            self._written.clear()
+            if not self._unconfirmed:
+                continue
+            covered, self._unconfirmed = self._unconfirmed, []
+            task = asyncio.create_task(self._confirm(covered))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
+            await asyncio.sleep(WAITAOF_EVERY)
+
+    async def _confirm(self, covered: list[Written]) -> None:
+        """One ``WAITAOF``, sent after every write in ``covered`` was answered."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)  # redis-py types no WAITAOF
+            pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
+            [local] = await pipe.execute()
+            if not local or int(local[0]) < 1:
+                raise NotDurable(f"WAITAOF did not confirm the write: {local!r}")
+        except Exception as exc:
+            _fail([fut for fut, _ in covered], exc)
+            return
+        _answer_all(covered)
+
+    async def _flush(self, batch: list[Waiter]) -> list[str | None]:
+        """Each event's new entry id, or ``None`` for a duplicate."""
         args: list[Any] = [self.window, self.keep, self.keys.dedupe("")]
         for event_id, payload, _fut in batch:
             args += [event_id, payload]
         for attempt in range(2):  # a second pass only after NOSCRIPT (Redis restarted)
             pipe = self.redis.pipeline(transaction=False)
             ENQUEUE_MANY.add_to(pipe, [self.keys.events], args)
-            if self.wait_aof:
-                pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
             results = await pipe.execute(raise_on_error=False)
             if is_noscript(results[0]) and attempt == 0:
                 await ENQUEUE_MANY.load(self.redis)
                 continue
             if isinstance(results[0], Exception):
                 raise results[0]
-            if self.wait_aof:
-                local = results[1]
-                if isinstance(local, Exception) or not local or int(local[0]) < 1:
-                    raise NotDurable(f"WAITAOF did not confirm the write: {local!r}")
-            for (_, _, fut), entry in zip(batch, results[0], strict=True):
-                fut.set_result(None if entry is None else as_text(entry))
-            return
+            return [None if entry is None else as_text(entry) for entry in results[0]]
         raise RedisError("enqueue script could not be loaded")
+
+
+def _answer_all(written: list[Written]) -> None:
+    for fut, entry in written:
+        if not fut.done():
+            fut.set_result(entry)
+
+
+def _fail(futures: list[asyncio.Future[str | None]], exc: BaseException) -> None:
+    error = exc if isinstance(exc, RedisError) else RedisError(exc)
+    for fut in futures:
+        if not fut.done():
+            fut.set_exception(error)
 
 
 _json = msgspec.json.Encoder()
