@@ -13,8 +13,8 @@ Processes (children, stopped by PID; every loop bounded by a count and a timeout
   message Tocsin sends for the bench event (the shipped ``payment_receipt``, fr, [brand]
   of the shipped conf), built *before* the timed loop with a unique Message-ID each: the
   transport alone, no rendering;
-- Tocsin: ``tocsin serve`` with every role in one process (``--processes`` does not
-  exist yet), an SMTP ``customer_email`` channel (``pool_size`` = the ceiling's
+- Tocsin: ``tocsin serve --processes 1``, every role in one process (its CPU is what
+  the per-email figures divide), an SMTP ``customer_email`` channel (``pool_size`` = the ceiling's
   connections) and one rule ``payment.succeeded`` -> customer; ``bench.loadgen closed``
   posts N signed events over 64 connections.
 
@@ -312,6 +312,7 @@ class MailBench:
         port = free_port()
         log = self.tmp / f"gateway-{rep}.log"
         argv = ["serve", "--conf", str(self.conf), "--port", str(port), "--log-level", "warning"]
+        argv += ["--processes", "1"]  # one process: its CPU is what the figures divide
         proc = self.procs.python(f"gateway {rep}", "gateway.cli", *argv, log=log)
         try:
             wait_http(f"http://{HOST}:{port}/readyz", proc, log=log)
@@ -363,7 +364,7 @@ class MailBench:
         http_json(self.stats_url("/reset"), method="POST")
         port = free_port()
         log = self.tmp / f"intake-{rep}.log"
-        argv = ["serve", "--conf", str(self.conf), "--log-level", "info"]
+        argv = ["serve", "--conf", str(self.conf), "--log-level", "info", "--processes", "1"]
         proc = self.procs.python(
             "intake", "gateway.cli", *argv, "--port", str(port), "--role", "intake", log=log
         )
