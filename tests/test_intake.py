@@ -594,60 +594,53 @@ async def test_problems_are_capped_so_a_body_of_junk_gets_a_short_answer(intake,
     assert error["problems"][0]["message"].startswith("Object contains unknown field `j")
 
 
-async def test_waitaof_under_everysec_answers_within_one_fsync_not_two(tmp_path):
+@pytest.fixture
+async def everysec_redis(tmp_path: Path) -> AsyncIterator[AsyncRedis]:
+    """An external-style Redis on ``appendfsync everysec``, new enough for WAITAOF."""
+    server = RedisServer(tmp_path / "everysec", port=free_port(), appendfsync="everysec")
+    client = AsyncRedis.from_url(server.start())
+    try:
+        version = tuple(int(p) for p in (await client.info("server"))["redis_version"].split("."))
+        if version < (7, 2):
+            pytest.skip(f"WAITAOF needs Redis >= 7.2; the embedded server is {version}")
+        yield client
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def test_waitaof_under_everysec_answers_within_one_fsync_not_two(everysec_redis):
     """With an external Redis on ``appendfsync everysec`` intake confirms each batch
     with WAITAOF, which waits for the next once-a-second fsync. A batch formed while
     another waits goes out at once and shares that fsync: each 202 takes one fsync
     interval at most, not two (and never the 503 of a WAITAOF timing out)."""
-    server = RedisServer(tmp_path / "everysec", port=free_port(), appendfsync="everysec")
-    url = server.start()
-    client = AsyncRedis.from_url(url)
-    try:
-        version = tuple(int(p) for p in (await client.info("server"))["redis_version"].split("."))
-        if version < (7, 2):
-            pytest.skip(f"WAITAOF needs Redis >= 7.2; the embedded server is {version}")
-        enqueuer = Enqueuer(client, Keys(), 60, wait_aof=True)
-        enqueuer.start()
+    enqueuer = Enqueuer(everysec_redis, Keys(), 60, wait_aof=True)
+    enqueuer.start()
 
-        async def wave(n: int) -> float:
-            started = time.monotonic()
-            ids = await asyncio.gather(
-                *(enqueuer.enqueue(f"evt_w{n}_{i}", b"{}") for i in range(20))
-            )
-            assert all(ids), "every event stored"
-            return time.monotonic() - started
+    async def wave(n: int) -> float:
+        started = time.monotonic()
+        ids = await asyncio.gather(*(enqueuer.enqueue(f"evt_w{n}_{i}", b"{}") for i in range(20)))
+        assert all(ids), "every event stored"
+        return time.monotonic() - started
 
-        waves = []
-        for n in range(6):  # a new wave every 0.3 s, while earlier ones wait for the fsync
-            waves.append(asyncio.create_task(wave(n)))
-            await asyncio.sleep(0.3)
-        took = sorted(await asyncio.gather(*waves))
-        await enqueuer.stop()
-    finally:
-        await client.aclose()
-        server.stop()
+    waves = []
+    for n in range(6):  # a new wave every 0.3 s, while earlier ones wait for the fsync
+        waves.append(asyncio.create_task(wave(n)))
+        await asyncio.sleep(0.3)
+    took = sorted(await asyncio.gather(*waves))
+    await enqueuer.stop()
     assert took[-1] < 1.6, f"a 202 waited {took[-1]:.2f}s: two fsync intervals"
     assert took[len(took) // 2] < 1.1, took
 
 
-async def test_a_write_redis_cannot_confirm_on_disk_is_not_acknowledged(tmp_path):
+async def test_a_write_redis_cannot_confirm_on_disk_is_not_acknowledged(everysec_redis):
     """WAITAOF refused (here: AOF switched off under the gateway's feet) fails the
     request with a RedisError, which the intake answers 503: never a 202 for an event
     that may not survive a crash."""
-    server = RedisServer(tmp_path / "noaof", port=free_port(), appendfsync="everysec")
-    url = server.start()
-    client = AsyncRedis.from_url(url)
-    try:
-        version = tuple(int(p) for p in (await client.info("server"))["redis_version"].split("."))
-        if version < (7, 2):
-            pytest.skip(f"WAITAOF needs Redis >= 7.2; the embedded server is {version}")
-        enqueuer = Enqueuer(client, Keys(), 60, wait_aof=True)
-        enqueuer.start()
-        assert await enqueuer.enqueue("evt_before", b"{}")
-        await client.config_set("appendonly", "no")
-        with pytest.raises(redis.exceptions.RedisError, match="appendonly"):
-            await enqueuer.enqueue("evt_after", b"{}")
-        await enqueuer.stop()
-    finally:
-        await client.aclose()
-        server.stop()
+    enqueuer = Enqueuer(everysec_redis, Keys(), 60, wait_aof=True)
+    enqueuer.start()
+    assert await enqueuer.enqueue("evt_before", b"{}")
+    await everysec_redis.config_set("appendonly", "no")
+    with pytest.raises(redis.exceptions.RedisError, match="appendonly"):
+        await enqueuer.enqueue("evt_after", b"{}")
+    await enqueuer.stop()
