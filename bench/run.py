@@ -35,7 +35,7 @@ import redis
 from gateway.redis_server import RedisServer, free_port
 from gateway.signing import generate_secret
 
-from . import faults, report
+from . import faults, fullpipe, report
 from .common import HOST, box_busy_seconds, encode, make_event
 from .procs import REPO, Procs, cpu_seconds, http_json, tail, wait_http
 
@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reps", type=int, default=1, help="repeat intake+delivery K times; report the median"
     )
     faults.add_arguments(parser)
+    fullpipe.add_arguments(parser)
     parser.add_argument(
         "--latency-only", action="store_true", help="run only the latency phase (fast iteration)"
     )
@@ -589,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.start_infra()
         result["meta"] = _meta(args, bench.redis)
-        if not args.latency_only and not args.faults_only:
+        only = args.latency_only or args.faults_only or args.pipeline_only
+        if not only:
             runs = []
             for rep in range(args.reps):
                 intake = bench.phase_intake(rep)
@@ -597,20 +599,27 @@ def main(argv: list[str] | None = None) -> int:
             result["intake"] = _pick_median([r["intake"] for r in runs])
             result["delivery"] = _pick_median([r["delivery"] for r in runs])
             result["runs"] = runs
-        if not args.faults_only:
+        if not args.faults_only and not args.pipeline_only:
             result["latency"] = bench.phase_latency()
         if args.faults or args.faults_only:
             result["faults"] = faults.phase_faults(bench, args.fault_rate, args.fault_seconds)
+        if args.pipeline or args.pipeline_only:
+            result["pipeline"] = fullpipe.phase_pipeline(bench)
     finally:
         bench.stop_infra()
     result["meta"]["wall_s"] = round(time.monotonic() - started, 1)
     result["checks"] = report.checks(result, args.events)
     result["targets"] = report.targets(result)
+    if "pipeline" in result:
+        result["checks"].update(fullpipe.checks(result["pipeline"]))
+        result["targets"].update(fullpipe.targets(result["pipeline"]))
     result["peers"] = report.PEERS
     out = args.out or RESULTS_DIR / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.to_json(result))
     print(report.table(result))
+    if "pipeline" in result:
+        print(fullpipe.table(result["pipeline"], result["targets"]))
     shown = out.resolve()
     shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else out
     print(f"\nresult file: {shown}")

@@ -7,6 +7,7 @@ every signature. No timing assertion: the figures depend on the machine.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,36 @@ def test_bench_fault_phase_loses_nothing(tmp_path: Path) -> None:
     assert result["checks"]["faults_nothing_lost"]["ok"]
     assert faults["fault_free"]["delivered"] == faults["backlog_at_last_fault"]
     assert set(result["targets"]) == {"fault_drain_ratio"}
+
+
+@pytest.mark.slow
+def test_bench_full_pipeline_delivers_every_acknowledged_event_once(tmp_path: Path) -> None:
+    """``--pipeline-only``, short: the default ``tocsin serve`` (``--processes auto``) and
+    the bare reference, each saturated then paced, every signature verified by the sink;
+    wrk when installed, else the Python generator, and the output says which."""
+    out = tmp_path / "result.json"
+    argv = [sys.executable, "-m", "bench", "--pipeline-only", "--events", str(N)]
+    argv += ["--pipeline-processes", "auto", "--rate", "500", "--latency-seconds", "1"]
+    argv += ["--verify", "--out", str(out)]
+    run = subprocess.run(argv, check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    pipeline = json.loads(out.read_text())["pipeline"]
+    generator = pipeline["load_generator"]["saturating"]
+    assert generator.startswith("wrk") == (shutil.which("wrk") is not None), generator
+    assert f"saturating load: {generator}" in run.stdout
+    assert [(r["side"], r["load"]) for r in pipeline["runs"]] == [
+        ("reference", "saturating"),
+        ("tocsin -p auto", "saturating"),
+        ("reference", "paced"),
+        ("tocsin -p auto", "paced"),
+    ]
+    for r in pipeline["runs"]:
+        sink = r["sink"]
+        assert r["accepted"] >= (N if r["load"] == "saturating" else 500), r
+        assert r["accepted"] <= r["delivered"] <= r["sent"]["sent_at_most"], r
+        assert sink["count"] == sink["unique_webhook_ids"] == r["delivered"]
+        assert sink["verifying"] and sink["bad_signature"] == 0
+        assert not any(r["left_in_redis"].values()), r["left_in_redis"]
+    result = json.loads(out.read_text())
+    assert all(check["ok"] for check in result["checks"].values()), result["checks"]
+    assert {"pipeline_ratio", "pipeline_vs_saq", "pipeline_p99_ms"} == set(result["targets"])
