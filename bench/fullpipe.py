@@ -107,9 +107,8 @@ def wrk_version() -> str | None:
     if shutil.which("wrk") is None:
         return None
     done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    return (
-        (done.stdout + done.stderr).strip().splitlines()[0] if done.stdout + done.stderr else "wrk"
-    )
+    said = (done.stdout + done.stderr).strip().splitlines()
+    return said[0].split(" [")[0] if said else "wrk"  # "wrk debian/4.1.0-3+b2 [epoll] ..."
 
 
 def write_requests(bench: Any, path: Path, prefix: str, count: int) -> None:
