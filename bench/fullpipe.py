@@ -38,7 +38,7 @@ from gateway.signing import Signer
 from gateway.supervisor.cores import usable_cores
 
 from .common import HOST, box_busy_seconds, encode, make_event
-from .procs import tail, wait_http
+from .procs import cpu_seconds, tail, wait_http
 
 PREFIX = "tocsin"
 CHANNEL = "sink"
@@ -143,6 +143,7 @@ def wrk_load(bench: Any, url: str, prefix: str, n: int) -> dict[str, Any]:
     while not stamp.exists() and proc.poll() is None:
         time.sleep(0.01)
     time.sleep(0.05)  # the stamp's write, then the summary
+    cpu = cpu_seconds(proc.pid)  # the thread has stopped: all wrk will spend on the load
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)  # wrk stops its clock and prints its summary
     out, _ = proc.communicate(timeout=30)
@@ -159,6 +160,8 @@ def wrk_load(bench: Any, url: str, prefix: str, n: int) -> dict[str, Any]:
         "rate": round(n / (ended - started), 1),
         "t_start": started,
         "statuses": {"2xx": int(found.group(1))},
+        "cpu_loop_s": cpu,
+        "elapsed_s": round(ended - started, 4),
     }
 
 
@@ -274,6 +277,8 @@ def run_one(bench: Any, side: Side, load: str, tag: str, use_wrk: bool) -> dict[
         "left_in_redis": side.left_in_redis(),
         # The whole box (ours and anyone else's), from first request to last receipt.
         "busy_cores": round(box_busy / wall, 2),
+        # The load generator's share of the two cores it loads (its timed loop only).
+        "loadgen_cores": _share(sent.get("cpu_loop_s"), sent.get("elapsed_s")),
     }
 
 
@@ -301,6 +306,10 @@ def phase_pipeline(bench: Any) -> dict[str, Any]:
         "verified_signatures": bool(bench.args.verify),
         "runs": runs,
     }
+
+
+def _share(cpu_s: float | None, seconds: float | None) -> float | None:
+    return round(cpu_s / seconds, 2) if cpu_s is not None and seconds else None
 
 
 def _find(result: dict[str, Any], side: str, load: str) -> dict[str, Any] | None:
@@ -378,7 +387,7 @@ def table(result: dict[str, Any], tg: dict[str, dict[str, Any]]) -> str:
         f"  saturating load: {result['load_generator']['saturating']}",
         f"  paced load: {result['load_generator']['paced']}",
         f"  {'side':18} {'load':11} {'accepted/s':>10} {'delivered/s':>11} {'x ref':>6} "
-        f"{'x saq':>6} {'p50 / p99 ms':>16} {'busy cores':>10}",
+        f"{'x saq':>6} {'p50 / p99 ms':>16} {'busy cores':>10} {'load gen':>8}",
     ]
     for run in result["runs"]:
         rate = run["delivered_per_s"]
@@ -389,13 +398,15 @@ def table(result: dict[str, Any], tg: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"  {run['side']:18} {run['load']:11} {_n(run['accepted_per_s']):>10} "
             f"{_n(rate):>11} {vs_ref if run['load'] == 'saturating' else '':>6} "
-            f"{vs_saq:>6} {ms:>16} {_n(run['busy_cores'], 2):>10}"
+            f"{vs_saq:>6} {ms:>16} {_n(run['busy_cores'], 2):>10} "
+            f"{_n(run['loadgen_cores'], 2):>8}"
         )
     for name, t in tg.items():
         verdict = "met" if t["met"] else "MISSED"
         lines.append(f"  target {name}: {t['value']} ({t['target']}) {verdict}")
     lines.append(f"  saq figure: {SAQ_SOURCE} (another run, same box; not re-measured)")
     lines.append(
-        "  saturating p50/p99 is intake->receipt under a backlog (queueing), not latency at a load"
+        "  saturating p50/p99 is intake->receipt under a backlog (queueing), not latency at a load;"
+        " busy cores: the whole box; load gen: the generator's cores while it sent"
     )
     return "\n".join(lines)
