@@ -31,9 +31,9 @@ import time
 from typing import Any
 
 from gateway.redis_server import free_port
-from gateway.signing import Signer
 
-from .common import HOST, encode, make_event
+from .common import HOST
+from .fullpipe import write_requests
 from .run import READY_LINE, Bench, parse_args
 
 LAYOUTS = ("single", "all", "split", "roles")
@@ -117,21 +117,8 @@ class Pipeline(Bench):
 
     def wrk(self, url: str, prefix: str) -> dict[str, Any]:
         """wrk -t1 -c C for ``wrk_seconds``, each request a distinct pre-signed event."""
-        signer = Signer([self.intake_secret])
-        now = time.time()
         raw = self.tmp / "wrk-requests.bin"
-        with raw.open("wb") as out:
-            for i in range(self.n):
-                event_id = f"{prefix}{i:08d}"
-                body = encode(make_event(event_id, now, i))
-                headers = {**signer.headers(event_id, body), "Content-Type": "application/json"}
-                head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-                out.write(
-                    f"POST /v1/events HTTP/1.1\r\nHost: {HOST}\r\n{head}"
-                    f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                    + b"\0"
-                )
+        write_requests(self, raw, prefix, self.n)
         script = self.tmp / "wrk.lua"
         script.write_text(WRK_SCRIPT.replace("REQUESTS", str(raw)))
         argv = ["wrk", "-t1", f"-c{self.args.concurrency}", f"-d{self.wrk_seconds:g}s"]
