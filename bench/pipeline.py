@@ -32,9 +32,10 @@ from typing import Any
 
 from gateway.redis_server import free_port
 
+from .args import parse_args
 from .common import HOST
 from .fullpipe import write_requests
-from .run import READY_LINE, Bench, parse_args
+from .run import READY_LINE, Bench
 
 LAYOUTS = ("single", "all", "split", "roles")
 
