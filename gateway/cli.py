@@ -171,6 +171,10 @@ def serve(
         log.info(
             "embedded Redis ready at %s (Redis %s, pid %s)", url, embedded.version, embedded.pid
         )
+    if parent is None:  # the top process: its gateway processes share the directory
+        from .metrics import prepare_directory  # noqa: PLC0415
+
+        prepare_directory(conf.data_dir / "metrics")
     code = 0
     try:
         if count == 1:

@@ -22,7 +22,16 @@ from .channel import Channel
 from .confirm import ConfirmChannel
 from .intake import Enqueuer, Intake
 from .intake_guard import ConnectionGuard, GuardedSite, IntakeStats
-from .keys import Keys
+from .keys import Keys, Layout
+from .metrics import (
+    Exporter,
+    Known,
+    Metrics,
+    Poller,
+    conf_digest,
+    multiprocess_dir,
+    refusal_counter,
+)
 from .plan import EVENTS_SOURCE, Plan
 from .redis_client import connect
 from .router import Router, default_reclaim_after
@@ -105,6 +114,7 @@ class Gateway:
             if wait_aof is None:
                 return
             tasks = []
+            self._start_metrics()
             if "worker" in roles:
                 await self._start_channels(stack, redis, wait_aof)
             if "router" in roles:
@@ -115,6 +125,8 @@ class Gateway:
             if "worker" in roles:
                 tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
+            tasks.append(asyncio.create_task(self._poller(redis).run(stopping)))
+            await self._start_metrics_site(stack)
             log.info("consumer %s running roles: %s", self.consumer, ", ".join(sorted(roles)))
             self.ready.set()
             await stopping.wait()
@@ -124,6 +136,43 @@ class Gateway:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, BaseException):
                     log.error("a gateway task ended with %r", result)
+
+    def _start_metrics(self) -> None:
+        plan = self.plan
+        known = Known(
+            sources=tuple(plan.sources),
+            channels=tuple(plan.channels),
+            scenarios=tuple(s.name for s in plan.scenarios),
+        )
+        multiprocess = multiprocess_dir()  # before any sample exists
+        self.metrics = Metrics(known)
+        self.metrics.conf_loaded(conf_digest(plan.conf.files or [plan.conf.path]))
+        self.exporter = Exporter(self.metrics, multiprocess)
+
+    def _poller(self, redis: Redis) -> Poller:
+        conf = self.plan.conf
+        intake = getattr(self, "intake", None)
+        return Poller(
+            redis,
+            Layout(conf.redis.prefix),
+            self.metrics,
+            self.consumer,
+            every=float(conf.metrics.refresh),
+            intake=intake.stats if intake is not None else None,
+        )
+
+    async def _start_metrics_site(self, stack: AsyncExitStack) -> None:
+        """``[metrics] port``: /metrics apart from the intake, in every process."""
+        conf = self.plan.conf.metrics
+        if not conf.port:
+            return
+        runner = web.AppRunner(self.exporter.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        # Every gateway process binds it: any of them answers for all (multiprocess).
+        site = web.TCPSite(runner, conf.host, conf.port, reuse_port=True)
+        await site.start()
+        log.info("metrics on http://%s:%s/metrics", conf.host, conf.port)
 
     async def _wait_for_redis(self, redis: Redis, stopping: asyncio.Event) -> bool | None:
         """Whether to WAITAOF; ``None`` if asked to stop before Redis answered."""
@@ -205,6 +254,7 @@ class Gateway:
             retention=float(conf.history.retention),
             dedupe_window=float(conf.intake.dedupe_window),
             windows=self.plan.windows,
+            metrics=self.metrics,
         )
 
     async def _start_intake(
@@ -226,6 +276,7 @@ class Gateway:
             retention=float(conf.history.retention),
             body_timeout=float(conf.intake.body_timeout),
             stats=stats,
+            metrics=self.metrics,
         )
         self.intake = intake  # its ``stats`` are what a metrics endpoint exports
         guard = ConnectionGuard(
@@ -234,7 +285,9 @@ class Gateway:
             max_connections=conf.intake.max_connections,
             max_connections_per_peer=conf.intake.max_connections_per_peer,
         )
-        app = intake.app(guard.middleware)
+        app = intake.app(guard.middleware, refusal_counter(self.metrics, EVENTS_SOURCE))
+        if conf.metrics.intake:
+            app.router.add_get("/metrics", self.exporter.handle)
         app.on_response_prepare.append(_name_process)
         runner = web.AppRunner(
             app,
