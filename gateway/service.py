@@ -166,7 +166,9 @@ class Gateway:
         conf = self.plan.conf.metrics
         if not conf.port:
             return
-        runner = web.AppRunner(self.exporter.app(), access_log=None, handle_signals=False)
+        app = self.exporter.app()
+        app.on_response_prepare.append(_name_process)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         # Every gateway process binds it: any of them answers for all (multiprocess).
@@ -313,7 +315,7 @@ class Gateway:
 async def _name_process(request: web.Request, response: web.StreamResponse) -> None:
     # Several gateway processes share the port (gateway/supervisor): a probe or a test
     # can tell which one answered.
-    if request.path == "/healthz":
+    if request.path in ("/healthz", "/metrics"):
         response.headers[PROCESS_HEADER] = str(os.getpid())
 
 
