@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from ..catalog import TYPES
 from ..errors import DeliveryError
@@ -87,6 +87,9 @@ class Metrics:
 
     def __init__(self, known: Known) -> None:
         self.known = known
+        # ``*_created`` samples: one more per series, and absent in multiprocess mode
+        # (tocsin serve); a single process exports the same names without them.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events = Counter(

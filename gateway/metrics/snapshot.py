@@ -107,9 +107,17 @@ for i = 1, #members, 2 do
     t[3] = t[3] + 1
     if t[4] < 0 or score < t[4] then t[4] = score end
   else
-    local last = nil
-    for o in string.gmatch(string.sub(m, -2048), '"outcome":"(%a+)"') do last = o end
-    if last == 'deferred' then t[2] = t[2] + 1 else t[1] = t[1] + 1 end
+    local at, from = nil, math.max(1, #m - 2048)
+    while true do
+      local found = string.find(m, '"outcome":"', from, true)
+      if not found then break end
+      at, from = found, found + 11
+    end
+    if at and string.sub(m, at + 11, at + 18) == 'deferred' then
+      t[2] = t[2] + 1
+    else
+      t[1] = t[1] + 1
+    end
   end
 end
 local reply = {#members / 2}
