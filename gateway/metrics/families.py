@@ -89,7 +89,7 @@ class Metrics:
         self.known = known
         # ``*_created`` samples: one more per series, and absent in multiprocess mode
         # (tocsin serve); a single process exports the same names without them.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events = Counter(
