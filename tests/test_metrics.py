@@ -36,7 +36,8 @@ from gateway.redis_server import RedisServer, free_port
 from gateway.service import PROCESS_HEADER
 
 from .conftest import make_event, signed_headers, write_conf
-from .procs import Serve, serving
+from .procs import Serve, serving, wait_http
+from .procs import running as running_proc
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -443,3 +444,41 @@ async def test_attempt_classes():
     except TransientError as exc:
         assert attempt_class(exc) == "connect"
     assert attempt_class(PermanentError("template failed")) == "error"
+
+
+async def test_a_process_without_intake_is_scraped_on_the_metrics_port(
+    traffic: Running, redis_server: RedisServer
+):
+    """``--role router --role worker``: no intake port, ``[metrics] port`` instead."""
+    directory = Path(tempfile.mkdtemp(prefix="tocsin-metrics-worker-", dir="/tmp"))
+    port = free_port()
+    conf = write_conf(
+        directory,
+        redis_url=redis_server.url,
+        extra=f'\n[metrics]\nport = {port}\nrefresh = "0.3s"\n',
+    )
+    # Its own key prefix: it must not take the module gateway's jobs.
+    conf.write_text(conf.read_text().replace("[redis]\n", '[redis]\nprefix = "solo"\n'))
+    args = [
+        "serve",
+        "--conf",
+        str(conf),
+        "--processes",
+        "1",
+        "--role",
+        "router",
+        "--role",
+        "worker",
+    ]
+    try:
+        async with running_proc(args, directory, "worker-only") as proc:
+            await proc.wait_output("running roles", 30, stream="stderr")
+            await wait_http(f"http://127.0.0.1:{port}/metrics", proc)
+            s = await scrape(f"http://127.0.0.1:{port}/metrics")
+            assert s.pid == proc.pid
+            assert s.get("tocsin_deliveries_total", channel="hook", status="delivered") == 0
+            assert s.get("tocsin_queue_jobs", channel="hook", state="ready") == 0
+            # Its files are under its own data dir: the module's gateway's are untouched.
+            assert (directory / "var" / "metrics").is_dir()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
