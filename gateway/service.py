@@ -126,6 +126,7 @@ class Gateway:
                 tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
             tasks.append(asyncio.create_task(self._poller(redis).run(stopping)))
+            tasks.append(asyncio.create_task(self.metrics.flushing(stopping)))
             await self._start_metrics_site(stack)
             log.info("consumer %s running roles: %s", self.consumer, ", ".join(sorted(roles)))
             self.ready.set()
@@ -136,6 +137,7 @@ class Gateway:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, BaseException):
                     log.error("a gateway task ended with %r", result)
+            self.metrics.flush()  # what the last sends counted
 
     def _start_metrics(self) -> None:
         plan = self.plan

@@ -482,3 +482,33 @@ async def test_a_process_without_intake_is_scraped_on_the_metrics_port(
             assert (directory / "var" / "metrics").is_dir()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_redis_down_and_connection_refusals_are_exported():
+    """``tocsin_redis_up`` follows the refresh; the connection guard's counts are carried
+    into ``tocsin_intake_connections_refused_total`` by increments."""
+    from prometheus_client import generate_latest  # noqa: PLC0415
+
+    from gateway.intake_guard import IntakeStats  # noqa: PLC0415
+
+    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    stats = IntakeStats()
+    metrics = Metrics(Known(sources=("events",), channels=("hook",)))
+    poller = Poller(redis, Layout(), metrics, "p1", intake=stats)
+    try:
+        stats.refused_connections, stats.header_timeouts = 3, 1
+        assert await poller.refresh() is None
+        stats.refused_connections = 5
+        await poller.refresh()
+        metrics.flush()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+            for s in family.samples
+        }
+        assert samples["tocsin_redis_up", ()] == 0
+        refused = "tocsin_intake_connections_refused_total"
+        assert samples[refused, (("reason", "max_connections"),)] == 5
+        assert samples[refused, (("reason", "header_timeout"),)] == 1
+    finally:
+        await redis.aclose()

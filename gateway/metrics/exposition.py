@@ -64,6 +64,7 @@ class Exporter:
         return generate_latest(self.registry)
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.metrics.flush()  # this process's counts; the others' are at most 1 s old
         return web.Response(body=self.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def app(self) -> web.Application:

@@ -7,7 +7,11 @@ the catalog (anything else is ``other``), outcomes and reasons from fixed lists.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +48,8 @@ FINAL_STATUSES = ("delivered", "dead", "cancelled")
 #: or no answer (timeout, connect), or ``error`` (a failure with no status: a template,
 #: an invalid address, a plugin bug).
 ATTEMPT_CLASSES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connect", "error")
+#: How long counts wait in a process before they are exported.
+FLUSH_EVERY = 1.0
 #: ``tocsin_queue_jobs`` states.
 QUEUE_STATES = ("ready", "in_flight", "retrying", "deferred")
 #: Send durations: from a fast webhook to an SMTP server taking minutes.
@@ -201,7 +207,9 @@ class Metrics:
             "processes running different confs.",
             **snap,
         )
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._counts: defaultdict[tuple[Any, tuple[str, ...]], int] = defaultdict(int)
+        #: Per channel: sends per bucket (the last one +Inf), then their total seconds.
+        self._hist: dict[str, list[float]] = {}
         self._zero()
 
     def _zero(self) -> None:
@@ -224,46 +232,61 @@ class Metrics:
             self.send_seconds.labels(channel)
         self.apply(Snapshot.empty(k.channels, k.scenarios))
 
-    # -- intake ---------------------------------------------------------------------
+    # -- counting: in plain dicts, written out by ``flush`` -------------------------------
+    #
+    # A prometheus-client increment costs 1-2 us in multiprocess mode (a lock and an mmap
+    # write), and a delivery makes four: ~10 % of its CPU. A dict increment costs ~0.1 us;
+    # ``flush`` (every FLUSH_EVERY, before this process renders a scrape, and at exit)
+    # writes the sums.
 
     def received(self, source: str, types: Iterable[tuple[str, bool]]) -> None:
         """Events accepted by one request: ``(type, duplicate)`` each."""
         for type_, duplicate in types:
             t = type_ if type_ in self.known.types else OTHER
-            key = ("e", source, t, EVENT_OUTCOMES[duplicate])
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = self.events.labels(*key[1:])
-            child.inc()
+            self._counts[self.events, (source, t, EVENT_OUTCOMES[duplicate])] += 1
 
     def refuse(self, source: str, reason: str) -> None:
         source = source if source in self.known.sources else OTHER
-        self.refused.labels(source, reason if reason in REFUSAL_REASONS else OTHER).inc()
+        reason = reason if reason in REFUSAL_REASONS else OTHER
+        self._counts[self.refused, (source, reason)] += 1
 
     def connections(self, reason: str, count: int) -> None:
         if count > 0:
-            self.connections_refused.labels(reason).inc(count)
-
-    # -- workers --------------------------------------------------------------------
+            self._counts[self.connections_refused, (reason,)] += count
 
     def attempt(self, channel: str, exc: BaseException | None, seconds: float) -> None:
-        key = ("a", channel, attempt_class(exc))
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.attempts.labels(channel, key[2])
-        child.inc()
-        hist = self._children.get(("h", channel))
+        self._counts[self.attempts, (channel, attempt_class(exc))] += 1
+        hist = self._hist.get(channel)
         if hist is None:
-            hist = self._children["h", channel] = self.send_seconds.labels(channel)
-        hist.observe(seconds)
+            hist = self._hist[channel] = [0.0] * (len(SEND_BUCKETS) + 2)
+        hist[bisect_left(SEND_BUCKETS, seconds)] += 1  # the first bucket with le >= seconds
+        hist[-1] += seconds
 
     def settled(self, channel: str, status: str, count: int = 1) -> None:
         """Deliveries reached a final status (``FINAL_STATUSES``)."""
-        key = ("d", channel, status)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.deliveries.labels(channel, status)
-        child.inc(count)
+        self._counts[self.deliveries, (channel, status)] += count
+
+    def flush(self) -> None:
+        """Write what was counted since the last flush into the exported metrics."""
+        counts, self._counts = self._counts, defaultdict(int)
+        for (metric, labels), n in counts.items():
+            metric.labels(*labels).inc(n)
+        hists, self._hist = self._hist, {}
+        for channel, hist in hists.items():
+            # What Histogram.observe does, once per bucket instead of once per send.
+            child: Any = self.send_seconds.labels(channel)
+            child._sum.inc(hist[-1])
+            for i, sends in enumerate(hist[:-1]):
+                if sends:
+                    child._buckets[i].inc(sends)
+
+    async def flushing(self, stopping: asyncio.Event) -> None:
+        """Flush every ``FLUSH_EVERY`` until ``stopping``, then once more."""
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_EVERY):
+                    await stopping.wait()
+            self.flush()
 
     # -- the shared snapshot ----------------------------------------------------------
 
