@@ -36,7 +36,7 @@ from gateway.redis_server import RedisServer, free_port
 from gateway.service import PROCESS_HEADER
 
 from .conftest import make_event, signed_headers, write_conf
-from .procs import Serve, serving, wait_http
+from .procs import Serve, run_tocsin, serving, tocsin_env, wait_http
 from .procs import running as running_proc
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -512,3 +512,13 @@ async def test_redis_down_and_connection_refusals_are_exported():
         assert samples[refused, (("reason", "header_timeout"),)] == 1
     finally:
         await redis.aclose()
+
+
+async def test_an_unwritable_metrics_directory_is_one_line_not_a_traceback(tmp_path):
+    conf = write_conf(tmp_path, redis_url="redis://127.0.0.1:1/0")
+    conf.write_text(conf.read_text().replace('data_dir = "var"', 'data_dir = "/proc/tocsin"'))
+    done = run_tocsin("serve", "--conf", str(conf), "--processes", "1", "--port", "0",
+                      env=tocsin_env(), cwd=tmp_path, timeout=20)  # fmt: skip
+    assert done.returncode == 2
+    assert "metrics directory /proc/tocsin/metrics: No such file or directory" in done.stderr
+    assert "Traceback" not in done.stderr
