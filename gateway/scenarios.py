@@ -33,7 +33,7 @@ from .conditions import Compiled, compile_condition
 from .delivery import encode_delivery
 from .durations import Duration, shift
 from .event import Event, encode_event
-from .keys import SCENARIO_GROUP, Keys
+from .keys import SCENARIO_GROUP, Keys, Layout, as_layout
 from .router import action_deliveries
 from .rules import CompiledAction, Matcher, PlanParts, compile_actions, compile_match
 from .scripts import PROMOTE, SCENARIO_CAS, SCENARIO_STEP
@@ -202,7 +202,7 @@ class ScenarioEngine:
     def __init__(
         self,
         redis: Redis,
-        keys: Keys,
+        keys: Keys | Layout,
         scenarios: list[CompiledScenario],
         *,
         timezone: str = "Europe/Paris",
@@ -211,7 +211,9 @@ class ScenarioEngine:
         reclaim_after: float = RECLAIM_AFTER,
     ) -> None:
         self.redis = redis
-        self.keys = keys
+        #: An instance lives in its key's shard, with its timers and the steps stream
+        #: they go to when due; its steps' jobs go to that shard's delivery streams.
+        self.layout = as_layout(keys)
         self.scenarios = scenarios
         self.zone = ZoneInfo(timezone)
         self.clock = clock
@@ -222,12 +224,14 @@ class ScenarioEngine:
     def _timer(self, instance: Instance, step: int) -> bytes:
         """A timers member: where it goes when due (the steps stream) and what fires."""
         payload = _encoder.encode(Timer(instance.scenario, instance.key, instance.id, step))
-        return self.keys.steps.encode() + b"\n" + payload
+        return self.layout.shard(instance.key).steps.encode() + b"\n" + payload
 
     # -- reading and writing instances ------------------------------------------------
 
     async def load(self, name: str, key: str) -> tuple[str, Instance | None]:
-        reply: Any = await self.redis.hmget(self.keys.scenario(name, key), "rev", "doc")
+        reply: Any = await self.redis.hmget(
+            self.layout.shard(key).scenario(name, key), "rev", "doc"
+        )
         rev, doc = reply
         rev_text = rev.decode() if rev is not None else "0"
         return rev_text, (_doc_decoder.decode(doc) if doc is not None else None)
@@ -252,11 +256,8 @@ class ScenarioEngine:
         ]
         for due, member in add:
             args += [int(due * 1000), member]
-        keys = [
-            self.keys.scenario(instance.scenario, instance.key),
-            self.keys.timers,
-            self.keys.scenarios,
-        ]
+        shard = self.layout.shard(instance.key)
+        keys = [shard.scenario(instance.scenario, instance.key), shard.timers, shard.scenarios]
         return bool(await SCENARIO_CAS(self.redis, keys, args))
 
     # -- events -----------------------------------------------------------------------
@@ -338,7 +339,7 @@ class ScenarioEngine:
                 until=self.clock() + scenario.tombstone_ttl,
             )
             await self.redis.set(
-                self.keys.tombstone(scenario.name, key),
+                self.layout.shard(key).tombstone(scenario.name, key),
                 _encoder.encode(mark),
                 ex=max(1, int(scenario.tombstone_ttl)),
             )
@@ -409,7 +410,7 @@ class ScenarioEngine:
         self, scenario: CompiledScenario, key: str, event: Event
     ) -> Tombstone | None:
         """The cancel that came first and still applies to this trigger, if any."""
-        data: Any = await self.redis.get(self.keys.tombstone(scenario.name, key))
+        data: Any = await self.redis.get(self.layout.shard(key).tombstone(scenario.name, key))
         if data is None:
             return None
         try:
@@ -483,16 +484,27 @@ class ScenarioEngine:
         """Move due timers to the steps stream (each exactly once, whoever runs this)."""
         moved = 0
         while True:
-            count = int(
-                await PROMOTE(self.redis, [self.keys.timers], [int(self.clock() * 1000), 500])
-            )
+            count = 0
+            for shard in self.layout.shards:
+                count += int(
+                    await PROMOTE(self.redis, [shard.timers], [int(self.clock() * 1000), 500])
+                )
             moved += count
             if count < 500:
                 return moved
 
-    async def fire_pending(self, consumer: str, block_ms: int | None = None) -> int:
-        """Fire the due steps in the stream; returns how many entries were handled."""
-        await ensure_group(self.redis, self.keys.steps, SCENARIO_GROUP)
+    async def fire_pending(
+        self, consumer: str, block_ms: int | None = None, shard: Keys | None = None
+    ) -> int:
+        """Fire the due steps in the steps stream of ``shard`` (of every shard, without
+        blocking unless there is one); returns how many entries were handled."""
+        if shard is None and len(self.layout.shards) > 1:
+            handled = 0
+            for one in self.layout.shards:
+                handled += await self.fire_pending(consumer, None, one)
+            return handled
+        shard = shard or self.layout.shards[0]
+        await ensure_group(self.redis, shard.steps, SCENARIO_GROUP)
         handled = 0
         for cursor in ("0", ">"):
             while True:
@@ -500,7 +512,7 @@ class ScenarioEngine:
                     self.redis,
                     SCENARIO_GROUP,
                     consumer,
-                    {self.keys.steps: cursor},
+                    {shard.steps: cursor},
                     100,
                     block_ms if cursor == ">" else None,
                 )
@@ -508,19 +520,20 @@ class ScenarioEngine:
                 if not entries:
                     break
                 for entry in entries:
-                    await self.fire(entry)
+                    await self.fire(entry, shard)
                     handled += 1
                 if cursor == ">" and block_ms is not None:
                     break
         return handled
 
-    async def fire(self, entry: Entry) -> None:
+    async def fire(self, entry: Entry, shard: Keys) -> None:
+        """Fire one entry of ``shard``'s steps stream."""
         entry_id, fields = entry
         try:
             timer = msgspec.json.decode(fields.get(b"j", b""), type=Timer)
         except msgspec.DecodeError:
             log.error("scenario step entry %s is unreadable: dropped", entry_id)
-            await self._ack_only(entry_id)
+            await self._ack_only(shard, entry_id)
             return
         scenario = next((s for s in self.scenarios if s.name == timer.scenario), None)
         for _ in range(CAS_ATTEMPTS):
@@ -533,15 +546,16 @@ class ScenarioEngine:
                 or timer.step >= len(instance.steps)
                 or instance.steps[timer.step].status != "pending"
             ):
-                await self._ack_only(entry_id)  # cancelled, restarted or already fired
+                await self._ack_only(shard, entry_id)  # cancelled, restarted or already fired
                 return
-            outcome = await self._fire_step(entry_id, scenario, rev, instance, timer.step)
+            outcome = await self._fire_step(shard, entry_id, scenario, rev, instance, timer.step)
             if outcome >= 0:
                 return
         log.error("scenario %s/%s: step kept conflicting", timer.scenario, timer.key)
 
     async def _fire_step(
         self,
+        shard: Keys,
         entry_id: bytes,
         scenario: CompiledScenario,
         rev: str,
@@ -578,16 +592,16 @@ class ScenarioEngine:
         stream_keys: list[str] = []
         job_args: list[Any] = []
         for job in jobs:
-            stream = self.keys.deliveries(job.channel)
+            stream = shard.deliveries(job.channel)
             if stream not in stream_keys:
                 stream_keys.append(stream)
             job_args += [4 + stream_keys.index(stream), encode_delivery(job)]
         result = await SCENARIO_STEP(
             self.redis,
             [
-                self.keys.steps,
-                self.keys.scenario(instance.scenario, instance.key),
-                self.keys.scenarios,
+                shard.steps,
+                shard.scenario(instance.scenario, instance.key),
+                shard.scenarios,
                 *stream_keys,
             ],
             [
@@ -612,38 +626,46 @@ class ScenarioEngine:
             )
         return int(result)
 
-    async def _ack_only(self, entry_id: bytes) -> None:
+    async def _ack_only(self, shard: Keys, entry_id: bytes) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.steps, SCENARIO_GROUP, entry_id)
-            pipe.xdel(self.keys.steps, entry_id)
+            pipe.xack(shard.steps, SCENARIO_GROUP, entry_id)
+            pipe.xdel(shard.steps, entry_id)
             await pipe.execute()
 
     async def run(self, stopping: asyncio.Event, consumer: str) -> None:
-        """The timer loop: promote due timers, fire due steps, take over the steps a dead
-        gateway had read. One per router process; any number may run at once."""
+        """The timer loops, one per shard: promote due timers, fire due steps, take over
+        the steps a dead gateway had read. One set per router process; any number may
+        run at once."""
+        await asyncio.gather(*(self._run(stopping, consumer, s) for s in self.layout.shards))
+
+    async def _run(self, stopping: asyncio.Event, consumer: str, shard: Keys) -> None:
         backoff = Backoff()
         next_reclaim = 0.0
         while not stopping.is_set():
             try:
-                await self.promote()
-                await self.fire_pending(consumer, block_ms=int(TIMER_INTERVAL * 1000))
+                while (
+                    await PROMOTE(self.redis, [shard.timers], [int(self.clock() * 1000), 500])
+                    == 500
+                ):
+                    pass
+                await self.fire_pending(consumer, int(TIMER_INTERVAL * 1000), shard)
                 if time.monotonic() >= next_reclaim:
-                    await self._reclaim(consumer)
+                    await self._reclaim(consumer, shard)
                     next_reclaim = time.monotonic() + self.reclaim_interval
                 backoff.reset()
             except (RedisError, OSError) as exc:
                 await backoff.wait("scenarios", exc)
 
-    async def _reclaim(self, consumer: str) -> None:
+    async def _reclaim(self, consumer: str, shard: Keys) -> None:
         start: Any = "0-0"
         while True:
             reply: Any = await self.redis.xautoclaim(
-                self.keys.steps, SCENARIO_GROUP, consumer, self.reclaim_idle_ms, start_id=start
+                shard.steps, SCENARIO_GROUP, consumer, self.reclaim_idle_ms, start_id=start
             )
             start = reply[0]
             for entry_id, fields in reply[1]:
                 if entry_id is not None and fields:
-                    await self.fire((entry_id, fields))
+                    await self.fire((entry_id, fields), shard)
             if start in (b"0-0", "0-0"):
                 return
 
@@ -660,9 +682,13 @@ class ScenarioEngine:
         raise RuntimeError(f"scenario {name}/{key}: kept conflicting")
 
     async def list(self, key: str | None = None, limit: int = 100) -> list[Instance]:
-        members: Any = await self.redis.zrevrange(self.keys.scenarios, 0, -1)
+        members: list[tuple[bytes, float]] = []
+        for shard in self.layout.shards:
+            reply: Any = await self.redis.zrevrange(shard.scenarios, 0, -1, withscores=True)
+            members += reply
+        members.sort(key=lambda pair: pair[1], reverse=True)
         out = []
-        for member in members:
+        for member, _score in members:
             name, _, instance_key = member.decode().partition(_SEP)
             if key is not None and instance_key != key:
                 continue
@@ -674,11 +700,11 @@ class ScenarioEngine:
         return out
 
 
-async def moot(redis: Redis, keys: Keys, ref: str) -> str | None:
+async def moot(redis: Redis, keys: Keys | Layout, ref: str) -> str | None:
     """Why a scenario step's message must no longer go (its instance was cancelled or
     restarted since the step fired), or ``None``. ``ref`` is ``Delivery.scenario``."""
     name, key, wanted = ref.split(_SEP, 2)
-    doc: Any = await redis.hget(keys.scenario(name, key), "doc")
+    doc: Any = await redis.hget(as_layout(keys).shard(key).scenario(name, key), "doc")
     if doc is None:
         return None  # past the retention: nothing says it is moot
     instance = _doc_decoder.decode(doc)
