@@ -159,10 +159,11 @@ class Enqueuer:
                 for i in members:
                     args += [batch[i][0], batch[i][1]]
                 ENQUEUE_MANY.add_to(pipe, [shard.events], args)
+            where = self._written_nodes(by_shard)
             if self.wait_aof:
-                pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
+                pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS, **where)
             if self.wait_replicas:
-                pipe.execute_command("WAIT", self.wait_replicas, WAITAOF_TIMEOUT_MS)
+                pipe.execute_command("WAIT", self.wait_replicas, WAITAOF_TIMEOUT_MS, **where)
             results = await pipe.execute(raise_on_error=False)
             scripts = results[: len(by_shard)]
             if any(is_noscript(r) for r in scripts) and attempt == 0:
@@ -178,6 +179,20 @@ class Enqueuer:
                     out[i] = None if entry is None else as_text(entry)
             return out
         raise RedisError("enqueue script could not be loaded")
+
+    def _written_nodes(self, by_shard: dict[int, list[int]]) -> dict[str, Any]:
+        """On a cluster, the masters this batch wrote to: a wait sent to every master
+        (redis-py's default for WAIT) would also fail the batch for a shard it did not
+        write, e.g. one whose master has lost its replica."""
+        if not self.layout.cluster:
+            return {}
+        cluster: Any = self.redis
+        nodes = {
+            node.name: node
+            for index in by_shard
+            if (node := cluster.get_node_from_key(self.layout.shards[index].events))
+        }
+        return {"target_nodes": list(nodes.values())} if nodes else {}
 
     def _check_durable(self, replies: list[Any]) -> None:
         replies = list(replies)

