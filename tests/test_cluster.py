@@ -23,7 +23,7 @@ from gateway.redis_server import free_port
 from .conftest import make_event
 from .procs import Ledger, gateways, ledger_receiver, produce, run_to_end
 from .redis_cluster import LocalCluster
-from .test_chaos import Hook, chaos_conf, ledger_figures, log_problems
+from .test_chaos import Hook, chaos_conf, ledger_figures, log_problems, wait_for
 
 SHARDS = 3
 
@@ -140,8 +140,7 @@ async def test_a_master_killed_under_load_loses_no_acknowledged_event(
         producing = asyncio.create_task(
             produce(ledger, [serve.url], events, producers=20, timeout=90)
         )
-        while len(ledger.acked) < total // 3:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(ledger.acked) >= total // 3, 30, "a third acknowledged")
         victim = cluster.master_of(Layout("t2", SHARDS, cluster=True).shards[0].events)
         acked_at_kill = len(ledger.acked)
         killed = time.monotonic()
