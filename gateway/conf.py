@@ -585,4 +585,23 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
             del conf.windows[name]
     if conf.intake.max_body <= 0:
         problems.add(main, "intake.max_body", "must be a positive number of bytes")
+    _check_redis(conf.redis, main, problems)
     return conf, with_lines(problems.items)
+
+
+def _check_redis(redis: RedisSection, main: Path, problems: _Problems) -> None:
+    if redis.cluster and not redis.url:
+        problems.add(
+            main,
+            "redis.cluster",
+            "a cluster needs redis.url naming one of its nodes (the embedded Redis is one server)",
+        )
+    if redis.cluster and redis.url.startswith("unix://"):
+        problems.add(main, "redis.url", "a cluster is reached over TCP: redis:// or rediss://")
+    if "{" in redis.prefix or "}" in redis.prefix:
+        problems.add(
+            main,
+            "redis.prefix",
+            "no braces: Tocsin adds its own hash tags to keys, and a brace in the prefix "
+            "would put every shard in one cluster slot",
+        )

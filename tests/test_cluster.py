@@ -105,6 +105,9 @@ async def test_events_spread_over_shards_in_customer_order_and_delivered_once(
     figures = ledger_figures(ledger, rec)
     assert figures["lost"] == 0 and len(ledger.acked) == len(events), figures
     assert rec.duplicates() == {}
+    # The shards' tags put them on the three masters, one each.
+    shards = Layout("t1", SHARDS, cluster=True).shards
+    assert len({cluster.master_of(shard.events).port for shard in shards}) == SHARDS
     streams = shard_entries(cluster, "t1")
     assert all(streams), [len(s) for s in streams]  # every shard took some customers
     for c in range(customers):
