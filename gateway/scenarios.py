@@ -13,14 +13,10 @@ The clock is injected: ``tocsin simulate`` drives the same code with a virtual o
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import math
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,20 +25,31 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .conditions import Compiled, compile_condition
 from .delivery import encode_delivery
 from .durations import Duration, shift
 from .event import Event, encode_event
 from .keys import SCENARIO_GROUP, Keys, Layout, as_layout
 from .router import action_deliveries
-from .rules import CompiledAction, Matcher, PlanParts, compile_actions, compile_match
+from .scenario_model import (
+    SEP,
+    CompiledScenario,
+    CompiledStep,
+    Instance,
+    StepState,
+    Timer,
+    Tombstone,
+    doc_decoder,
+    encoder,
+    instance_id,
+    merge_state,
+    ms,
+    state_event,
+)
 from .scripts import PROMOTE, SCENARIO_CAS, SCENARIO_STEP
 from .streams import Backoff, Entry, ensure_group, read_group
 
 log = logging.getLogger("tocsin.scenarios")
 
-_AT = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?:([+-])\s*(\S+))?\s*$")
-_SEP = "\x1f"
 #: Writes retried this many times on compare-and-set conflicts before giving up.
 CAS_ATTEMPTS = 20
 #: How often due timers are looked for: steps fire within this of their due time.
@@ -53,146 +60,6 @@ TIMER_INTERVAL = 0.25
 RECLAIM_AFTER = 30.0
 #: How often due steps to take over are looked for: half the reclaim time, at most this.
 RECLAIM_INTERVAL = 5.0
-
-
-# -- compiled form ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class At:
-    """``data.due_at - 3d``: a date in the state, shifted by ``days`` calendar days in
-    the conf's time zone, then by ``offset`` seconds (hours and minutes are exact)."""
-
-    path: tuple[str, ...]
-    offset: float
-    days: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> At:
-        match = _AT.match(text)
-        if not match:
-            raise ValueError(f"{text!r}: write a date path and an offset, e.g. 'data.due_at - 3d'")
-        path, sign, amount = match.groups()
-        if not sign:
-            return cls(tuple(path.split(".")), 0.0)
-        duration, way = Duration.parse(amount), -1 if sign == "-" else 1
-        return cls(tuple(path.split(".")), duration.clock * way, duration.days * way)
-
-    def resolve(self, state: Mapping[str, Any], zone: ZoneInfo) -> float | None:
-        value: Any = state
-        for part in self.path:
-            if not isinstance(value, Mapping) or part not in value:
-                return None
-            value = value[part]
-        when = parse_moment(value, zone)
-        return None if when is None else shift(when, self.days, self.offset, zone)
-
-
-def parse_moment(value: Any, zone: ZoneInfo) -> float | None:
-    """Epoch seconds of an ISO date-time, or of a date's midnight in ``zone``."""
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, date):
-        moment = datetime.combine(value, datetime.min.time(), zone)
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if len(value) == 10:  # a bare date
-            moment = moment.replace(tzinfo=zone)
-    else:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zone)
-    return moment.timestamp()
-
-
-@dataclass(frozen=True)
-class CompiledStep:
-    name: str
-    #: From the trigger; its days (``d``, ``w``) are calendar days in the conf's zone.
-    after: Duration | None
-    at: At | None
-    conditions: tuple[Compiled, ...]
-    actions: tuple[CompiledAction, ...]
-
-
-@dataclass(frozen=True)
-class CompiledScenario:
-    name: str
-    trigger: Matcher
-    key: jinja2.Template
-    key_source: str
-    steps: tuple[CompiledStep, ...]
-    cancel_on: tuple[Matcher, ...]
-    update_on: tuple[Matcher, ...]
-    on_retrigger: str
-    past_steps: str
-    tombstone_ttl: float
-
-
-# -- instance documents -----------------------------------------------------------------
-
-
-class StepState(msgspec.Struct, omit_defaults=True):
-    name: str
-    status: str  # pending | done | skipped | cancelled
-    due: float | None = None
-    fired: float | None = None
-    note: str | None = None
-    deliveries: int = 0
-
-
-class Instance(msgspec.Struct, omit_defaults=True):
-    scenario: str
-    key: str
-    id: str
-    status: str  # active | completed | cancelled
-    started: float
-    trigger_event: str
-    trigger_type: str
-    #: The event as last known: the trigger, updated by later events for the key.
-    state: dict[str, Any]
-    last_occurred: str
-    steps: list[StepState]
-    updated: float = 0.0
-    reason: str | None = None
-    #: Events that changed this instance, oldest first: ``type id``.
-    events: list[str] = msgspec.field(default_factory=list)
-
-
-_doc_decoder = msgspec.json.Decoder(Instance)
-_encoder = msgspec.json.Encoder()
-
-
-class Tombstone(msgspec.Struct):
-    why: str
-    #: When the cancelling event occurred: triggers that occurred later are not stopped.
-    occurred: float
-    #: Until when it applies, on the engine's clock.
-    until: float
-
-
-class Timer(msgspec.Struct, array_like=True):
-    scenario: str
-    key: str
-    instance: str
-    step: int
-
-
-def _ms(moment: float) -> float:
-    """Down to the millisecond: a due time rounded *up* would miss a timer check made at
-    exactly that time (the sorted set is scored in whole milliseconds)."""
-    return math.floor(moment * 1000) / 1000
-
-
-def instance_id(scenario: str, key: str, trigger_event: str) -> str:
-    """Deterministic: the same trigger for the same key is the same instance."""
-    digest = hashlib.blake2b(
-        f"{scenario}{_SEP}{key}{_SEP}{trigger_event}".encode(), digest_size=8
-    ).hexdigest()
-    return f"scn_{digest}"
 
 
 # -- the engine -------------------------------------------------------------------------
@@ -223,7 +90,7 @@ class ScenarioEngine:
 
     def _timer(self, instance: Instance, step: int) -> bytes:
         """A timers member: where it goes when due (the steps stream) and what fires."""
-        payload = _encoder.encode(Timer(instance.scenario, instance.key, instance.id, step))
+        payload = encoder.encode(Timer(instance.scenario, instance.key, instance.id, step))
         return self.layout.shard(instance.key).steps.encode() + b"\n" + payload
 
     # -- reading and writing instances ------------------------------------------------
@@ -234,7 +101,7 @@ class ScenarioEngine:
         )
         rev, doc = reply
         rev_text = rev.decode() if rev is not None else "0"
-        return rev_text, (_doc_decoder.decode(doc) if doc is not None else None)
+        return rev_text, (doc_decoder.decode(doc) if doc is not None else None)
 
     async def _cas(
         self,
@@ -247,8 +114,8 @@ class ScenarioEngine:
         instance.updated = round(now, 3)
         args: list[Any] = [
             rev,
-            _encoder.encode(instance),
-            f"{instance.scenario}{_SEP}{instance.key}",
+            encoder.encode(instance),
+            f"{instance.scenario}{SEP}{instance.key}",
             int(now * 1000),
             len(remove),
             *remove,
@@ -340,7 +207,7 @@ class ScenarioEngine:
             )
             await self.redis.set(
                 self.layout.shard(key).tombstone(scenario.name, key),
-                _encoder.encode(mark),
+                encoder.encode(mark),
                 ex=max(1, int(scenario.tombstone_ttl)),
             )
             return True
@@ -441,16 +308,16 @@ class ScenarioEngine:
                 return StepState(
                     name=step.name,
                     status="skipped",
-                    due=_ms(due),
+                    due=ms(due),
                     note=f"already past when the scenario started (due {stamp})",
                 )
             return StepState(
                 name=step.name,
                 status="pending",
-                due=_ms(now),
+                due=ms(now),
                 note=f"due {stamp}, already past at start: fired once now",
             )
-        return StepState(name=step.name, status="pending", due=_ms(due))
+        return StepState(name=step.name, status="pending", due=ms(due))
 
     async def _update(
         self, scenario: CompiledScenario, key: str, event: Event, context: dict[str, Any]
@@ -472,9 +339,9 @@ class ScenarioEngine:
             if state.status != "pending" or step.at is None:
                 continue
             due = step.at.resolve(instance.state, self.zone)
-            if due is not None and _ms(max(due, now)) != state.due:
+            if due is not None and ms(max(due, now)) != state.due:
                 remove.append(self._timer(instance, n))
-                state.due = _ms(max(due, now))
+                state.due = ms(max(due, now))
                 add.append((state.due, self._timer(instance, n)))
         return await self._cas(rev, instance, remove, add)
 
@@ -576,7 +443,7 @@ class ScenarioEngine:
                 raw,
                 f"scenario:{scenario.name}/{step.name}",
                 f"{instance.id}:{index}",
-                scenario=_SEP.join((instance.scenario, instance.key, instance.id)),
+                scenario=SEP.join((instance.scenario, instance.key, instance.id)),
             )
             state.status = "done"
             state.deliveries = len(deliveries)
@@ -608,8 +475,8 @@ class ScenarioEngine:
                 SCENARIO_GROUP,
                 entry_id,
                 rev,
-                _encoder.encode(instance),
-                f"{instance.scenario}{_SEP}{instance.key}",
+                encoder.encode(instance),
+                f"{instance.scenario}{SEP}{instance.key}",
                 int(now * 1000),
                 len(jobs),
                 *job_args,
@@ -689,7 +556,7 @@ class ScenarioEngine:
         members.sort(key=lambda pair: pair[1], reverse=True)
         out = []
         for member, _score in members:
-            name, _, instance_key = member.decode().partition(_SEP)
+            name, _, instance_key = member.decode().partition(SEP)
             if key is not None and instance_key != key:
                 continue
             _, instance = await self.load(name, instance_key)
@@ -703,106 +570,13 @@ class ScenarioEngine:
 async def moot(redis: Redis, keys: Keys | Layout, ref: str) -> str | None:
     """Why a scenario step's message must no longer go (its instance was cancelled or
     restarted since the step fired), or ``None``. ``ref`` is ``Delivery.scenario``."""
-    name, key, wanted = ref.split(_SEP, 2)
+    name, key, wanted = ref.split(SEP, 2)
     doc: Any = await redis.hget(as_layout(keys).shard(key).scenario(name, key), "doc")
     if doc is None:
         return None  # past the retention: nothing says it is moot
-    instance = _doc_decoder.decode(doc)
+    instance = doc_decoder.decode(doc)
     if instance.id != wanted:
         return f"scenario {name} {key} was restarted"
     if instance.status == "cancelled":
         return f"scenario {name} {key}: {instance.reason or 'cancelled'}"
     return None
-
-
-def merge_state(state: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """Later events refine the state: ``data`` and ``refs`` merge key by key, a customer
-    given replaces the known one; envelope fields stay the trigger's."""
-    for section in ("data", "refs"):
-        incoming = update.get(section)
-        if isinstance(incoming, Mapping):
-            state.setdefault(section, {}).update(incoming)
-    if update.get("customer"):
-        state["customer"] = update["customer"]
-
-
-def state_event(instance: Instance) -> Event:
-    """The instance's state as the event its step's templates and channels see."""
-    return msgspec.convert(instance.state, Event)
-
-
-# -- compiling the conf -----------------------------------------------------------------
-
-
-def compile_scenarios(plan: PlanParts, problems: list[str]) -> list[CompiledScenario]:
-    conf = plan.conf
-    out = []
-    for name, scenario in conf.scenarios.items():
-        where = f"{conf.scenario_files[name]}: scenarios.{name}"
-        count = len(problems)
-        trigger = compile_match(
-            scenario.trigger.events, scenario.trigger.when, f"{where}.trigger", plan, problems
-        )
-        cancels = [
-            compile_match(m.events, m.when, f"{where}.cancel_on[{i}]", plan, problems)
-            for i, m in enumerate(scenario.cancel_on)
-        ]
-        updates = [
-            compile_match(m.events, m.when, f"{where}.update_on[{i}]", plan, problems)
-            for i, m in enumerate(scenario.update_on)
-        ]
-        try:
-            key = plan.templates.from_string(scenario.key)
-        except jinja2.TemplateSyntaxError as exc:
-            problems.append(f"{where}.key: line {exc.lineno}: {exc.message}")
-        steps = []
-        if not scenario.steps:
-            problems.append(f"{where}.steps: no step")
-        names: set[str] = set()
-        for i, step in enumerate(scenario.steps):
-            at_where = f"{where}.steps[{i}]"
-            if step.name in names:
-                problems.append(f"{at_where}.name: {step.name!r} is used by an earlier step")
-            names.add(step.name)
-            at = None
-            if (step.after is None) == (step.at is None):
-                problems.append(f'{at_where}: give one of after = "24h" or at = "data.due_at - 3d"')
-            elif step.at is not None:
-                try:
-                    at = At.parse(step.at)
-                except ValueError as exc:
-                    problems.append(f"{at_where}.at: {exc}")
-            conditions = []
-            for j, text in enumerate(step.when):
-                try:
-                    conditions.append(compile_condition(text, plan.registry.conditions))
-                except ValueError as exc:
-                    problems.append(f"{at_where}.when[{j}]: {exc}")
-            actions = compile_actions(step.actions, at_where, conf, plan, step.window, problems)
-            if actions is not None:
-                steps.append(
-                    CompiledStep(
-                        name=step.name,
-                        after=step.after,
-                        at=at,
-                        conditions=tuple(conditions),
-                        actions=actions,
-                    )
-                )
-        if len(problems) > count or trigger is None or not scenario.enabled:
-            continue
-        out.append(
-            CompiledScenario(
-                name=name,
-                trigger=trigger,
-                key=key,
-                key_source=scenario.key,
-                steps=tuple(steps),
-                cancel_on=tuple(m for m in cancels if m is not None),
-                update_on=tuple(m for m in updates if m is not None),
-                on_retrigger=scenario.on_retrigger,
-                past_steps=scenario.past_steps,
-                tombstone_ttl=float(scenario.tombstone_ttl),
-            )
-        )
-    return out
