@@ -19,7 +19,7 @@ from .conf import Conf
 from .delivery import Attempt, Delivery, decode_delivery, encode_delivery
 from .event import Event
 from .history import DeliveryRecord, encode_record, get_record, iter_records, record_of
-from .keys import WORKER_GROUP, Keys
+from .keys import WORKER_GROUP, Keys, Layout, as_layout
 from .redis_client import connect
 from .redis_server import RedisServer
 from .router import plan_deliveries, routed_event
@@ -41,7 +41,7 @@ async def open_redis(conf: Conf) -> AsyncIterator[Redis]:
         if not url:
             url = server.start()
             started = server
-    redis = connect(url)
+    redis = connect(url, cluster=conf.redis.cluster)
     try:
         yield redis
     finally:
@@ -55,7 +55,7 @@ async def open_redis(conf: Conf) -> AsyncIterator[Redis]:
 
 async def find_deliveries(
     redis: Redis,
-    keys: Keys,
+    keys: Keys | Layout,
     *,
     event_id: str | None = None,
     channel: str | None = None,
@@ -79,7 +79,9 @@ async def find_deliveries(
     return found
 
 
-async def show_delivery(redis: Redis, keys: Keys, delivery_id: str) -> DeliveryRecord | None:
+async def show_delivery(
+    redis: Redis, keys: Keys | Layout, delivery_id: str
+) -> DeliveryRecord | None:
     return await get_record(redis, keys, delivery_id)
 
 
@@ -97,13 +99,15 @@ class DeadLetter:
     status: int | None
     payload: bytes
     delivery: Delivery | None
+    #: The shard whose dead-letter stream holds it (``Layout.shards``).
+    shard: int = 0
 
     @property
     def delivery_id(self) -> str | None:
         return self.delivery.id if self.delivery is not None else None
 
 
-def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes], shard: int) -> DeadLetter:
     kind = fields.get(b"kind", b"delivery").decode()
     payload = fields.get(b"j" if kind == "delivery" else b"e", b"")
     delivery = None
@@ -122,20 +126,35 @@ def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
         status=int(status) if status else None,
         payload=payload,
         delivery=delivery,
+        shard=shard,
     )
 
 
 async def dead_letters(
     redis: Redis,
-    keys: Keys,
+    keys: Keys | Layout,
     *,
     channel: str | None = None,
     since: float | None = None,
     ids: Iterable[str] = (),
     limit: int | None = None,
 ) -> list[DeadLetter]:
-    """Oldest first. ``ids`` may name stream entry ids or delivery ids."""
-    wanted = set(ids)
+    """Oldest first, every shard's. ``ids`` may name stream entry ids or delivery ids."""
+    out: list[DeadLetter] = []
+    for shard in as_layout(keys).shards:
+        out += await _shard_dead_letters(redis, shard, channel, since, set(ids), limit)
+    out.sort(key=lambda letter: (letter.at, letter.entry_id))
+    return out if limit is None else out[:limit]
+
+
+async def _shard_dead_letters(
+    redis: Redis,
+    keys: Keys,
+    channel: str | None,
+    since: float | None,
+    wanted: set[str],
+    limit: int | None,
+) -> list[DeadLetter]:
     start = f"{int(since * 1000)}-0" if since is not None else "-"
     out: list[DeadLetter] = []
     cursor: str = start
@@ -144,7 +163,7 @@ async def dead_letters(
         if not entries:
             return out
         for entry_id, fields in entries:
-            letter = _dead_letter(entry_id, fields)
+            letter = _dead_letter(entry_id, fields, keys.index)
             if channel is not None and letter.channel != channel:
                 continue
             if wanted and not ({letter.entry_id, letter.delivery_id} & wanted):
@@ -156,11 +175,12 @@ async def dead_letters(
 
 
 async def replay_dead_letter(
-    redis: Redis, keys: Keys, letter: DeadLetter, *, retention: float
+    redis: Redis, keys: Keys | Layout, letter: DeadLetter, *, retention: float
 ) -> bool:
-    """Queue a dead letter again, once; a delivery keeps its id (``webhook-id``) and
-    history and gets the channel's whole retry schedule again."""
+    """Queue a dead letter again, once, in its shard; a delivery keeps its id
+    (``webhook-id``) and history and gets the channel's whole retry schedule again."""
     now = time.time()
+    keys = as_layout(keys).shards[letter.shard]
     if letter.kind == "event":
         return bool(
             await REPLAY(
@@ -216,7 +236,7 @@ class EventReplay:
 
 async def replay_event(
     redis: Redis,
-    keys: Keys,
+    keys: Keys | Layout,
     rules: list[CompiledRule],
     event_id: str,
     *,
@@ -229,9 +249,15 @@ async def replay_event(
     forced resend carries the same ``webhook-id``); retries already scheduled are left
     to run.
     """
-    raw = await routed_event(redis, keys, event_id)
+    raw: bytes | None = None
+    for shard in as_layout(keys).shards:  # the event's shard is where its jobs go again
+        raw = await routed_event(redis, shard, event_id)
+        if raw is not None:
+            keys = shard
+            break
     if raw is None:
         return None
+    assert isinstance(keys, Keys)
     event = _event_decoder.decode(raw)
     result = EventReplay(queued=[], skipped=[])
     deliveries = plan_deliveries(rules, event, raw)
@@ -290,8 +316,9 @@ _parked_decoder = msgspec.json.Decoder(_Parked)
 
 
 async def _parked_counts(redis: Redis, keys: Keys) -> dict[tuple[str, str], int]:
-    """(stream key, ``retrying``/``deferred``) -> jobs parked in the retries set: the worker
-    parks both there (``Worker._park``), a deferral's last attempt saying ``deferred``."""
+    """(stream key, ``retrying``/``deferred``) -> jobs parked in one shard's retries set:
+    the worker parks both there (``Worker._park``), a deferral's last attempt saying
+    ``deferred``."""
     counts: dict[tuple[str, str], int] = {}
     async for member, _score in redis.zscan_iter(keys.retries, count=1000):
         stream, _, job = bytes(member).partition(b"\n")
@@ -305,18 +332,28 @@ async def _parked_counts(redis: Redis, keys: Keys) -> dict[tuple[str, str], int]
     return counts
 
 
-async def endpoint_states(redis: Redis, keys: Keys, channels: Iterable[str]) -> list[EndpointState]:
+async def endpoint_states(
+    redis: Redis, keys: Keys | Layout, channels: Iterable[str]
+) -> list[EndpointState]:
+    """Each channel's health and queues, summed over the shards."""
+    layout = as_layout(keys)
+    parked: dict[tuple[str, str], int] = {}
+    for shard in layout.shards:
+        parked |= await _parked_counts(redis, shard)
     out = []
-    parked = await _parked_counts(redis, keys)
     for name in channels:
-        state: Any = await redis.hgetall(keys.endpoint(name))
-        stream = keys.deliveries(name)
-        queued = await redis.xlen(stream)
-        in_flight = 0
-        if queued:
-            with contextlib.suppress(Exception):  # no group yet: nothing read
-                summary: Any = await redis.xpending(stream, WORKER_GROUP)
-                in_flight = int(summary["pending"])
+        state: Any = await redis.hgetall(layout.endpoint(name))
+        queued = in_flight = retrying = deferred = 0
+        for shard in layout.shards:
+            stream = shard.deliveries(name)
+            waiting = int(await redis.xlen(stream))
+            queued += waiting
+            if waiting:
+                with contextlib.suppress(Exception):  # no group yet: nothing read
+                    summary: Any = await redis.xpending(stream, WORKER_GROUP)
+                    in_flight += int(summary["pending"])
+            retrying += parked.get((stream, "retrying"), 0)
+            deferred += parked.get((stream, "deferred"), 0)
 
         def number(field: bytes, state: Any = state) -> float | None:
             value = state.get(field)
@@ -329,19 +366,20 @@ async def endpoint_states(redis: Redis, keys: Keys, channels: Iterable[str]) -> 
                 failing_since=number(b"failing_since"),
                 disabled_at=number(b"disabled_at"),
                 disabled_reason=reason.decode() if reason else None,
-                queued=int(queued),
+                queued=queued,
                 in_flight=in_flight,
-                retrying=parked.get((stream, "retrying"), 0),
-                deferred=parked.get((stream, "deferred"), 0),
+                retrying=retrying,
+                deferred=deferred,
             )
         )
     return out
 
 
-async def enable_endpoint(redis: Redis, keys: Keys, channel: str) -> bool:
+async def enable_endpoint(redis: Redis, keys: Keys | Layout, channel: str) -> bool:
     """Clear the disabled flag and the failure clock; whether it was disabled."""
+    endpoint = as_layout(keys).endpoint(channel)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hget(keys.endpoint(channel), "disabled_at")
-        pipe.delete(keys.endpoint(channel))
+        pipe.hget(endpoint, "disabled_at")
+        pipe.delete(endpoint)
         was, _ = await pipe.execute()
     return was is not None

@@ -15,7 +15,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from .keys import ROUTER_GROUP, Keys
+from .keys import ROUTER_GROUP, Keys, Layout, as_layout
 from .streams import as_text, entry_order
 
 #: Stream entries read per round trip while filtering.
@@ -118,13 +118,23 @@ def _stored(entry_id: Any, fields: Any, progress: _Progress) -> StoredEvent:
 
 async def list_events(
     redis: Redis,
-    keys: Keys,
+    keys: Keys | Layout,
     *,
     type_glob: str | None = None,
     since: float | None = None,
     limit: int = 50,
 ) -> list[StoredEvent]:
-    """Newest first; ``type_glob`` as rules write theirs (``payment.*``, ``centralpay.*``)."""
+    """Newest first, every shard's; ``type_glob`` as rules write theirs (``payment.*``)."""
+    found: list[StoredEvent] = []
+    for shard in as_layout(keys).shards:
+        found += await _shard_events(redis, shard, type_glob, since, limit)
+    found.sort(key=lambda event: entry_order(event.entry_id), reverse=True)
+    return found[:limit]
+
+
+async def _shard_events(
+    redis: Redis, keys: Keys, type_glob: str | None, since: float | None, limit: int
+) -> list[StoredEvent]:
     progress = await _progress(redis, keys)
     low = f"{int(since * 1000)}-0" if since is not None else "-"
     high: str = "+"
@@ -144,12 +154,14 @@ async def list_events(
     return found
 
 
-async def show_event(redis: Redis, keys: Keys, event_id: str) -> StoredEvent | None:
-    """The event accepted under this id, while it is kept (its dedupe key points at it)."""
-    entry: Any = await redis.get(keys.dedupe(event_id))
-    if entry is None:
-        return None
-    found: Any = await redis.xrange(keys.events, entry, entry)
-    if not found:
-        return None
-    return _stored(found[0][0], found[0][1], await _progress(redis, keys))
+async def show_event(redis: Redis, keys: Keys | Layout, event_id: str) -> StoredEvent | None:
+    """The event accepted under this id, while it is kept (its dedupe key points at it),
+    from whichever shard took it."""
+    for shard in as_layout(keys).shards:
+        entry: Any = await redis.get(shard.dedupe(event_id))
+        if entry is None:
+            continue
+        found: Any = await redis.xrange(shard.events, entry, entry)
+        if found:
+            return _stored(found[0][0], found[0][1], await _progress(redis, shard))
+    return None

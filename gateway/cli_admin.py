@@ -23,7 +23,7 @@ from .cli_common import (
 )
 from .cli_options import conf_option, json_option
 from .history import SENDS, STATUSES, DeliveryRecord
-from .keys import Keys
+from .keys import Layout
 from .receipts import receipts_of
 
 # -- tocsin deliveries -------------------------------------------------------------------
@@ -229,7 +229,7 @@ def dlq_replay(
     known_channel(conf, channel)
     retention = float(conf.history.retention)
 
-    async def replay(redis: Redis, keys: Keys) -> tuple[int, int, list[str]]:
+    async def replay(redis: Redis, keys: Layout) -> tuple[int, int, list[str]]:
         letters = await admin.dead_letters(redis, keys, channel=channel, since=since, ids=ids)
         missing = sorted(set(ids) - {x for lt in letters for x in (lt.entry_id, lt.delivery_id)})
         moved = 0

@@ -29,7 +29,7 @@ from .conf_lines import with_lines
 from .confirm import PREFIX as CONFIRM_PREFIX
 from .durations import Duration
 from .errors import PluginError, TocsinError
-from .keys import Keys
+from .keys import Layout
 from .plan import Plan, check_plan
 from .plugins import Registry, load_registry
 
@@ -94,12 +94,12 @@ def known_channel(conf: Conf, channel: str | None) -> None:
     raise CliError(f"no channel {channel!r} in {conf.path} (channels: {names})")
 
 
-def with_redis(conf: Conf, action: Callable[[Redis, Keys], Awaitable[T]]) -> T:
+def with_redis(conf: Conf, action: Callable[[Redis, Layout], Awaitable[T]]) -> T:
     from . import admin  # noqa: PLC0415 - only the commands that read Redis need it
 
     async def run() -> T:
         async with admin.open_redis(conf) as redis:
-            return await action(redis, Keys(conf.redis.prefix))
+            return await action(redis, conf.redis.layout())
 
     try:
         return asyncio.run(run())

@@ -20,9 +20,10 @@ from redis.exceptions import RedisError
 
 from .channel import Channel
 from .confirm import ConfirmChannel
+from .errors import LayoutError
 from .intake import Enqueuer, Intake
 from .intake_guard import ConnectionGuard, GuardedSite, IntakeStats
-from .keys import Keys, Layout
+from .keys import Layout
 from .metrics import (
     Exporter,
     Known,
@@ -90,6 +91,21 @@ async def server_durability(redis: Redis, setting: str) -> bool:
     return wait
 
 
+async def check_layout(redis: Redis, layout: Layout) -> None:
+    """Refuse a shard count other than the one the data set was written with: events
+    and jobs queued under the old count's keys would never be read again. The first
+    gateway on a data set records its count."""
+    await redis.set(layout.marker, str(layout.count), nx=True)
+    recorded: Any = await redis.get(layout.marker)
+    if recorded is not None and int(recorded) != layout.count:
+        raise LayoutError(
+            f"redis.shards = {layout.count}, but the data under prefix "
+            f"{layout.prefix!r} was written with {int(recorded)} shard(s): set "
+            f"redis.shards = {int(recorded)}, or change the count on a drained Redis "
+            "(docs/deployment.md, Redis Cluster)"
+        )
+
+
 @dataclass
 class Gateway:
     plan: Plan
@@ -108,18 +124,22 @@ class Gateway:
     async def run(self, stopping: asyncio.Event) -> None:
         roles = set(self.roles)
         async with AsyncExitStack() as stack:
-            redis = connect(self.redis_url)
+            conf = self.plan.conf
+            redis = connect(self.redis_url, cluster=conf.redis.cluster)
             stack.push_async_callback(redis.aclose)
             wait_aof = await self._wait_for_redis(redis, stopping)
             if wait_aof is None:
                 return
+            await check_layout(redis, self.layout)
             tasks = []
             self._start_metrics()
             if "worker" in roles:
                 await self._start_channels(stack, redis, wait_aof)
             if "router" in roles:
                 scenarios = self._scenarios(redis)
-                tasks.append(asyncio.create_task(self._router(redis, scenarios).run(stopping)))
+                for shard in range(self.layout.count):  # each shard's events in order
+                    router = self._router(redis, scenarios, shard)
+                    tasks.append(asyncio.create_task(router.run(stopping)))
                 if scenarios is not None:
                     tasks.append(asyncio.create_task(scenarios.run(stopping, self.consumer)))
             if "worker" in roles:
@@ -156,7 +176,7 @@ class Gateway:
         intake = getattr(self, "intake", None)
         return Poller(
             redis,
-            Layout(conf.redis.prefix),
+            self.layout,
             self.metrics,
             self.consumer,
             every=float(conf.metrics.refresh),
@@ -177,6 +197,10 @@ class Gateway:
         site = web.TCPSite(runner, conf.host, conf.port, reuse_port=True)
         await site.start()
         log.info("metrics on http://%s:%s/metrics", conf.host, conf.port)
+
+    @property
+    def layout(self) -> Layout:
+        return self.plan.conf.redis.layout()
 
     async def _wait_for_redis(self, redis: Redis, stopping: asyncio.Event) -> bool | None:
         """Whether to WAITAOF; ``None`` if asked to stop before Redis answered."""
@@ -204,10 +228,11 @@ class Gateway:
         conf = self.plan.conf
         return Enqueuer(
             redis,
-            Keys(conf.redis.prefix),
+            self.layout,
             conf.intake.dedupe_window,
             retention=float(conf.history.retention),
             wait_aof=wait_aof,
+            wait_replicas=conf.redis.wait_replicas,
         )
 
     def _scenarios(self, redis: Redis) -> ScenarioEngine | None:
@@ -216,7 +241,7 @@ class Gateway:
         conf = self.plan.conf
         return ScenarioEngine(
             redis,
-            Keys(conf.redis.prefix),
+            self.layout,
             self.plan.scenarios,
             timezone=conf.gateway.timezone,
             clock=time.time,
@@ -229,12 +254,13 @@ class Gateway:
         after = conf.router_reclaim_after
         return float(after) if after is not None else default_reclaim_after(conf.router_batch)
 
-    def _router(self, redis: Redis, scenarios: ScenarioEngine | None = None) -> Router:
+    def _router(
+        self, redis: Redis, scenarios: ScenarioEngine | None = None, shard: int = 0
+    ) -> Router:
         conf = self.plan.conf
-        keys = Keys(conf.redis.prefix)
         return Router(
             redis,
-            keys,
+            self.layout.shards[shard],
             self.plan.rules,
             self.consumer,
             conf.worker.router_batch,
@@ -247,7 +273,7 @@ class Gateway:
         conf = self.plan.conf
         return Worker(
             redis,
-            Keys(conf.redis.prefix),
+            self.layout,
             self.plan.channels,
             self.consumer,
             policies=self.plan.policies,
