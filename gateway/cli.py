@@ -154,6 +154,8 @@ def serve(
         # its share of the connections from the kernel, and leave them hanging.
         listeners = sum("intake" in child_roles for child_roles in spread_roles)
         sockets = _shared_port(sock, host or conf.intake.host, listeners)
+    if parent is None:  # the top process: its gateway processes share the directory
+        _metrics_directory(conf.data_dir / "metrics")
     embedded: RedisServer | None = None
     url = redis_url or conf.redis.url
     if not url:
@@ -193,6 +195,17 @@ def serve(
             log.info("embedded Redis stopped; data kept in %s", embedded.data_dir)
     if code:
         sys.exit(code)
+
+
+def _metrics_directory(path: Path) -> None:
+    """Empty the metrics directory and name it to the processes to come (multiprocess
+    metrics: docs/operations.md)."""
+    from .metrics import prepare_directory  # noqa: PLC0415
+
+    try:
+        prepare_directory(path)
+    except OSError as exc:
+        raise CliError(f"metrics directory {path}: {exc.strerror or exc}") from None
 
 
 def _shared_port(probe: socket.socket, host: str, count: int) -> list[socket.socket]:

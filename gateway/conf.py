@@ -156,6 +156,17 @@ class HistorySection(_Section):
     retention: Duration = Duration(30 * 86400)
 
 
+class MetricsSection(_Section):
+    #: Serve ``GET /metrics`` on the intake's port.
+    intake: bool = True
+    #: Also serve it on this port, in every gateway process (the intake's or not; they
+    #: share it with SO_REUSEPORT). 0: not.
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    host: str = "127.0.0.1"
+    #: How often the queue gauges are refreshed (by one process: docs/operations.md).
+    refresh: Duration = Duration(5)
+
+
 class OutboundSection(_Section):
     #: Networks outbound HTTP may reach although private (ERPs on a LAN...), e.g.
     #: ``["10.0.0.0/8"]``. Cloud metadata addresses stay refused even when listed.
@@ -268,6 +279,9 @@ class Conf:
     plugins: PluginsSection
     history: HistorySection = field(default_factory=HistorySection)
     outbound: OutboundSection = field(default_factory=OutboundSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    #: Every file the conf was read from (the main file and its includes).
+    files: list[Path] = field(default_factory=list)
     #: ``[brand]``: who sends customer emails, as templates see it (gateway/brand.py).
     brand: Brand = field(default_factory=Brand)
     channels: dict[str, PluginTable] = field(default_factory=dict)
@@ -307,6 +321,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "plugins": PluginsSection,
     "history": HistorySection,
     "outbound": OutboundSection,
+    "metrics": MetricsSection,
 }
 #: Tables an included file may add to (the core sections live in the main file only).
 _MERGEABLE = ("channels", "sources", "rules", "scenarios", "windows", "audiences")
@@ -557,6 +572,7 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
             if included is not None:
                 files.append((Path(name).resolve(), included))
 
+    conf.files = [file for file, _ in files]
     for file, data in files:
         for key in list(data):
             if key not in _MERGEABLE:
@@ -583,6 +599,8 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
             problems.add(window_files[name], f"windows.{name}.{field_name}", reason)
         if found:
             del conf.windows[name]
+    if conf.metrics.refresh <= 0:
+        problems.add(main, "metrics.refresh", "must be a positive duration")
     if conf.intake.max_body <= 0:
         problems.add(main, "intake.max_body", "must be a positive number of bytes")
     _check_redis(conf.redis, main, problems)

@@ -26,6 +26,7 @@ from .channel import Channel
 from .event import Event, EventInvalid, encode_event
 from .intake_guard import IntakeStats
 from .keys import Keys, Layout, as_layout, ordering_key
+from .metrics.families import Metrics
 from .openapi import serve_openapi
 from .receipts import ReceiptRequest, record_receipt
 from .scripts import ENQUEUE_MANY, is_noscript
@@ -314,7 +315,9 @@ class Intake:
         retention: float = 30 * 86400,
         body_timeout: float = 10.0,
         stats: IntakeStats | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         #: ``[intake] body_timeout``: how long a request's body may take to arrive.
         self.body_timeout = body_timeout
         #: Counters for a metrics endpoint (unknown types, 408s, refused connections).
@@ -442,6 +445,10 @@ class Intake:
                 503,
                 {"error": "unavailable", "message": "event store unavailable; retry later"},
                 {"Retry-After": "5"},
+            )
+        if self.metrics is not None:
+            self.metrics.received(
+                source.name, ((e.type, r is None) for e, r in zip(events, results, strict=True))
             )
         accepted = [
             {"id": e.id, "duplicate": r is None}

@@ -24,6 +24,15 @@ from .errors import LayoutError
 from .intake import Enqueuer, Intake
 from .intake_guard import ConnectionGuard, GuardedSite, IntakeStats
 from .keys import Layout
+from .metrics import (
+    Exporter,
+    Known,
+    Metrics,
+    Poller,
+    conf_digest,
+    multiprocess_dir,
+    refusal_counter,
+)
 from .plan import EVENTS_SOURCE, Plan
 from .redis_client import connect
 from .router import Router, default_reclaim_after
@@ -123,6 +132,7 @@ class Gateway:
                 return
             await check_layout(redis, self.layout)
             tasks = []
+            self._start_metrics()
             if "worker" in roles:
                 await self._start_channels(stack, redis, wait_aof)
             if "router" in roles:
@@ -135,6 +145,9 @@ class Gateway:
             if "worker" in roles:
                 tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
+            tasks.append(asyncio.create_task(self._poller(redis).run(stopping)))
+            tasks.append(asyncio.create_task(self.metrics.flushing(stopping)))
+            await self._start_metrics_site(stack)
             log.info("consumer %s running roles: %s", self.consumer, ", ".join(sorted(roles)))
             self.ready.set()
             await stopping.wait()
@@ -144,6 +157,46 @@ class Gateway:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, BaseException):
                     log.error("a gateway task ended with %r", result)
+            self.metrics.flush()  # what the last sends counted
+
+    def _start_metrics(self) -> None:
+        plan = self.plan
+        known = Known(
+            sources=tuple(plan.sources),
+            channels=tuple(plan.channels),
+            scenarios=tuple(s.name for s in plan.scenarios),
+        )
+        multiprocess = multiprocess_dir()  # before any sample exists
+        self.metrics = Metrics(known)
+        self.metrics.conf_loaded(conf_digest(plan.conf.files or [plan.conf.path]))
+        self.exporter = Exporter(self.metrics, multiprocess)
+
+    def _poller(self, redis: Redis) -> Poller:
+        conf = self.plan.conf
+        intake = getattr(self, "intake", None)
+        return Poller(
+            redis,
+            self.layout,
+            self.metrics,
+            self.consumer,
+            every=float(conf.metrics.refresh),
+            intake=intake.stats if intake is not None else None,
+        )
+
+    async def _start_metrics_site(self, stack: AsyncExitStack) -> None:
+        """``[metrics] port``: /metrics apart from the intake, in every process."""
+        conf = self.plan.conf.metrics
+        if not conf.port:
+            return
+        app = self.exporter.app()
+        app.on_response_prepare.append(_name_process)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        # Every gateway process binds it: any of them answers for all (multiprocess).
+        site = web.TCPSite(runner, conf.host, conf.port, reuse_port=True)
+        await site.start()
+        log.info("metrics on http://%s:%s/metrics", conf.host, conf.port)
 
     @property
     def layout(self) -> Layout:
@@ -231,6 +284,7 @@ class Gateway:
             retention=float(conf.history.retention),
             dedupe_window=float(conf.intake.dedupe_window),
             windows=self.plan.windows,
+            metrics=self.metrics,
         )
 
     async def _start_intake(
@@ -252,6 +306,7 @@ class Gateway:
             retention=float(conf.history.retention),
             body_timeout=float(conf.intake.body_timeout),
             stats=stats,
+            metrics=self.metrics,
         )
         self.intake = intake  # its ``stats`` are what a metrics endpoint exports
         guard = ConnectionGuard(
@@ -260,7 +315,9 @@ class Gateway:
             max_connections=conf.intake.max_connections,
             max_connections_per_peer=conf.intake.max_connections_per_peer,
         )
-        app = intake.app(guard.middleware)
+        app = intake.app(guard.middleware, refusal_counter(self.metrics, EVENTS_SOURCE))
+        if conf.metrics.intake:
+            app.router.add_get("/metrics", self.exporter.handle)
         app.on_response_prepare.append(_name_process)
         runner = web.AppRunner(
             app,
@@ -286,7 +343,7 @@ class Gateway:
 async def _name_process(request: web.Request, response: web.StreamResponse) -> None:
     # Several gateway processes share the port (gateway/supervisor): a probe or a test
     # can tell which one answered.
-    if request.path == "/healthz":
+    if request.path in ("/healthz", "/metrics"):
         response.headers[PROCESS_HEADER] = str(os.getpid())
 
 

@@ -29,6 +29,7 @@ from .errors import DeliveryError, EndpointGone, PermanentError, TransientError
 from .event import Event, EventSource, encode_event
 from .history import Status, encode_record, record_of
 from .keys import WORKER_GROUP, Keys, Layout, as_layout
+from .metrics.families import Metrics
 from .policy import ChannelGate, ChannelPolicy
 from .retry import next_delay
 from .scripts import DISABLE, ENQUEUE_MANY, PROMOTE, SETTLE
@@ -98,7 +99,9 @@ class Worker:
         dedupe_window: float = 7 * 86400,
         clock: Callable[[], float] = time.time,
         windows: dict[str, SendingWindow] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.windows = windows or {}
         self.redis = redis
         self.layout = as_layout(keys)
@@ -428,17 +431,27 @@ class Worker:
         ``asyncio.timeout`` cost ~5 % of the delivery path's CPU; one loop is enough.)"""
         task = asyncio.current_task()
         assert task is not None
-        self._sending[task] = time.monotonic() + channel.send_timeout
+        started = time.monotonic()
+        self._sending[task] = started + channel.send_timeout
+        failed: BaseException | None = None
+        attempted = True
         try:
             return await channel.send(delivery)
         except asyncio.CancelledError:
             if task not in self._timed_out:
-                raise  # shutdown
+                attempted = False  # shutdown
+                raise
             self._timed_out.discard(task)
             task.uncancel()
-            raise TimeoutError from None
+            failed = TimeoutError()
+            raise failed from None
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
             self._sending.pop(task, None)
+            if self.metrics is not None and attempted:
+                self.metrics.attempt(channel.name, failed, time.monotonic() - started)
 
     async def _watchdog(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set() or self._sending:
@@ -489,6 +502,8 @@ class Worker:
             pipe.xdel(stream, entry_id)
             self._write_record(pipe, self.shard_of[stream], delivery, "cancelled")
             await pipe.execute()
+        if self.metrics is not None:
+            self.metrics.settled(self.streams[stream], "cancelled")
         return True
 
     async def _outside_window(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
@@ -623,6 +638,8 @@ class Worker:
                     ],
                 )
             await pipe.execute()
+        if self.metrics is not None:
+            self.metrics.settled(self.streams[stream], "dead")
 
     def _failure_notice(self, delivery: Delivery, exc: DeliveryError) -> Event | None:
         """The internal event a plugin asked for (``PermanentError(notify=...)``)."""
@@ -690,6 +707,8 @@ class Worker:
             raise
         for stream, jobs in acks.items():
             self._settling.difference_update((stream, job[0]) for job in jobs)
+            if self.metrics is not None:
+                self.metrics.settled(self.streams[stream], "delivered", len(jobs))
 
     # -- retries and takeovers ---------------------------------------------------------
 
