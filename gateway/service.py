@@ -18,6 +18,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .archive import Archiver, opened
 from .channel import Channel
 from .confirm import ConfirmChannel
 from .intake import Enqueuer, Intake
@@ -112,6 +113,9 @@ class Gateway:
                 tasks.append(asyncio.create_task(self._router(redis, scenarios).run(stopping)))
                 if scenarios is not None:
                     tasks.append(asyncio.create_task(scenarios.run(stopping, self.consumer)))
+                archiver = await self._archiver(stack, redis)
+                if archiver is not None:
+                    tasks.append(asyncio.create_task(archiver.run(stopping)))
             if "worker" in roles:
                 tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
@@ -149,12 +153,33 @@ class Gateway:
 
     def _enqueuer(self, redis: Redis, wait_aof: bool) -> Enqueuer:
         conf = self.plan.conf
+        # Dedupe keys find an event in the stream for replay: with an archive, only for
+        # the hot window (older events are found in the archive), so they cost Redis
+        # nothing beyond the dedupe window.
+        history = conf.history
+        keep = history.retention if history.archive == "off" else history.hot_window
         return Enqueuer(
             redis,
             Keys(conf.redis.prefix),
             conf.intake.dedupe_window,
-            retention=float(conf.history.retention),
+            retention=float(keep),
             wait_aof=wait_aof,
+        )
+
+    async def _archiver(self, stack: AsyncExitStack, redis: Redis) -> Archiver | None:
+        """The history archiver (router role: routers already trim the events stream)."""
+        history = self.plan.conf.history
+        store = await stack.enter_async_context(opened(self.plan.conf.data_dir, history.archive))
+        if store is None:
+            return None
+        return Archiver(
+            redis,
+            Keys(self.plan.conf.redis.prefix),
+            store,
+            hot_window=float(history.hot_window),
+            retention=float(history.retention),
+            owner=self.consumer,
+            batch=history.archive_batch,
         )
 
     def _scenarios(self, redis: Redis) -> ScenarioEngine | None:
