@@ -51,8 +51,10 @@ BATCH = 1000
 INTERVAL = 5.0
 #: How often progress and lag are logged while there is work (and once caught up).
 LOG_EVERY = 60.0
-#: How long a process holds a shard's archiving before another may take over.
-LOCK_MS = 60_000
+#: How long a process holds a shard's archiving, renewed every pass: another takes over
+#: this long after the holder died. (A pass outliving it only lets two processes redo
+#: the same idempotent writes.)
+LOCK_MS = 15_000
 #: Rows past the retention dropped from the archive per pass.
 DROP_BATCH = 5000
 _MAX_SEQ = 18446744073709551615
