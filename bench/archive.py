@@ -31,7 +31,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.archive import ArchivedEvent, DeliveryQuery, SqliteArchive, archive_path
+from gateway.archive import (
+    ArchivedDelivery,
+    ArchivedEvent,
+    DeliveryQuery,
+    SqliteArchive,
+    archive_path,
+)
 from gateway.delivery import Attempt
 from gateway.history import DeliveryRecord
 
@@ -52,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archive-only", action="store_true", help="run only the archive phase")
     parser.add_argument(
         "--archive-search", type=int, default=1_000_000, help="archived deliveries searched"
+    )
+    parser.add_argument(
+        "--archive-reps", type=int, default=2, help="off/on runs, alternated; medians shown"
     )
 
 
@@ -121,17 +130,22 @@ def _mode(bench: Bench, mode: str) -> dict[str, Any]:
         proc, port, log = bench.gateway(f"archive-{mode}-intake", "intake")
         wait_http(f"http://{HOST}:{port}/readyz", proc, log=log)
         url = f"http://{HOST}:{port}/v1/events"
+        before = bench.cpu({"gateway": proc.pid})
         intake = bench.loadgen(
             url, "closed", "-n", str(n), "-c", str(bench.args.concurrency), "--id-prefix", "arc_"
         )
+        intake_cpu = bench.cpu_delta(before, bench.cpu({"gateway": proc.pid}))["gateway"]
         bench.procs.stop(proc)
 
         bench.compact_aof()
         bench.sink_reset()
         proc, _port, log = bench.gateway(f"archive-{mode}-deliver", "router", "worker")
         ready = bench.wait_ready_line(proc, log)
+        before = bench.cpu({"gateway": proc.pid})
         stats = bench.wait_sink(n, bench.load_timeout, proc)
+        # With the archive, its CPU counts until it has caught up: all of archiving's cost.
         caught_up = _caught_up(bench, CATCH_UP_TIMEOUT) if mode == "on" else None
+        delivery_cpu = bench.cpu_delta(before, bench.cpu({"gateway": proc.pid}))["gateway"]
         stats = bench.settle(n)
         bench.procs.stop(proc)
     finally:
@@ -148,6 +162,8 @@ def _mode(bench: Bench, mode: str) -> dict[str, Any]:
     return {
         "intake_rate": intake.get("rate"),
         "delivery_rate": _rate(n, stats, ready),
+        "intake_cpu_us": _us(intake_cpu, n),
+        "delivery_cpu_us": _us(delivery_cpu, n),
         "delivered": stats["count"],
         "duplicates": stats["duplicate_webhook_ids"],
         "archive_caught_up_s": caught_up,
@@ -179,10 +195,13 @@ async def _search(count: int) -> dict[str, Any]:
             )  # fmt: skip
             await store.put_deliveries(
                 [
-                    DeliveryRecord(
-                        id=f"msg_{i:08d}", event_id=f"evt_{i:08d}", event_type="payment.succeeded",
-                        rule="r", channel="hook", status="delivered", updated=base + i,
-                        attempts=[Attempt(n=1, at=base + i, outcome="delivered", ms=12.0)],
+                    ArchivedDelivery.of(
+                        DeliveryRecord(
+                            id=f"msg_{i:08d}", event_id=f"evt_{i:08d}",
+                            event_type="payment.succeeded", rule="r", channel="hook",
+                            status="delivered", updated=base + i,
+                            attempts=[Attempt(n=1, at=base + i, outcome="delivered", ms=12.0)],
+                        )
                     )
                     for i in ids
                 ]
@@ -209,9 +228,31 @@ async def _search(count: int) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _us(cpu_s: float | None, n: int) -> float | None:
+    return None if cpu_s is None else round(cpu_s / n * 1e6, 1)
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = sorted(v for r in runs if (v := r.get(key)) is not None)
+    return values[(len(values) - 1) // 2] if values else None
+
+
 def phase_archive(bench: Bench) -> dict[str, Any]:
-    off = _mode(bench, "off")
-    on = _mode(bench, "on")
+    # Alternated, so that load from elsewhere on the box hits both alike.
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for _ in range(max(1, bench.args.archive_reps)):
+        for mode in ("off", "on"):
+            runs[mode].append(_mode(bench, mode))
+    off, on = runs["off"][-1], runs["on"][-1]
+    medians = {
+        mode: {
+            key: _median(runs[mode], key)
+            for key in ("intake_rate", "delivery_rate", "intake_cpu_us", "delivery_cpu_us")
+        }
+        for mode in runs
+    }
+    off.update(medians["off"])
+    on.update(medians["on"])
 
     def change(key: str) -> float | None:
         a, b = off.get(key), on.get(key)
@@ -221,8 +262,11 @@ def phase_archive(bench: Bench) -> dict[str, Any]:
         "n": bench.n,
         "off": off,
         "on": on,
+        "runs": runs,
         "intake_change": change("intake_rate"),
         "delivery_change": change("delivery_rate"),
+        "intake_cpu_change": change("intake_cpu_us"),
+        "delivery_cpu_change": change("delivery_cpu_us"),
         "search": asyncio.run(_search(bench.args.archive_search)),
     }
 
@@ -242,6 +286,9 @@ def table(result: dict[str, Any]) -> str:
         ("delivery webhooks/s", off["delivery_rate"], on["delivery_rate"], ""),
         ("intake change", "", result["intake_change"], f">= -{RATE_DROP_TARGET:.0%}"),
         ("delivery change", "", result["delivery_change"], f">= -{RATE_DROP_TARGET:.0%}"),
+        ("intake CPU us/event", off["intake_cpu_us"], on["intake_cpu_us"], ""),
+        ("delivery CPU us/event", off["delivery_cpu_us"], on["delivery_cpu_us"], ""),
+        ("delivery CPU change", "", result["delivery_cpu_change"], ""),
         (
             "Redis B/event after",
             off["redis_bytes_per_event"],
@@ -251,7 +298,8 @@ def table(result: dict[str, Any]) -> str:
         ("archive B/event on disk", "", on["archive_bytes_per_event"], ""),
         ("archive caught up after (s)", "", on["archive_caught_up_s"], ""),
     ]
-    lines = ["", "archive phase (bench/archive.py)"]
+    reps = len(result["runs"]["on"])
+    lines = ["", f"archive phase (bench/archive.py): rates and CPU the median of {reps} runs each"]
     for row in rows:
         lines.append(f"  {row[0]:28} {row[1]!s:>12} {row[2]!s:>22} {row[3]!s:>10}")
     for mode, figures in (("off", off), ("on", on)):

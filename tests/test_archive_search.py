@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.archive import ArchivedEvent, DeliveryQuery, SqliteArchive
+from gateway.archive import ArchivedDelivery, ArchivedEvent, DeliveryQuery, SqliteArchive
 from gateway.delivery import Attempt
 from gateway.history import DeliveryRecord
 
@@ -47,7 +47,7 @@ def _record(i: int) -> DeliveryRecord:
 async def _build(path: Path) -> SqliteArchive:
     store = await SqliteArchive.open(path)
     await store.put_events([_event(i) for i in range(N)])
-    await store.put_deliveries([_record(i) for i in range(N)])  # the archiver's own call
+    await store.put_deliveries([ArchivedDelivery.of(_record(i)) for i in range(N)])
     return store
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from .archiver import Archiver, PassResult
 from .store import (
     ArchivedDeadLetter,
+    ArchivedDelivery,
     ArchivedEvent,
     ArchiveStore,
     DeliveryQuery,
@@ -41,6 +42,7 @@ async def opened(data_dir: Path, kind: str) -> AsyncIterator[ArchiveStore | None
 __all__ = [
     "ArchiveStore",
     "ArchivedDeadLetter",
+    "ArchivedDelivery",
     "ArchivedEvent",
     "Archiver",
     "DeliveryQuery",

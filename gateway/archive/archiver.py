@@ -35,11 +35,10 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..history import decode_record
 from ..keys import Keys
 from ..scripts import Script
 from ..streams import Backoff, as_text, entry_order
-from .store import ArchivedDeadLetter, ArchivedEvent, ArchiveStore, customer_of
+from .store import ArchivedDeadLetter, ArchivedDelivery, ArchivedEvent, ArchiveStore
 
 log = logging.getLogger("tocsin.archive")
 
@@ -60,12 +59,31 @@ DROP_BATCH = 5000
 _MAX_SEQ = 18446744073709551615
 
 
+class _Customer(msgspec.Struct):
+    id: str | None = None
+
+
 class _Head(msgspec.Struct):
+    """What the archive's columns take from an event: one decode of its head."""
+
     id: str = "?"
     type: str = "?"
+    customer: _Customer | None = None
+    refs: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 _head = msgspec.json.Decoder(_Head)
+
+
+class _RecordHead(msgspec.Struct):
+    id: str
+    event_id: str
+    status: str
+    channel: str
+    updated: float
+
+
+_record_head = msgspec.json.Decoder(_RecordHead)
 
 
 class _DeadJob(msgspec.Struct):
@@ -211,7 +229,6 @@ class Archiver:
                 head = _head.decode(raw)
             except msgspec.DecodeError:
                 head = _Head()
-            customer, invoice = customer_of(raw)
             entry = as_text(entry_id)
             rows.append(
                 ArchivedEvent(
@@ -220,8 +237,8 @@ class Archiver:
                     entry=entry,
                     accepted=entry_order(entry)[0],
                     type=head.type,
-                    customer_id=customer,
-                    invoice_ref=invoice,
+                    customer_id=head.customer.id if head.customer else None,
+                    invoice_ref=head.refs.get("invoice_ref"),
                     raw=raw,
                 )
             )
@@ -242,19 +259,22 @@ class Archiver:
             return 0
         ids = [as_text(member) for member, _ in scored]
         values: Any = await self.redis.mget([self.keys.record(i) for i in ids])
-        records = []
-        for value in values:
-            if value is None:
-                continue  # expired after the retention: only its index entry is left
-            try:
-                records.append(decode_record(value))
-            except msgspec.DecodeError:
-                log.error("archive: undecodable delivery record %r left in Redis", value[:80])
+        records: list[ArchivedDelivery] = []
+        args: list[Any] = [self.keys.record("")]
+        for (member, score), value in zip(scored, values, strict=True):
+            if value is not None:  # else expired after the retention: only its index entry
+                try:
+                    r = _record_head.decode(value)
+                except msgspec.DecodeError:
+                    log.error("archive: undecodable delivery record %r left in Redis", value[:80])
+                    continue
+                updated = int(r.updated * 1000)
+                records.append(
+                    ArchivedDelivery(r.id, r.event_id, updated, r.status, r.channel, value)
+                )
+            args += [member, repr(float(score))]
         if records:
             await self.store.put_deliveries(records)
-        args: list[Any] = [self.keys.record("")]
-        for member, score in scored:
-            args += [member, repr(float(score))]
         await ARCHIVE_DROP(self.redis, [self.keys.history], args)
         return len(records)
 

@@ -57,6 +57,26 @@ class ArchivedEvent:
 
 
 @dataclass(frozen=True)
+class ArchivedDelivery:
+    """A delivery record as archived: the columns searched, and its JSON as Redis held it
+    (stored as is: decoding and encoding it again would only cost the archiver CPU)."""
+
+    id: str
+    event_id: str
+    #: Last update, epoch ms.
+    updated: int
+    status: str
+    channel: str
+    raw: bytes
+
+    @classmethod
+    def of(cls, record: DeliveryRecord) -> ArchivedDelivery:
+        updated = int(record.updated * 1000)
+        raw = encode_record(record)
+        return cls(record.id, record.event_id, updated, record.status, record.channel, raw)
+
+
+@dataclass(frozen=True)
 class ArchivedDeadLetter:
     shard: int
     entry: str
@@ -93,7 +113,7 @@ class ArchiveStore(Protocol):
     nothing."""
 
     async def put_events(self, rows: Sequence[ArchivedEvent]) -> None: ...
-    async def put_deliveries(self, records: Sequence[DeliveryRecord]) -> None: ...
+    async def put_deliveries(self, rows: Sequence[ArchivedDelivery]) -> None: ...
     async def put_dead_letters(self, rows: Sequence[ArchivedDeadLetter]) -> None: ...
     async def get_event(self, event_id: str) -> ArchivedEvent | None: ...
     async def list_events(
@@ -204,27 +224,6 @@ def _dead(row: Sequence[Any]) -> ArchivedDeadLetter:
     )
 
 
-class _Customer(msgspec.Struct):
-    id: str | None = None
-
-
-class _Head(msgspec.Struct):
-    customer: _Customer | None = None
-    refs: dict[str, str] = msgspec.field(default_factory=dict)
-
-
-_head = msgspec.json.Decoder(_Head)
-
-
-def customer_of(raw: bytes) -> tuple[str | None, str | None]:
-    """An event's customer id and invoice ref, from its JSON; ``None``s if unreadable."""
-    try:
-        head = _head.decode(raw)
-    except msgspec.DecodeError:
-        return None, None
-    return (head.customer.id if head.customer else None), head.refs.get("invoice_ref")
-
-
 class SqliteArchive:
     """``ArchiveStore`` on one SQLite file; every call on one thread of its own."""
 
@@ -260,6 +259,8 @@ class SqliteArchive:
         return self._db
 
     def _write(self, sql: str, rows: Iterable[Any]) -> int:
+        """One transaction. ``rows`` may be a generator, then run on this thread: that
+        keeps compression off the event loop (and zlib lets go of the GIL)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -273,7 +274,7 @@ class SqliteArchive:
     # -- writes ------------------------------------------------------------------------
 
     async def put_events(self, rows: Sequence[ArchivedEvent]) -> None:
-        values = [
+        values = (
             (
                 r.event_id,
                 r.shard,
@@ -285,22 +286,22 @@ class SqliteArchive:
                 pack(r.raw),
             )
             for r in rows
-        ]
+        )
         sql = f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
         await self._call(self._write, sql, values)
 
-    async def put_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
-        values = [
+    async def put_deliveries(self, rows: Sequence[ArchivedDelivery]) -> None:
+        values = (
             {
                 "id": r.id,
                 "event_id": r.event_id,
-                "updated": int(r.updated * 1000),
+                "updated": r.updated,
                 "status": r.status,
                 "channel": r.channel,
-                "record": pack(encode_record(r)),
+                "record": pack(r.raw),
             }
-            for r in records
-        ]
+            for r in rows
+        )
         await self._call(self._write, _PUT_DELIVERY, values)
 
     async def put_dead_letters(self, rows: Sequence[ArchivedDeadLetter]) -> None:
