@@ -243,7 +243,7 @@ def phase_archive(bench: Bench) -> dict[str, Any]:
     for _ in range(max(1, bench.args.archive_reps)):
         for mode in ("off", "on"):
             runs[mode].append(_mode(bench, mode))
-    off, on = runs["off"][-1], runs["on"][-1]
+    off, on = dict(runs["off"][-1]), dict(runs["on"][-1])  # memory: the last run's
     medians = {
         mode: {
             key: _median(runs[mode], key)

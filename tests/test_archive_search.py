@@ -109,3 +109,13 @@ async def test_event_found_by_id_and_customer_rows_erasable(archive: SqliteArchi
     assert await archive.find_deliveries(DeliveryQuery(customer_id="cus_19999")) == []
     assert await archive.get_event("evt_0019999") is None
     assert len(await archive.find_deliveries(DeliveryQuery(customer_id="cus_19998"))) == 5
+
+
+async def test_retention_drops_rows_older_than_a_cutoff_and_no_others(
+    archive: SqliteArchive,
+) -> None:
+    assert await archive.drop_before(int((BASE + 10) * 1000), limit=5000) == 10 + 10
+    assert await archive.get_event("evt_0000009") is None
+    assert await archive.get_delivery("msg_0000009") is None
+    assert await archive.get_event("evt_0000010") is not None
+    assert await archive.get_delivery("msg_0000010") is not None
