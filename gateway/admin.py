@@ -69,7 +69,7 @@ async def open_redis(conf: Conf) -> AsyncIterator[Redis]:
 async def open_archive(conf: Conf) -> AsyncIterator[ArchiveStore | None]:
     """The deployment's history archive (``None`` with ``[history] archive = "off"``):
     what commands read beside Redis. SQLite's WAL lets them read while a gateway writes."""
-    async with opened(conf.data_dir, conf.history.archive) as store:
+    async with opened(conf.data_dir, conf.history.archive, create=False) as store:
         yield store
 
 

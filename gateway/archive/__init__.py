@@ -27,12 +27,16 @@ from .tiers import complete_records, find_archived, merge_records
 
 
 @contextlib.asynccontextmanager
-async def opened(data_dir: Path, kind: str) -> AsyncIterator[ArchiveStore | None]:
-    """The deployment's archive (``[history] archive``), or ``None`` when it is ``off``."""
-    if kind == "off":
+async def opened(
+    data_dir: Path, kind: str, *, create: bool = True
+) -> AsyncIterator[ArchiveStore | None]:
+    """The deployment's archive (``[history] archive``), or ``None`` when it is ``off``
+    (or, unless ``create``, not written yet: a command reading history creates nothing)."""
+    path = archive_path(data_dir)
+    if kind == "off" or (not create and not path.exists()):
         yield None
         return
-    store = await SqliteArchive.open(archive_path(data_dir))
+    store = await SqliteArchive.open(path)
     try:
         yield store
     finally:
