@@ -34,7 +34,7 @@ from .history import (
     iter_records,
     record_of,
 )
-from .keys import WORKER_GROUP, Keys
+from .keys import WORKER_GROUP, Keys, Layout, as_layout, ordering_key
 from .redis_client import connect
 from .redis_server import RedisServer
 from .router import plan_deliveries, routed_event
@@ -56,7 +56,7 @@ async def open_redis(conf: Conf) -> AsyncIterator[Redis]:
         if not url:
             url = server.start()
             started = server
-    redis = connect(url)
+    redis = connect(url, cluster=conf.redis.cluster)
     try:
         yield redis
     finally:
@@ -67,8 +67,9 @@ async def open_redis(conf: Conf) -> AsyncIterator[Redis]:
 
 @contextlib.asynccontextmanager
 async def open_archive(conf: Conf) -> AsyncIterator[ArchiveStore | None]:
-    """The deployment's history archive (``None`` with ``[history] archive = "off"``):
-    what commands read beside Redis. SQLite's WAL lets them read while a gateway writes."""
+    """The deployment's history archive (``None`` with ``[history] archive = "off"``, or
+    before anything was archived): what commands read beside Redis. SQLite's WAL lets
+    them read while a gateway writes."""
     async with opened(conf.data_dir, conf.history.archive, create=False) as store:
         yield store
 
@@ -78,7 +79,7 @@ async def open_archive(conf: Conf) -> AsyncIterator[ArchiveStore | None]:
 
 async def find_deliveries(
     redis: Redis,
-    keys: Keys,
+    keys: Keys | Layout,
     *,
     event_id: str | None = None,
     channel: str | None = None,
@@ -89,7 +90,8 @@ async def find_deliveries(
     archive: ArchiveStore | None = None,
 ) -> list[DeliveryRecord]:
     """Newest first, filtered; scans the time index (bounded by ``since``/``until``),
-    then the archive's indexes for what is older than the hot window."""
+    then the archive's indexes for what is older than the hot window (the archive holds
+    every shard's: one query)."""
     found: list[DeliveryRecord] = []
     async for record in iter_records(redis, keys, since=since, until=until):
         if event_id is not None and record.event_id != event_id:
@@ -108,7 +110,7 @@ async def find_deliveries(
 
 
 async def show_delivery(
-    redis: Redis, keys: Keys, delivery_id: str, archive: ArchiveStore | None = None
+    redis: Redis, keys: Keys | Layout, delivery_id: str, archive: ArchiveStore | None = None
 ) -> DeliveryRecord | None:
     record = await get_record(redis, keys, delivery_id)
     if record is None and archive is not None:
@@ -130,6 +132,8 @@ class DeadLetter:
     status: int | None
     payload: bytes
     delivery: Delivery | None
+    #: The shard whose dead-letter stream holds it (``Layout.shards``).
+    shard: int = 0
     #: In the archive, not the dead-letter stream (older than the hot window).
     archived: bool = False
 
@@ -152,11 +156,12 @@ def _archived_letter(row: ArchivedDeadLetter) -> DeadLetter:
         status=row.status,
         payload=row.payload,
         delivery=delivery,
+        shard=row.shard,
         archived=True,
     )
 
 
-def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes], shard: int) -> DeadLetter:
     kind = fields.get(b"kind", b"delivery").decode()
     payload = fields.get(b"j" if kind == "delivery" else b"e", b"")
     delivery = None
@@ -175,12 +180,13 @@ def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
         status=int(status) if status else None,
         payload=payload,
         delivery=delivery,
+        shard=shard,
     )
 
 
 async def dead_letters(
     redis: Redis,
-    keys: Keys,
+    keys: Keys | Layout,
     *,
     channel: str | None = None,
     since: float | None = None,
@@ -188,29 +194,38 @@ async def dead_letters(
     limit: int | None = None,
     archive: ArchiveStore | None = None,
 ) -> list[DeadLetter]:
-    """Oldest first (the archive's, older than the hot window, first). ``ids`` may name
-    stream entry ids or delivery ids."""
+    """Oldest first, every shard's, archived ones (older than the hot window) too.
+    ``ids`` may name stream entry ids or delivery ids."""
+    out: list[DeadLetter] = []
     wanted = set(ids)
+    if archive is not None:
+        for row in await archive.dead_letters(channel=channel, since=since, limit=None):
+            letter = _archived_letter(row)
+            if not wanted or {letter.entry_id, letter.delivery_id} & wanted:
+                out.append(letter)
+    for shard in as_layout(keys).shards:
+        out += await _shard_dead_letters(redis, shard, channel, since, wanted, limit)
+    out.sort(key=lambda letter: (letter.at, letter.entry_id))
+    return out if limit is None else out[:limit]
+
+
+async def _shard_dead_letters(
+    redis: Redis,
+    keys: Keys,
+    channel: str | None,
+    since: float | None,
+    wanted: set[str],
+    limit: int | None,
+) -> list[DeadLetter]:
     start = f"{int(since * 1000)}-0" if since is not None else "-"
     out: list[DeadLetter] = []
-    if archive is not None:
-        rows = await archive.dead_letters(channel=channel, since=since, limit=None)
-        for row in rows:
-            if row.shard != keys.index:
-                continue
-            letter = _archived_letter(row)
-            if wanted and not ({letter.entry_id, letter.delivery_id} & wanted):
-                continue
-            out.append(letter)
-            if limit is not None and len(out) >= limit:
-                return out
     cursor: str = start
     while True:
         entries: Any = await redis.xrange(keys.dead, min=cursor, max="+", count=1000)
         if not entries:
             return out
         for entry_id, fields in entries:
-            letter = _dead_letter(entry_id, fields)
+            letter = _dead_letter(entry_id, fields, keys.index)
             if channel is not None and letter.channel != channel:
                 continue
             if wanted and not ({letter.entry_id, letter.delivery_id} & wanted):
@@ -223,15 +238,16 @@ async def dead_letters(
 
 async def replay_dead_letter(
     redis: Redis,
-    keys: Keys,
+    keys: Keys | Layout,
     letter: DeadLetter,
     *,
     retention: float,
     archive: ArchiveStore | None = None,
 ) -> bool:
-    """Queue a dead letter again, once; a delivery keeps its id (``webhook-id``) and
-    history and gets the channel's whole retry schedule again."""
+    """Queue a dead letter again, once, in its shard; a delivery keeps its id
+    (``webhook-id``) and history and gets the channel's whole retry schedule again."""
     now = time.time()
+    keys = as_layout(keys).shards[letter.shard]
     if letter.archived:
         if archive is None:
             return False
@@ -289,10 +305,10 @@ async def _replay_archived(
 ) -> bool:
     """An archived dead letter: marking it replayed in the archive decides who queues
     it (once, as ``XDEL`` does for one in Redis); a failed queueing unmarks it."""
-    target = keys.events if letter.kind == "event" else keys.deliveries(letter.channel or "")
     if letter.kind != "event" and letter.channel is None:
         return False
-    if not await archive.claim_dead_letter(keys.index, letter.entry_id, int(now * 1000)):
+    target = keys.events if letter.kind == "event" else keys.deliveries(letter.channel or "")
+    if not await archive.claim_dead_letter(letter.shard, letter.entry_id, int(now * 1000)):
         return False
     try:
         async with redis.pipeline(transaction=True) as pipe:
@@ -315,7 +331,7 @@ async def _replay_archived(
                 pipe.zadd(keys.history, {job.id: now * 1000})
             await pipe.execute()
     except BaseException:
-        await archive.unclaim_dead_letter(keys.index, letter.entry_id)
+        await archive.unclaim_dead_letter(letter.shard, letter.entry_id)
         raise
     return True
 
@@ -332,7 +348,7 @@ class EventReplay:
 
 async def replay_event(
     redis: Redis,
-    keys: Keys,
+    keys: Keys | Layout,
     rules: list[CompiledRule],
     event_id: str,
     *,
@@ -346,12 +362,21 @@ async def replay_event(
     forced resend carries the same ``webhook-id``); retries already scheduled are left
     to run.
     """
-    raw = await routed_event(redis, keys, event_id)
+    raw: bytes | None = None
+    layout = as_layout(keys)
+    for shard in layout.shards:  # the event's shard is where its jobs go again
+        raw = await routed_event(redis, shard, event_id)
+        if raw is not None:
+            keys = shard
+            break
     if raw is None and archive is not None:
         older = await archive.get_event(event_id)  # past the hot window: routed long ago
-        raw = older.raw if older is not None else None
+        if older is not None:
+            raw = older.raw
+            keys = layout.shard(ordering_key(older.customer_id, event_id))
     if raw is None:
         return None
+    assert isinstance(keys, Keys)
     event = _event_decoder.decode(raw)
     result = EventReplay(queued=[], skipped=[])
     deliveries = plan_deliveries(rules, event, raw)
@@ -412,8 +437,9 @@ _parked_decoder = msgspec.json.Decoder(_Parked)
 
 
 async def _parked_counts(redis: Redis, keys: Keys) -> dict[tuple[str, str], int]:
-    """(stream key, ``retrying``/``deferred``) -> jobs parked in the retries set: the worker
-    parks both there (``Worker._park``), a deferral's last attempt saying ``deferred``."""
+    """(stream key, ``retrying``/``deferred``) -> jobs parked in one shard's retries set:
+    the worker parks both there (``Worker._park``), a deferral's last attempt saying
+    ``deferred``."""
     counts: dict[tuple[str, str], int] = {}
     async for member, _score in redis.zscan_iter(keys.retries, count=1000):
         stream, _, job = bytes(member).partition(b"\n")
@@ -427,18 +453,28 @@ async def _parked_counts(redis: Redis, keys: Keys) -> dict[tuple[str, str], int]
     return counts
 
 
-async def endpoint_states(redis: Redis, keys: Keys, channels: Iterable[str]) -> list[EndpointState]:
+async def endpoint_states(
+    redis: Redis, keys: Keys | Layout, channels: Iterable[str]
+) -> list[EndpointState]:
+    """Each channel's health and queues, summed over the shards."""
+    layout = as_layout(keys)
+    parked: dict[tuple[str, str], int] = {}
+    for shard in layout.shards:
+        parked |= await _parked_counts(redis, shard)
     out = []
-    parked = await _parked_counts(redis, keys)
     for name in channels:
-        state: Any = await redis.hgetall(keys.endpoint(name))
-        stream = keys.deliveries(name)
-        queued = await redis.xlen(stream)
-        in_flight = 0
-        if queued:
-            with contextlib.suppress(Exception):  # no group yet: nothing read
-                summary: Any = await redis.xpending(stream, WORKER_GROUP)
-                in_flight = int(summary["pending"])
+        state: Any = await redis.hgetall(layout.endpoint(name))
+        queued = in_flight = retrying = deferred = 0
+        for shard in layout.shards:
+            stream = shard.deliveries(name)
+            waiting = int(await redis.xlen(stream))
+            queued += waiting
+            if waiting:
+                with contextlib.suppress(Exception):  # no group yet: nothing read
+                    summary: Any = await redis.xpending(stream, WORKER_GROUP)
+                    in_flight += int(summary["pending"])
+            retrying += parked.get((stream, "retrying"), 0)
+            deferred += parked.get((stream, "deferred"), 0)
 
         def number(field: bytes, state: Any = state) -> float | None:
             value = state.get(field)
@@ -451,19 +487,20 @@ async def endpoint_states(redis: Redis, keys: Keys, channels: Iterable[str]) -> 
                 failing_since=number(b"failing_since"),
                 disabled_at=number(b"disabled_at"),
                 disabled_reason=reason.decode() if reason else None,
-                queued=int(queued),
+                queued=queued,
                 in_flight=in_flight,
-                retrying=parked.get((stream, "retrying"), 0),
-                deferred=parked.get((stream, "deferred"), 0),
+                retrying=retrying,
+                deferred=deferred,
             )
         )
     return out
 
 
-async def enable_endpoint(redis: Redis, keys: Keys, channel: str) -> bool:
+async def enable_endpoint(redis: Redis, keys: Keys | Layout, channel: str) -> bool:
     """Clear the disabled flag and the failure clock; whether it was disabled."""
+    endpoint = as_layout(keys).endpoint(channel)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hget(keys.endpoint(channel), "disabled_at")
-        pipe.delete(keys.endpoint(channel))
+        pipe.hget(endpoint, "disabled_at")
+        pipe.delete(endpoint)
         was, _ = await pipe.execute()
     return was is not None

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .archive import ArchivedEvent, ArchiveStore
-from .keys import ROUTER_GROUP, Keys
+from .keys import ROUTER_GROUP, Keys, Layout, as_layout
 from .streams import as_text, entry_order
 
 #: Stream entries read per round trip while filtering.
@@ -119,15 +119,35 @@ def _stored(entry_id: Any, fields: Any, progress: _Progress) -> StoredEvent:
 
 async def list_events(
     redis: Redis,
-    keys: Keys,
+    keys: Keys | Layout,
     *,
     type_glob: str | None = None,
     since: float | None = None,
     limit: int = 50,
     archive: ArchiveStore | None = None,
 ) -> list[StoredEvent]:
-    """Newest first; ``type_glob`` as rules write theirs (``payment.*``, ``centralpay.*``).
-    The stream holds the hot window; older events come from the archive after them."""
+    """Newest first, every shard's; ``type_glob`` as rules write theirs (``payment.*``).
+    The streams hold the hot window; older events come from the archive."""
+    found: list[StoredEvent] = []
+    for shard in as_layout(keys).shards:
+        found += await _shard_events(redis, shard, type_glob, since, limit)
+    if archive is not None:
+        # One archived while this listing read the streams is shown once, from the stream.
+        shown = {(e.id, e.entry_id) for e in found}
+        older = await archive.list_events(type_glob=type_glob, since=since, limit=limit)
+        found += [_archived(a) for a in older if (a.event_id, a.entry) not in shown]
+    found.sort(key=lambda event: entry_order(event.entry_id), reverse=True)
+    return found[:limit]
+
+
+def _archived(event: ArchivedEvent) -> StoredEvent:
+    """An archived event: routed (only routed events are archived)."""
+    return _stored(event.entry, {b"e": event.raw}, _Progress((2**63, 0), set()))
+
+
+async def _shard_events(
+    redis: Redis, keys: Keys, type_glob: str | None, since: float | None, limit: int
+) -> list[StoredEvent]:
     progress = await _progress(redis, keys)
     low = f"{int(since * 1000)}-0" if since is not None else "-"
     high: str = "+"
@@ -144,32 +164,20 @@ async def list_events(
             break
         ms, seq = entry_order(page[-1][0])
         high = f"{ms}-{seq - 1}" if seq else f"{ms - 1}-18446744073709551615"
-    if archive is not None and len(found) < limit:
-        # Archived while this listing read the stream: shown once, from the stream.
-        shown = {(e.id, e.entry_id) for e in found}
-        older = await archive.list_events(type_glob=type_glob, since=since, limit=limit)
-        found += [
-            _archived(a)
-            for a in older
-            if a.shard == keys.index and (a.event_id, a.entry) not in shown
-        ][: limit - len(found)]
     return found
 
 
-def _archived(event: ArchivedEvent) -> StoredEvent:
-    """An archived event: routed (only routed events are archived)."""
-    progress = _Progress((2**63, 0), set())
-    return _stored(event.entry, {b"e": event.raw}, progress)
-
-
 async def show_event(
-    redis: Redis, keys: Keys, event_id: str, archive: ArchiveStore | None = None
+    redis: Redis, keys: Keys | Layout, event_id: str, archive: ArchiveStore | None = None
 ) -> StoredEvent | None:
-    """The event accepted under this id, while it is kept: in the stream for the hot
-    window (its dedupe key points at it), then in the archive."""
-    entry: Any = await redis.get(keys.dedupe(event_id))
-    found: Any = await redis.xrange(keys.events, entry, entry) if entry is not None else []
-    if found:
-        return _stored(found[0][0], found[0][1], await _progress(redis, keys))
+    """The event accepted under this id, while it is kept: in its shard's stream for the
+    hot window (its dedupe key points at it), then in the archive."""
+    for shard in as_layout(keys).shards:
+        entry: Any = await redis.get(shard.dedupe(event_id))
+        if entry is None:
+            continue
+        found: Any = await redis.xrange(shard.events, entry, entry)
+        if found:
+            return _stored(found[0][0], found[0][1], await _progress(redis, shard))
     older = await archive.get_event(event_id) if archive is not None else None
     return _archived(older) if older is not None else None

@@ -248,11 +248,14 @@ def _run(main_coro: Any) -> None:
         await main_coro(stopping)
 
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up
-
-        uvloop.run(runner())
-    except ImportError:
-        asyncio.run(runner())
+        try:
+            import uvloop  # noqa: PLC0415 - optional speed-up
+        except ImportError:
+            asyncio.run(runner())
+        else:
+            uvloop.run(runner())
+    except TocsinError as exc:  # found at start-up (the data's key layout...): no traceback
+        raise CliError(str(exc)) from None
 
 
 @main.command()

@@ -25,7 +25,7 @@ from .cli_common import (
 )
 from .cli_options import conf_option, json_option
 from .history import SENDS, STATUSES, DeliveryRecord
-from .keys import Keys
+from .keys import Layout
 from .receipts import receipts_of
 
 # -- tocsin deliveries -------------------------------------------------------------------
@@ -235,7 +235,7 @@ def dlq_replay(
     retention = float(conf.history.retention)
 
     async def replay(
-        redis: Redis, keys: Keys, archive: ArchiveStore | None
+        redis: Redis, keys: Layout, archive: ArchiveStore | None
     ) -> tuple[int, int, list[str]]:
         letters = await admin.dead_letters(
             redis, keys, channel=channel, since=since, ids=ids, archive=archive

@@ -31,7 +31,7 @@ from .conf_lines import with_lines
 from .confirm import PREFIX as CONFIRM_PREFIX
 from .durations import Duration
 from .errors import PluginError, TocsinError
-from .keys import Keys
+from .keys import Layout
 from .plan import Plan, check_plan
 from .plugins import Registry, load_registry
 
@@ -96,12 +96,12 @@ def known_channel(conf: Conf, channel: str | None) -> None:
     raise CliError(f"no channel {channel!r} in {conf.path} (channels: {names})")
 
 
-def with_redis(conf: Conf, action: Callable[[Redis, Keys], Awaitable[T]]) -> T:
+def with_redis(conf: Conf, action: Callable[[Redis, Layout], Awaitable[T]]) -> T:
     from . import admin  # noqa: PLC0415 - only the commands that read Redis need it
 
     async def run() -> T:
         async with admin.open_redis(conf) as redis:
-            return await action(redis, Keys(conf.redis.prefix))
+            return await action(redis, conf.redis.layout())
 
     try:
         return asyncio.run(run())
@@ -110,12 +110,14 @@ def with_redis(conf: Conf, action: Callable[[Redis, Keys], Awaitable[T]]) -> T:
         raise CliError(f"Redis ({where}): {exc}; is it running?") from None
 
 
-def with_tiers(conf: Conf, action: Callable[[Redis, Keys, ArchiveStore | None], Awaitable[T]]) -> T:
+def with_tiers(
+    conf: Conf, action: Callable[[Redis, Layout, ArchiveStore | None], Awaitable[T]]
+) -> T:
     """``with_redis``, and the history archive beside it: what reads history sees both
     tiers (docs/delivery.md, "Two tiers")."""
     from . import admin  # noqa: PLC0415
 
-    async def run(redis: Redis, keys: Keys) -> T:
+    async def run(redis: Redis, keys: Layout) -> T:
         async with admin.open_archive(conf) as archive:
             return await action(redis, keys, archive)
 

@@ -17,10 +17,10 @@ from .cli_common import CliError, conf_only, duration_param, echo_json, load, st
 from .cli_options import conf_option, json_option
 from .conf import Conf
 from .errors import TocsinError
-from .keys import Keys
+from .keys import Layout
 
 
-def _engine(conf: Conf, redis: Redis, keys: Keys) -> Any:
+def _engine(conf: Conf, redis: Redis, keys: Layout) -> Any:
     from .scenarios import ScenarioEngine  # noqa: PLC0415 - only for these commands
 
     return ScenarioEngine(redis, keys, [], timezone=conf.gateway.timezone, clock=time.time)
@@ -102,7 +102,7 @@ def scenarios_cancel(key: str, name: str | None, conf_path: Path | None) -> None
     """Cancel the active instances for KEY: their pending steps will not fire."""
     conf = conf_only(conf_path)
 
-    async def cancel(redis: Redis, keys: Keys) -> tuple[list[str], list[str]]:
+    async def cancel(redis: Redis, keys: Layout) -> tuple[list[str], list[str]]:
         engine = _engine(conf, redis, keys)
         done, active = [], []
         for instance in await engine.list(key=key):

@@ -23,6 +23,7 @@ from .brand import Brand, read_brand
 from .conf_lines import with_lines
 from .durations import Duration
 from .errors import ConfError
+from .keys import Layout
 from .windows import WindowConf, window_problems
 
 T = TypeVar("T")
@@ -112,6 +113,21 @@ class RedisSection(_Section):
     #: Wait for the AOF fsync before acknowledging an event (``WAITAOF``, Redis >= 7.2).
     #: ``auto`` does so when the server supports it; the embedded Redis fsyncs on every write.
     wait_aof: str = "auto"
+    #: ``url`` names one node of a Redis Cluster; the others are discovered from it.
+    cluster: bool = False
+    #: Queues are split in this many shards, each a full set of streams under one hash
+    #: tag (one cluster slot); an event goes to its customer's shard. Unset: 1 on one
+    #: Redis, 3 on a cluster. Fixed for a data set: changing it needs a drained Redis
+    #: (docs/deployment.md, "Redis Cluster").
+    shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    #: Replicas that must hold an event before it is acknowledged (``WAIT``): a master
+    #: lost with its disk then loses no acknowledged event (docs/deployment.md).
+    wait_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    def layout(self) -> Layout:
+        """Where the keys live (``gateway.keys.Layout``)."""
+        count = self.shards if self.shards is not None else (3 if self.cluster else 1)
+        return Layout(self.prefix, count, self.cluster)
 
 
 class WorkerSection(_Section):
@@ -577,4 +593,23 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
             del conf.windows[name]
     if conf.intake.max_body <= 0:
         problems.add(main, "intake.max_body", "must be a positive number of bytes")
+    _check_redis(conf.redis, main, problems)
     return conf, with_lines(problems.items)
+
+
+def _check_redis(redis: RedisSection, main: Path, problems: _Problems) -> None:
+    if redis.cluster and not redis.url:
+        problems.add(
+            main,
+            "redis.cluster",
+            "a cluster needs redis.url naming one of its nodes (the embedded Redis is one server)",
+        )
+    if redis.cluster and redis.url.startswith("unix://"):
+        problems.add(main, "redis.url", "a cluster is reached over TCP: redis:// or rediss://")
+    if "{" in redis.prefix or "}" in redis.prefix:
+        problems.add(
+            main,
+            "redis.prefix",
+            "no braces: Tocsin adds its own hash tags to keys, and a brace in the prefix "
+            "would put every shard in one cluster slot",
+        )

@@ -30,7 +30,8 @@ PREFIX = "source."
 #: The rule name a confirmation job carries in history and dead letters.
 RULE = "confirm"
 
-Enqueue = Callable[[str, bytes], Awaitable[str | None]]
+#: ``Enqueuer.enqueue``: event id, encoded event, ordering key (the customer id).
+Enqueue = Callable[[str, bytes, str | None], Awaitable[str | None]]
 
 
 def channel_name(source: str) -> str:
@@ -86,7 +87,8 @@ class ConfirmChannel(Channel[_NoConfig]):
         accepted = []
         for event in confirmed:
             self._check(posted, event)
-            entry = await self._enqueue(event.id, encode_event(event))
+            order = event.customer.id if event.customer is not None else None
+            entry = await self._enqueue(event.id, encode_event(event), order)
             accepted.append(event.id if entry is not None else f"{event.id} (duplicate)")
         if not accepted:
             return "confirmed: nothing to route"

@@ -76,3 +76,7 @@ class ConfError(TocsinError):
 
 class PluginError(TocsinError):
     """Plugins conflict or cannot be loaded (e.g. two plugins register the same name)."""
+
+
+class LayoutError(TocsinError):
+    """The conf's key layout (``[redis] shards``) is not the one the data was written with."""

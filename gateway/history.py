@@ -9,6 +9,7 @@ indexed by last update in a sorted set (``Keys.history``) for listing by time.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -17,7 +18,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from .delivery import Attempt, Delivery
-from .keys import Keys
+from .keys import Keys, Layout, as_layout
 
 Status = Literal["delivered", "retrying", "deferred", "dead", "pending", "cancelled"]
 STATUSES: tuple[str, ...] = ("delivered", "retrying", "deferred", "dead", "pending", "cancelled")
@@ -74,21 +75,61 @@ def decode_record(data: bytes) -> DeliveryRecord:
     return _decoder.decode(data)
 
 
-async def get_record(redis: Redis, keys: Keys, delivery_id: str) -> DeliveryRecord | None:
-    data: Any = await redis.get(keys.record(delivery_id))
-    return None if data is None else decode_record(data)
+async def get_record(redis: Redis, keys: Keys | Layout, delivery_id: str) -> DeliveryRecord | None:
+    """A delivery's record, from whichever shard holds it (its job's)."""
+    for shard in as_layout(keys).shards:
+        data: Any = await redis.get(shard.record(delivery_id))
+        if data is not None:
+            return decode_record(data)
+    return None
 
 
 async def iter_records(
     redis: Redis,
-    keys: Keys,
+    keys: Keys | Layout,
     *,
     since: float | None = None,
     until: float | None = None,
     newest_first: bool = True,
     chunk: int = 500,
 ) -> AsyncIterator[DeliveryRecord]:
-    """Records by last update, from the index; expired ones are skipped."""
+    """Records by last update, from the index; expired ones are skipped. Several shards'
+    indexes are merged as they are read."""
+    shards = as_layout(keys).shards
+    iterators = [
+        _shard_records(redis, shard, since, until, newest_first, chunk).__aiter__()
+        for shard in shards
+    ]
+    if len(iterators) == 1:
+        async for record in iterators[0]:
+            yield record
+        return
+    heads: list[tuple[float, int, DeliveryRecord]] = []
+    for n, iterator in enumerate(iterators):
+        first = await anext(iterator, None)
+        if first is not None:
+            heads.append((_order(first, newest_first), n, first))
+    heapq.heapify(heads)
+    while heads:
+        _, n, record = heapq.heappop(heads)
+        yield record
+        following = await anext(iterators[n], None)
+        if following is not None:
+            heapq.heappush(heads, (_order(following, newest_first), n, following))
+
+
+def _order(record: DeliveryRecord, newest_first: bool) -> float:
+    return -record.updated if newest_first else record.updated
+
+
+async def _shard_records(
+    redis: Redis,
+    keys: Keys,
+    since: float | None,
+    until: float | None,
+    newest_first: bool,
+    chunk: int,
+) -> AsyncIterator[DeliveryRecord]:
     low = "-inf" if since is None else since * 1000
     high = "+inf" if until is None else until * 1000
     offset = 0

@@ -25,7 +25,7 @@ from .catalog import TYPES, UnknownTypes, check_event, suggest_type
 from .channel import Channel
 from .event import Event, EventInvalid, encode_event
 from .intake_guard import IntakeStats
-from .keys import Keys
+from .keys import Keys, Layout, as_layout, ordering_key
 from .openapi import serve_openapi
 from .receipts import ReceiptRequest, record_receipt
 from .scripts import ENQUEUE_MANY, is_noscript
@@ -35,79 +35,82 @@ from .streams import as_text
 
 log = logging.getLogger("tocsin.intake")
 
-#: Longest a batch waits for ``WAITAOF`` before the requests in it get a 503. Under
-#: ``appendfsync everysec`` a write waits up to a second for the next fsync (measured on
-#: Redis 8.2.3: ~1,005 ms back to back); 3 s leaves room for a slow fsync, and is still
-#: well under the timeouts providers give a webhook call.
+#: Longest a batch waits for ``WAITAOF`` (and ``WAIT``) before the requests in it get a
+#: 503. Under ``appendfsync everysec`` a write waits up to a second for the next fsync
+#: (measured on Redis 8.2.3: ~1,005 ms back to back); 3 s leaves room for a slow fsync,
+#: and is still well under the timeouts providers give a webhook call.
 WAITAOF_TIMEOUT_MS = 3000
-#: How often a ``WAITAOF`` is sent while written events wait for the fsync. Each covers
-#: every write before it, so a 202 waits for the first fsync after its write plus at most
-#: this; one ``WAITAOF`` per batch sent only after the previous one returned made every
-#: 202 wait two fsync intervals (measured: p50 ~2 s under ``everysec``).
-WAITAOF_EVERY = 0.05
+#: Batches waiting for their fsync (or replicas) at once. Each waits on its own
+#: connection, so the next batch is written meanwhile instead of after it: under
+#: ``everysec`` a 202 waits for one fsync, not for the queue of batches before it.
+CONCURRENT_WAITS = 16
 
 
 class NotDurable(RedisError):
-    """Redis took the write but could not confirm it reached the AOF on disk."""
+    """Redis took the write but could not confirm it reached the AOF on disk (or the
+    replicas ``[redis] wait_replicas`` asks for)."""
 
 
-Waiter = tuple[str, bytes, "asyncio.Future[str | None]"]
-Written = tuple["asyncio.Future[str | None]", str | None]
+Waiter = tuple[str, bytes, str, "asyncio.Future[str | None]"]
 
 
 class Enqueuer:
-    """Group commit: one ``enqueue_many.lua`` call carries every waiting request.
+    """Group commit: one ``enqueue_many.lua`` call per shard carries every waiting request.
 
-    With ``wait_aof`` the writes go out as they come and the answers wait for Redis to
-    confirm them on disk: a ``WAITAOF`` every ``WAITAOF_EVERY`` while any write is
-    unconfirmed, each answering the writes made before it was sent.
+    With ``wait_aof`` (or ``wait_replicas``) each batch's pipeline ends with ``WAITAOF``
+    (``WAIT``) on the connection that wrote it: Redis answers those for the writes *that
+    connection* made (redis.io, WAITAOF: "all previous write commands sent by the current
+    client"), so the wait must follow the write on the same connection. On a cluster the
+    pipeline sends it to every master with the batch's writes to each (redis-py's cluster
+    pipeline: one connection per node, commands in order).
     """
 
     def __init__(
         self,
         redis: Redis,
-        keys: Keys,
+        keys: Keys | Layout,
         dedupe_window: float,
         *,
         retention: float = 30 * 86400,
         wait_aof: bool = False,
+        wait_replicas: int = 0,
     ) -> None:
         """``retention``: how long accepted events are kept (for replay); an event's
         dedupe key is kept as long, since replay finds the event through it."""
         self.redis = redis
-        self.keys = keys
+        self.layout = as_layout(keys)
         self.window = max(1, int(dedupe_window))
         self.keep = max(self.window, int(retention))
         self.wait_aof = wait_aof
+        self.wait_replicas = wait_replicas
         self._pending: list[Waiter] = []
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        #: Written, not yet confirmed on disk: each request's future and its entry id.
-        self._unconfirmed: list[Written] = []
-        self._written = asyncio.Event()
-        self._confirming: set[asyncio.Task[None]] = set()
+        self._waiting: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(CONCURRENT_WAITS)
+
+    @property
+    def waits(self) -> bool:
+        return self.wait_aof or self.wait_replicas > 0
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(), name="tocsin-enqueuer")]
-        if self.wait_aof:
-            self._tasks.append(asyncio.create_task(self._confirm_loop(), name="tocsin-waitaof"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._confirming:  # writes being confirmed: their requests get their answer
-            await asyncio.gather(*self._confirming, return_exceptions=True)
-        waiting = [fut for _, _, fut in self._pending] + [fut for fut, _ in self._unconfirmed]
-        _fail(waiting, RedisError("gateway shutting down"))
+        if self._waiting:  # batches being confirmed: their requests get their answer
+            await asyncio.gather(*self._waiting, return_exceptions=True)
+        _fail([fut for *_, fut in self._pending], RedisError("gateway shutting down"))
         self._pending.clear()
-        self._unconfirmed.clear()
 
-    async def enqueue(self, event_id: str, payload: bytes) -> str | None:
-        """The stream entry id, or ``None`` if the id was seen within the dedupe window."""
+    async def enqueue(self, event_id: str, payload: bytes, order: str | None = None) -> str | None:
+        """The stream entry id, or ``None`` if the id was seen within the dedupe window.
+        ``order``: the event's ordering key (its customer id), which picks its shard."""
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending.append((event_id, payload, fut))
+        self._pending.append((event_id, payload, ordering_key(order, event_id), fut))
         self._wakeup.set()
         return await fut
 
@@ -115,68 +118,100 @@ class Enqueuer:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self.waits:
+                await self._slots.acquire()  # meanwhile, more requests join the batch
             batch, self._pending = self._pending, []
             if not batch:
+                if self.waits:
+                    self._slots.release()
                 continue
-            try:
-                entries = await self._flush(batch)
-            except Exception as exc:  # RedisError, OSError...: every waiter gets a 503
-                _fail([fut for _, _, fut in batch], exc)
+            if not self.waits:
+                await self._write(batch)
                 continue
-            written = [(fut, entry) for (_, _, fut), entry in zip(batch, entries, strict=True)]
-            if self.wait_aof:
-                self._unconfirmed += written
-                self._written.set()
-            else:
-                _answer_all(written)
+            task = asyncio.create_task(self._write(batch))
+            self._waiting.add(task)
+            task.add_done_callback(self._written)
 
-    async def _confirm_loop(self) -> None:
-        while True:
-            await self._written.wait()
-            self._written.clear()
-            if not self._unconfirmed:
-                continue
-            covered, self._unconfirmed = self._unconfirmed, []
-            task = asyncio.create_task(self._confirm(covered))
-            self._confirming.add(task)
-            task.add_done_callback(self._confirming.discard)
-            await asyncio.sleep(WAITAOF_EVERY)
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._waiting.discard(task)
+        self._slots.release()
 
-    async def _confirm(self, covered: list[Written]) -> None:
-        """One ``WAITAOF``, sent after every write in ``covered`` was answered."""
+    async def _write(self, batch: list[Waiter]) -> None:
         try:
-            pipe = self.redis.pipeline(transaction=False)  # redis-py types no WAITAOF
-            pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
-            [local] = await pipe.execute()
-            if not local or int(local[0]) < 1:
-                raise NotDurable(f"WAITAOF did not confirm the write: {local!r}")
-        except Exception as exc:
-            _fail([fut for fut, _ in covered], exc)
+            entries = await self._flush(batch)
+        except Exception as exc:  # RedisError, OSError...: every waiter gets a 503
+            _fail([fut for *_, fut in batch], exc)
             return
-        _answer_all(covered)
+        for (*_, fut), entry in zip(batch, entries, strict=True):
+            if not fut.done():
+                fut.set_result(entry)
 
     async def _flush(self, batch: list[Waiter]) -> list[str | None]:
         """Each event's new entry id, or ``None`` for a duplicate."""
-        args: list[Any] = [self.window, self.keep, self.keys.dedupe("")]
-        for event_id, payload, _fut in batch:
-            args += [event_id, payload]
+        by_shard: dict[int, list[int]] = {}
+        for i, (_, _, order, _) in enumerate(batch):
+            by_shard.setdefault(self.layout.shard(order).index, []).append(i)
         for attempt in range(2):  # a second pass only after NOSCRIPT (Redis restarted)
             pipe = self.redis.pipeline(transaction=False)
-            ENQUEUE_MANY.add_to(pipe, [self.keys.events], args)
+            for index, members in by_shard.items():
+                shard = self.layout.shards[index]
+                args: list[Any] = [self.window, self.keep, shard.dedupe("")]
+                for i in members:
+                    args += [batch[i][0], batch[i][1]]
+                ENQUEUE_MANY.add_to(pipe, [shard.events], args)
+            where = self._written_nodes(by_shard)
+            if self.wait_aof:
+                pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS, **where)
+            if self.wait_replicas:
+                pipe.execute_command("WAIT", self.wait_replicas, WAITAOF_TIMEOUT_MS, **where)
             results = await pipe.execute(raise_on_error=False)
-            if is_noscript(results[0]) and attempt == 0:
+            scripts = results[: len(by_shard)]
+            if any(is_noscript(r) for r in scripts) and attempt == 0:
                 await ENQUEUE_MANY.load(self.redis)
                 continue
-            if isinstance(results[0], Exception):
-                raise results[0]
-            return [None if entry is None else as_text(entry) for entry in results[0]]
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            self._check_durable(results[len(by_shard) :])
+            out: list[str | None] = [None] * len(batch)
+            for members, entries in zip(by_shard.values(), scripts, strict=True):
+                for i, entry in zip(members, entries, strict=True):
+                    out[i] = None if entry is None else as_text(entry)
+            return out
         raise RedisError("enqueue script could not be loaded")
 
+    def _written_nodes(self, by_shard: dict[int, list[int]]) -> dict[str, Any]:
+        """On a cluster, the masters this batch wrote to: a wait sent to every master
+        (redis-py's default for WAIT) would also fail the batch for a shard it did not
+        write, e.g. one whose master has lost its replica."""
+        if not self.layout.cluster:
+            return {}
+        cluster: Any = self.redis
+        nodes = {
+            node.name: node
+            for index in by_shard
+            if (node := cluster.get_node_from_key(self.layout.shards[index].events))
+        }
+        return {"target_nodes": list(nodes.values())} if nodes else {}
 
-def _answer_all(written: list[Written]) -> None:
-    for fut, entry in written:
-        if not fut.done():
-            fut.set_result(entry)
+    def _check_durable(self, replies: list[Any]) -> None:
+        replies = list(replies)
+        if self.wait_aof:
+            local = replies.pop(0)
+            if not local or int(local[0]) < 1:
+                raise NotDurable(f"WAITAOF did not confirm the write: {local!r}")
+        if self.wait_replicas:
+            acked = int(replies.pop(0))
+            if acked < self.wait_replicas:
+                raise NotDurable(
+                    f"WAIT: {acked} of the {self.wait_replicas} replicas asked for "
+                    f"([redis] wait_replicas) confirmed the write within {WAITAOF_TIMEOUT_MS} ms"
+                )
+
+
+def _order(event: Event) -> str | None:
+    """The event's ordering key (``gateway.keys.ordering_key``): its customer."""
+    return event.customer.id if event.customer is not None else None
 
 
 def _fail(futures: list[asyncio.Future[str | None]], exc: BaseException) -> None:
@@ -345,7 +380,9 @@ class Intake:
         try:
             for item in receipts:
                 item.at = round(time.time(), 3)
-                await record_receipt(self.enqueuer.redis, self.enqueuer.keys, item, self.retention)
+                await record_receipt(
+                    self.enqueuer.redis, self.enqueuer.layout, item, self.retention
+                )
         except RedisError as exc:
             log.warning("intake: Redis unavailable, answering 503: %s", exc)
             return _answer(
@@ -391,10 +428,13 @@ class Intake:
         # another sends its delivery id there, one per rule that forwards the event.
         try:
             if len(events) == 1:  # the usual case: no Task and no gather per request
-                results = [await self.enqueuer.enqueue(events[0].id, encode_event(events[0]))]
+                event = events[0]
+                results = [
+                    await self.enqueuer.enqueue(event.id, encode_event(event), _order(event))
+                ]
             else:
                 results = await asyncio.gather(
-                    *(self.enqueuer.enqueue(e.id, encode_event(e)) for e in events)
+                    *(self.enqueuer.enqueue(e.id, encode_event(e), _order(e)) for e in events)
                 )
         except RedisError as exc:
             log.warning("intake: Redis unavailable, answering 503: %s", exc)

@@ -190,3 +190,8 @@ class Layout:
         """The layout a data set was written with (``<count>``): a gateway started with
         another shard count refuses to run on it (its queues would be orphaned)."""
         return f"{self.prefix}:layout"
+
+
+def as_layout(value: Keys | Layout) -> Layout:
+    """A layout, from a layout or from one untagged shard's keys (its prefix)."""
+    return value if isinstance(value, Layout) else Layout(value.prefix)

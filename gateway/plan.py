@@ -21,7 +21,7 @@ from .outbound import OutboundPolicy
 from .plugins import Registry
 from .policy import ChannelPolicy
 from .rules import CompiledRule, compile_actions, compile_match
-from .scenarios import CompiledScenario, compile_scenarios
+from .scenario_model import CompiledScenario, compile_scenarios
 from .source import Source
 from .templating import Templates
 from .windows import SendingWindow, build_windows

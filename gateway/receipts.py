@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 from redis.asyncio import Redis
 
-from .keys import Keys
+from .keys import Keys, Layout
 
 #: ``delivered``: reached the person; ``failed``: the carrier gave up; ``pending``: on its way.
 ReceiptStatus = Literal["delivered", "failed", "pending"]
@@ -50,14 +50,17 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Receipt)
 
 
-async def record_receipt(redis: Redis, keys: Keys, receipt: Receipt, retention: float) -> None:
-    key = keys.receipts(receipt.delivery_id)
+async def record_receipt(
+    redis: Redis, keys: Keys | Layout, receipt: Receipt, retention: float
+) -> None:
+    # Untagged, under any layout: one key, read and written alone, spread by its own hash.
+    key = Keys(keys.prefix).receipts(receipt.delivery_id)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.rpush(key, _encoder.encode(receipt))
         pipe.expire(key, max(1, int(retention)))
         await pipe.execute()
 
 
-async def receipts_of(redis: Redis, keys: Keys, delivery_id: str) -> list[Receipt]:
-    items: Any = await redis.lrange(keys.receipts(delivery_id), 0, -1)
+async def receipts_of(redis: Redis, keys: Keys | Layout, delivery_id: str) -> list[Receipt]:
+    items: Any = await redis.lrange(Keys(keys.prefix).receipts(delivery_id), 0, -1)
     return [_decoder.decode(item) for item in items]

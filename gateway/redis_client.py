@@ -11,16 +11,19 @@ through redis-py's own packing, so behaviour and errors stay redis-py's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 #: Arguments packed per hiredis call. One buffer for a whole fan-out (~300 KB) cost
 #: more than the packing itself (fresh pages on every call): long commands go as pieces.
@@ -71,8 +74,26 @@ _PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
 }
 
 
-def connect(url: str) -> Redis:
-    """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``); bytes replies."""
+def connect(url: str, *, cluster: bool = False) -> Redis:
+    """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``); bytes replies.
+
+    ``cluster``: ``url`` is one node of a Redis Cluster. The client is redis-py's
+    ``RedisCluster``, typed here as ``Redis``: every command Tocsin sends it names keys
+    of one slot (``gateway.keys``), which is all the cluster client needs to route it."""
+    if cluster:
+        client = RedisCluster.from_url(
+            url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            max_connections=64,
+            decode_responses=False,
+            # A failover takes the cluster's node timeout plus an election (~2 s with a
+            # 1 s node timeout): commands retry through it (about 5 s in all) rather
+            # than fail their callers, whose own loops would retry anyway.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=10),
+        )
+        return cast(Redis, client)
     pool = ConnectionPool.from_url(
         url,
         socket_timeout=10,

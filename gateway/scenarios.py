@@ -13,14 +13,10 @@ The clock is injected: ``tocsin simulate`` drives the same code with a virtual o
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import math
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,20 +25,31 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .conditions import Compiled, compile_condition
 from .delivery import encode_delivery
 from .durations import Duration, shift
 from .event import Event, encode_event
-from .keys import SCENARIO_GROUP, Keys
+from .keys import SCENARIO_GROUP, Keys, Layout, as_layout
 from .router import action_deliveries
-from .rules import CompiledAction, Matcher, PlanParts, compile_actions, compile_match
+from .scenario_model import (
+    SEP,
+    CompiledScenario,
+    CompiledStep,
+    Instance,
+    StepState,
+    Timer,
+    Tombstone,
+    doc_decoder,
+    encoder,
+    instance_id,
+    merge_state,
+    ms,
+    state_event,
+)
 from .scripts import PROMOTE, SCENARIO_CAS, SCENARIO_STEP
 from .streams import Backoff, Entry, ensure_group, read_group
 
 log = logging.getLogger("tocsin.scenarios")
 
-_AT = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?:([+-])\s*(\S+))?\s*$")
-_SEP = "\x1f"
 #: Writes retried this many times on compare-and-set conflicts before giving up.
 CAS_ATTEMPTS = 20
 #: How often due timers are looked for: steps fire within this of their due time.
@@ -55,146 +62,6 @@ RECLAIM_AFTER = 30.0
 RECLAIM_INTERVAL = 5.0
 
 
-# -- compiled form ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class At:
-    """``data.due_at - 3d``: a date in the state, shifted by ``days`` calendar days in
-    the conf's time zone, then by ``offset`` seconds (hours and minutes are exact)."""
-
-    path: tuple[str, ...]
-    offset: float
-    days: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> At:
-        match = _AT.match(text)
-        if not match:
-            raise ValueError(f"{text!r}: write a date path and an offset, e.g. 'data.due_at - 3d'")
-        path, sign, amount = match.groups()
-        if not sign:
-            return cls(tuple(path.split(".")), 0.0)
-        duration, way = Duration.parse(amount), -1 if sign == "-" else 1
-        return cls(tuple(path.split(".")), duration.clock * way, duration.days * way)
-
-    def resolve(self, state: Mapping[str, Any], zone: ZoneInfo) -> float | None:
-        value: Any = state
-        for part in self.path:
-            if not isinstance(value, Mapping) or part not in value:
-                return None
-            value = value[part]
-        when = parse_moment(value, zone)
-        return None if when is None else shift(when, self.days, self.offset, zone)
-
-
-def parse_moment(value: Any, zone: ZoneInfo) -> float | None:
-    """Epoch seconds of an ISO date-time, or of a date's midnight in ``zone``."""
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, date):
-        moment = datetime.combine(value, datetime.min.time(), zone)
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if len(value) == 10:  # a bare date
-            moment = moment.replace(tzinfo=zone)
-    else:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zone)
-    return moment.timestamp()
-
-
-@dataclass(frozen=True)
-class CompiledStep:
-    name: str
-    #: From the trigger; its days (``d``, ``w``) are calendar days in the conf's zone.
-    after: Duration | None
-    at: At | None
-    conditions: tuple[Compiled, ...]
-    actions: tuple[CompiledAction, ...]
-
-
-@dataclass(frozen=True)
-class CompiledScenario:
-    name: str
-    trigger: Matcher
-    key: jinja2.Template
-    key_source: str
-    steps: tuple[CompiledStep, ...]
-    cancel_on: tuple[Matcher, ...]
-    update_on: tuple[Matcher, ...]
-    on_retrigger: str
-    past_steps: str
-    tombstone_ttl: float
-
-
-# -- instance documents -----------------------------------------------------------------
-
-
-class StepState(msgspec.Struct, omit_defaults=True):
-    name: str
-    status: str  # pending | done | skipped | cancelled
-    due: float | None = None
-    fired: float | None = None
-    note: str | None = None
-    deliveries: int = 0
-
-
-class Instance(msgspec.Struct, omit_defaults=True):
-    scenario: str
-    key: str
-    id: str
-    status: str  # active | completed | cancelled
-    started: float
-    trigger_event: str
-    trigger_type: str
-    #: The event as last known: the trigger, updated by later events for the key.
-    state: dict[str, Any]
-    last_occurred: str
-    steps: list[StepState]
-    updated: float = 0.0
-    reason: str | None = None
-    #: Events that changed this instance, oldest first: ``type id``.
-    events: list[str] = msgspec.field(default_factory=list)
-
-
-_doc_decoder = msgspec.json.Decoder(Instance)
-_encoder = msgspec.json.Encoder()
-
-
-class Tombstone(msgspec.Struct):
-    why: str
-    #: When the cancelling event occurred: triggers that occurred later are not stopped.
-    occurred: float
-    #: Until when it applies, on the engine's clock.
-    until: float
-
-
-class Timer(msgspec.Struct, array_like=True):
-    scenario: str
-    key: str
-    instance: str
-    step: int
-
-
-def _ms(moment: float) -> float:
-    """Down to the millisecond: a due time rounded *up* would miss a timer check made at
-    exactly that time (the sorted set is scored in whole milliseconds)."""
-    return math.floor(moment * 1000) / 1000
-
-
-def instance_id(scenario: str, key: str, trigger_event: str) -> str:
-    """Deterministic: the same trigger for the same key is the same instance."""
-    digest = hashlib.blake2b(
-        f"{scenario}{_SEP}{key}{_SEP}{trigger_event}".encode(), digest_size=8
-    ).hexdigest()
-    return f"scn_{digest}"
-
-
 # -- the engine -------------------------------------------------------------------------
 
 
@@ -202,7 +69,7 @@ class ScenarioEngine:
     def __init__(
         self,
         redis: Redis,
-        keys: Keys,
+        keys: Keys | Layout,
         scenarios: list[CompiledScenario],
         *,
         timezone: str = "Europe/Paris",
@@ -211,7 +78,9 @@ class ScenarioEngine:
         reclaim_after: float = RECLAIM_AFTER,
     ) -> None:
         self.redis = redis
-        self.keys = keys
+        #: An instance lives in its key's shard, with its timers and the steps stream
+        #: they go to when due; its steps' jobs go to that shard's delivery streams.
+        self.layout = as_layout(keys)
         self.scenarios = scenarios
         self.zone = ZoneInfo(timezone)
         self.clock = clock
@@ -221,16 +90,18 @@ class ScenarioEngine:
 
     def _timer(self, instance: Instance, step: int) -> bytes:
         """A timers member: where it goes when due (the steps stream) and what fires."""
-        payload = _encoder.encode(Timer(instance.scenario, instance.key, instance.id, step))
-        return self.keys.steps.encode() + b"\n" + payload
+        payload = encoder.encode(Timer(instance.scenario, instance.key, instance.id, step))
+        return self.layout.shard(instance.key).steps.encode() + b"\n" + payload
 
     # -- reading and writing instances ------------------------------------------------
 
     async def load(self, name: str, key: str) -> tuple[str, Instance | None]:
-        reply: Any = await self.redis.hmget(self.keys.scenario(name, key), "rev", "doc")
+        reply: Any = await self.redis.hmget(
+            self.layout.shard(key).scenario(name, key), "rev", "doc"
+        )
         rev, doc = reply
         rev_text = rev.decode() if rev is not None else "0"
-        return rev_text, (_doc_decoder.decode(doc) if doc is not None else None)
+        return rev_text, (doc_decoder.decode(doc) if doc is not None else None)
 
     async def _cas(
         self,
@@ -243,8 +114,8 @@ class ScenarioEngine:
         instance.updated = round(now, 3)
         args: list[Any] = [
             rev,
-            _encoder.encode(instance),
-            f"{instance.scenario}{_SEP}{instance.key}",
+            encoder.encode(instance),
+            f"{instance.scenario}{SEP}{instance.key}",
             int(now * 1000),
             len(remove),
             *remove,
@@ -252,11 +123,8 @@ class ScenarioEngine:
         ]
         for due, member in add:
             args += [int(due * 1000), member]
-        keys = [
-            self.keys.scenario(instance.scenario, instance.key),
-            self.keys.timers,
-            self.keys.scenarios,
-        ]
+        shard = self.layout.shard(instance.key)
+        keys = [shard.scenario(instance.scenario, instance.key), shard.timers, shard.scenarios]
         return bool(await SCENARIO_CAS(self.redis, keys, args))
 
     # -- events -----------------------------------------------------------------------
@@ -338,8 +206,8 @@ class ScenarioEngine:
                 until=self.clock() + scenario.tombstone_ttl,
             )
             await self.redis.set(
-                self.keys.tombstone(scenario.name, key),
-                _encoder.encode(mark),
+                self.layout.shard(key).tombstone(scenario.name, key),
+                encoder.encode(mark),
                 ex=max(1, int(scenario.tombstone_ttl)),
             )
             return True
@@ -409,7 +277,7 @@ class ScenarioEngine:
         self, scenario: CompiledScenario, key: str, event: Event
     ) -> Tombstone | None:
         """The cancel that came first and still applies to this trigger, if any."""
-        data: Any = await self.redis.get(self.keys.tombstone(scenario.name, key))
+        data: Any = await self.redis.get(self.layout.shard(key).tombstone(scenario.name, key))
         if data is None:
             return None
         try:
@@ -440,16 +308,16 @@ class ScenarioEngine:
                 return StepState(
                     name=step.name,
                     status="skipped",
-                    due=_ms(due),
+                    due=ms(due),
                     note=f"already past when the scenario started (due {stamp})",
                 )
             return StepState(
                 name=step.name,
                 status="pending",
-                due=_ms(now),
+                due=ms(now),
                 note=f"due {stamp}, already past at start: fired once now",
             )
-        return StepState(name=step.name, status="pending", due=_ms(due))
+        return StepState(name=step.name, status="pending", due=ms(due))
 
     async def _update(
         self, scenario: CompiledScenario, key: str, event: Event, context: dict[str, Any]
@@ -471,9 +339,9 @@ class ScenarioEngine:
             if state.status != "pending" or step.at is None:
                 continue
             due = step.at.resolve(instance.state, self.zone)
-            if due is not None and _ms(max(due, now)) != state.due:
+            if due is not None and ms(max(due, now)) != state.due:
                 remove.append(self._timer(instance, n))
-                state.due = _ms(max(due, now))
+                state.due = ms(max(due, now))
                 add.append((state.due, self._timer(instance, n)))
         return await self._cas(rev, instance, remove, add)
 
@@ -483,16 +351,27 @@ class ScenarioEngine:
         """Move due timers to the steps stream (each exactly once, whoever runs this)."""
         moved = 0
         while True:
-            count = int(
-                await PROMOTE(self.redis, [self.keys.timers], [int(self.clock() * 1000), 500])
-            )
+            count = 0
+            for shard in self.layout.shards:
+                count += int(
+                    await PROMOTE(self.redis, [shard.timers], [int(self.clock() * 1000), 500])
+                )
             moved += count
             if count < 500:
                 return moved
 
-    async def fire_pending(self, consumer: str, block_ms: int | None = None) -> int:
-        """Fire the due steps in the stream; returns how many entries were handled."""
-        await ensure_group(self.redis, self.keys.steps, SCENARIO_GROUP)
+    async def fire_pending(
+        self, consumer: str, block_ms: int | None = None, shard: Keys | None = None
+    ) -> int:
+        """Fire the due steps in the steps stream of ``shard`` (of every shard, without
+        blocking unless there is one); returns how many entries were handled."""
+        if shard is None and len(self.layout.shards) > 1:
+            handled = 0
+            for one in self.layout.shards:
+                handled += await self.fire_pending(consumer, None, one)
+            return handled
+        shard = shard or self.layout.shards[0]
+        await ensure_group(self.redis, shard.steps, SCENARIO_GROUP)
         handled = 0
         for cursor in ("0", ">"):
             while True:
@@ -500,7 +379,7 @@ class ScenarioEngine:
                     self.redis,
                     SCENARIO_GROUP,
                     consumer,
-                    {self.keys.steps: cursor},
+                    {shard.steps: cursor},
                     100,
                     block_ms if cursor == ">" else None,
                 )
@@ -508,19 +387,20 @@ class ScenarioEngine:
                 if not entries:
                     break
                 for entry in entries:
-                    await self.fire(entry)
+                    await self.fire(entry, shard)
                     handled += 1
                 if cursor == ">" and block_ms is not None:
                     break
         return handled
 
-    async def fire(self, entry: Entry) -> None:
+    async def fire(self, entry: Entry, shard: Keys) -> None:
+        """Fire one entry of ``shard``'s steps stream."""
         entry_id, fields = entry
         try:
             timer = msgspec.json.decode(fields.get(b"j", b""), type=Timer)
         except msgspec.DecodeError:
             log.error("scenario step entry %s is unreadable: dropped", entry_id)
-            await self._ack_only(entry_id)
+            await self._ack_only(shard, entry_id)
             return
         scenario = next((s for s in self.scenarios if s.name == timer.scenario), None)
         for _ in range(CAS_ATTEMPTS):
@@ -533,15 +413,16 @@ class ScenarioEngine:
                 or timer.step >= len(instance.steps)
                 or instance.steps[timer.step].status != "pending"
             ):
-                await self._ack_only(entry_id)  # cancelled, restarted or already fired
+                await self._ack_only(shard, entry_id)  # cancelled, restarted or already fired
                 return
-            outcome = await self._fire_step(entry_id, scenario, rev, instance, timer.step)
+            outcome = await self._fire_step(shard, entry_id, scenario, rev, instance, timer.step)
             if outcome >= 0:
                 return
         log.error("scenario %s/%s: step kept conflicting", timer.scenario, timer.key)
 
     async def _fire_step(
         self,
+        shard: Keys,
         entry_id: bytes,
         scenario: CompiledScenario,
         rev: str,
@@ -562,7 +443,7 @@ class ScenarioEngine:
                 raw,
                 f"scenario:{scenario.name}/{step.name}",
                 f"{instance.id}:{index}",
-                scenario=_SEP.join((instance.scenario, instance.key, instance.id)),
+                scenario=SEP.join((instance.scenario, instance.key, instance.id)),
             )
             state.status = "done"
             state.deliveries = len(deliveries)
@@ -578,24 +459,24 @@ class ScenarioEngine:
         stream_keys: list[str] = []
         job_args: list[Any] = []
         for job in jobs:
-            stream = self.keys.deliveries(job.channel)
+            stream = shard.deliveries(job.channel)
             if stream not in stream_keys:
                 stream_keys.append(stream)
             job_args += [4 + stream_keys.index(stream), encode_delivery(job)]
         result = await SCENARIO_STEP(
             self.redis,
             [
-                self.keys.steps,
-                self.keys.scenario(instance.scenario, instance.key),
-                self.keys.scenarios,
+                shard.steps,
+                shard.scenario(instance.scenario, instance.key),
+                shard.scenarios,
                 *stream_keys,
             ],
             [
                 SCENARIO_GROUP,
                 entry_id,
                 rev,
-                _encoder.encode(instance),
-                f"{instance.scenario}{_SEP}{instance.key}",
+                encoder.encode(instance),
+                f"{instance.scenario}{SEP}{instance.key}",
                 int(now * 1000),
                 len(jobs),
                 *job_args,
@@ -612,38 +493,46 @@ class ScenarioEngine:
             )
         return int(result)
 
-    async def _ack_only(self, entry_id: bytes) -> None:
+    async def _ack_only(self, shard: Keys, entry_id: bytes) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.steps, SCENARIO_GROUP, entry_id)
-            pipe.xdel(self.keys.steps, entry_id)
+            pipe.xack(shard.steps, SCENARIO_GROUP, entry_id)
+            pipe.xdel(shard.steps, entry_id)
             await pipe.execute()
 
     async def run(self, stopping: asyncio.Event, consumer: str) -> None:
-        """The timer loop: promote due timers, fire due steps, take over the steps a dead
-        gateway had read. One per router process; any number may run at once."""
+        """The timer loops, one per shard: promote due timers, fire due steps, take over
+        the steps a dead gateway had read. One set per router process; any number may
+        run at once."""
+        await asyncio.gather(*(self._run(stopping, consumer, s) for s in self.layout.shards))
+
+    async def _run(self, stopping: asyncio.Event, consumer: str, shard: Keys) -> None:
         backoff = Backoff()
         next_reclaim = 0.0
         while not stopping.is_set():
             try:
-                await self.promote()
-                await self.fire_pending(consumer, block_ms=int(TIMER_INTERVAL * 1000))
+                while (
+                    await PROMOTE(self.redis, [shard.timers], [int(self.clock() * 1000), 500])
+                    == 500
+                ):
+                    pass
+                await self.fire_pending(consumer, int(TIMER_INTERVAL * 1000), shard)
                 if time.monotonic() >= next_reclaim:
-                    await self._reclaim(consumer)
+                    await self._reclaim(consumer, shard)
                     next_reclaim = time.monotonic() + self.reclaim_interval
                 backoff.reset()
             except (RedisError, OSError) as exc:
                 await backoff.wait("scenarios", exc)
 
-    async def _reclaim(self, consumer: str) -> None:
+    async def _reclaim(self, consumer: str, shard: Keys) -> None:
         start: Any = "0-0"
         while True:
             reply: Any = await self.redis.xautoclaim(
-                self.keys.steps, SCENARIO_GROUP, consumer, self.reclaim_idle_ms, start_id=start
+                shard.steps, SCENARIO_GROUP, consumer, self.reclaim_idle_ms, start_id=start
             )
             start = reply[0]
             for entry_id, fields in reply[1]:
                 if entry_id is not None and fields:
-                    await self.fire((entry_id, fields))
+                    await self.fire((entry_id, fields), shard)
             if start in (b"0-0", "0-0"):
                 return
 
@@ -660,10 +549,14 @@ class ScenarioEngine:
         raise RuntimeError(f"scenario {name}/{key}: kept conflicting")
 
     async def list(self, key: str | None = None, limit: int = 100) -> list[Instance]:
-        members: Any = await self.redis.zrevrange(self.keys.scenarios, 0, -1)
+        members: list[tuple[bytes, float]] = []
+        for shard in self.layout.shards:
+            reply: Any = await self.redis.zrevrange(shard.scenarios, 0, -1, withscores=True)
+            members += reply
+        members.sort(key=lambda pair: pair[1], reverse=True)
         out = []
-        for member in members:
-            name, _, instance_key = member.decode().partition(_SEP)
+        for member, _score in members:
+            name, _, instance_key = member.decode().partition(SEP)
             if key is not None and instance_key != key:
                 continue
             _, instance = await self.load(name, instance_key)
@@ -674,109 +567,16 @@ class ScenarioEngine:
         return out
 
 
-async def moot(redis: Redis, keys: Keys, ref: str) -> str | None:
+async def moot(redis: Redis, keys: Keys | Layout, ref: str) -> str | None:
     """Why a scenario step's message must no longer go (its instance was cancelled or
     restarted since the step fired), or ``None``. ``ref`` is ``Delivery.scenario``."""
-    name, key, wanted = ref.split(_SEP, 2)
-    doc: Any = await redis.hget(keys.scenario(name, key), "doc")
+    name, key, wanted = ref.split(SEP, 2)
+    doc: Any = await redis.hget(as_layout(keys).shard(key).scenario(name, key), "doc")
     if doc is None:
         return None  # past the retention: nothing says it is moot
-    instance = _doc_decoder.decode(doc)
+    instance = doc_decoder.decode(doc)
     if instance.id != wanted:
         return f"scenario {name} {key} was restarted"
     if instance.status == "cancelled":
         return f"scenario {name} {key}: {instance.reason or 'cancelled'}"
     return None
-
-
-def merge_state(state: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """Later events refine the state: ``data`` and ``refs`` merge key by key, a customer
-    given replaces the known one; envelope fields stay the trigger's."""
-    for section in ("data", "refs"):
-        incoming = update.get(section)
-        if isinstance(incoming, Mapping):
-            state.setdefault(section, {}).update(incoming)
-    if update.get("customer"):
-        state["customer"] = update["customer"]
-
-
-def state_event(instance: Instance) -> Event:
-    """The instance's state as the event its step's templates and channels see."""
-    return msgspec.convert(instance.state, Event)
-
-
-# -- compiling the conf -----------------------------------------------------------------
-
-
-def compile_scenarios(plan: PlanParts, problems: list[str]) -> list[CompiledScenario]:
-    conf = plan.conf
-    out = []
-    for name, scenario in conf.scenarios.items():
-        where = f"{conf.scenario_files[name]}: scenarios.{name}"
-        count = len(problems)
-        trigger = compile_match(
-            scenario.trigger.events, scenario.trigger.when, f"{where}.trigger", plan, problems
-        )
-        cancels = [
-            compile_match(m.events, m.when, f"{where}.cancel_on[{i}]", plan, problems)
-            for i, m in enumerate(scenario.cancel_on)
-        ]
-        updates = [
-            compile_match(m.events, m.when, f"{where}.update_on[{i}]", plan, problems)
-            for i, m in enumerate(scenario.update_on)
-        ]
-        try:
-            key = plan.templates.from_string(scenario.key)
-        except jinja2.TemplateSyntaxError as exc:
-            problems.append(f"{where}.key: line {exc.lineno}: {exc.message}")
-        steps = []
-        if not scenario.steps:
-            problems.append(f"{where}.steps: no step")
-        names: set[str] = set()
-        for i, step in enumerate(scenario.steps):
-            at_where = f"{where}.steps[{i}]"
-            if step.name in names:
-                problems.append(f"{at_where}.name: {step.name!r} is used by an earlier step")
-            names.add(step.name)
-            at = None
-            if (step.after is None) == (step.at is None):
-                problems.append(f'{at_where}: give one of after = "24h" or at = "data.due_at - 3d"')
-            elif step.at is not None:
-                try:
-                    at = At.parse(step.at)
-                except ValueError as exc:
-                    problems.append(f"{at_where}.at: {exc}")
-            conditions = []
-            for j, text in enumerate(step.when):
-                try:
-                    conditions.append(compile_condition(text, plan.registry.conditions))
-                except ValueError as exc:
-                    problems.append(f"{at_where}.when[{j}]: {exc}")
-            actions = compile_actions(step.actions, at_where, conf, plan, step.window, problems)
-            if actions is not None:
-                steps.append(
-                    CompiledStep(
-                        name=step.name,
-                        after=step.after,
-                        at=at,
-                        conditions=tuple(conditions),
-                        actions=actions,
-                    )
-                )
-        if len(problems) > count or trigger is None or not scenario.enabled:
-            continue
-        out.append(
-            CompiledScenario(
-                name=name,
-                trigger=trigger,
-                key=key,
-                key_source=scenario.key,
-                steps=tuple(steps),
-                cancel_on=tuple(m for m in cancels if m is not None),
-                update_on=tuple(m for m in updates if m is not None),
-                on_retrigger=scenario.on_retrigger,
-                past_steps=scenario.past_steps,
-                tombstone_ttl=float(scenario.tombstone_ttl),
-            )
-        )
-    return out

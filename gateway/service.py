@@ -21,9 +21,10 @@ from redis.exceptions import RedisError
 from .archive import Archiver, opened
 from .channel import Channel
 from .confirm import ConfirmChannel
+from .errors import LayoutError
 from .intake import Enqueuer, Intake
 from .intake_guard import ConnectionGuard, GuardedSite, IntakeStats
-from .keys import Keys
+from .keys import Layout
 from .plan import EVENTS_SOURCE, Plan
 from .redis_client import connect
 from .router import Router, default_reclaim_after
@@ -82,6 +83,21 @@ async def server_durability(redis: Redis, setting: str) -> bool:
     return wait
 
 
+async def check_layout(redis: Redis, layout: Layout) -> None:
+    """Refuse a shard count other than the one the data set was written with: events
+    and jobs queued under the old count's keys would never be read again. The first
+    gateway on a data set records its count."""
+    await redis.set(layout.marker, str(layout.count), nx=True)
+    recorded: Any = await redis.get(layout.marker)
+    if recorded is not None and int(recorded) != layout.count:
+        raise LayoutError(
+            f"redis.shards = {layout.count}, but the data under prefix "
+            f"{layout.prefix!r} was written with {int(recorded)} shard(s): set "
+            f"redis.shards = {int(recorded)}, or change the count on a drained Redis "
+            "(docs/deployment.md, Redis Cluster)"
+        )
+
+
 @dataclass
 class Gateway:
     plan: Plan
@@ -100,21 +116,24 @@ class Gateway:
     async def run(self, stopping: asyncio.Event) -> None:
         roles = set(self.roles)
         async with AsyncExitStack() as stack:
-            redis = connect(self.redis_url)
+            conf = self.plan.conf
+            redis = connect(self.redis_url, cluster=conf.redis.cluster)
             stack.push_async_callback(redis.aclose)
             wait_aof = await self._wait_for_redis(redis, stopping)
             if wait_aof is None:
                 return
+            await check_layout(redis, self.layout)
             tasks = []
             if "worker" in roles:
                 await self._start_channels(stack, redis, wait_aof)
             if "router" in roles:
                 scenarios = self._scenarios(redis)
-                tasks.append(asyncio.create_task(self._router(redis, scenarios).run(stopping)))
+                for shard in range(self.layout.count):  # each shard's events in order
+                    router = self._router(redis, scenarios, shard)
+                    tasks.append(asyncio.create_task(router.run(stopping)))
                 if scenarios is not None:
                     tasks.append(asyncio.create_task(scenarios.run(stopping, self.consumer)))
-                archiver = await self._archiver(stack, redis)
-                if archiver is not None:
+                for archiver in await self._archivers(stack, redis):
                     tasks.append(asyncio.create_task(archiver.run(stopping)))
             if "worker" in roles:
                 tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
@@ -128,6 +147,10 @@ class Gateway:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, BaseException):
                     log.error("a gateway task ended with %r", result)
+
+    @property
+    def layout(self) -> Layout:
+        return self.plan.conf.redis.layout()
 
     async def _wait_for_redis(self, redis: Redis, stopping: asyncio.Event) -> bool | None:
         """Whether to WAITAOF; ``None`` if asked to stop before Redis answered."""
@@ -160,27 +183,32 @@ class Gateway:
         keep = history.retention if history.archive == "off" else history.hot_window
         return Enqueuer(
             redis,
-            Keys(conf.redis.prefix),
+            self.layout,
             conf.intake.dedupe_window,
             retention=float(keep),
             wait_aof=wait_aof,
+            wait_replicas=conf.redis.wait_replicas,
         )
 
-    async def _archiver(self, stack: AsyncExitStack, redis: Redis) -> Archiver | None:
-        """The history archiver (router role: routers already trim the events stream)."""
+    async def _archivers(self, stack: AsyncExitStack, redis: Redis) -> list[Archiver]:
+        """One history archiver per shard, sharing the archive (router role: routers
+        already trim the events streams)."""
         history = self.plan.conf.history
         store = await stack.enter_async_context(opened(self.plan.conf.data_dir, history.archive))
         if store is None:
-            return None
-        return Archiver(
-            redis,
-            Keys(self.plan.conf.redis.prefix),
-            store,
-            hot_window=float(history.hot_window),
-            retention=float(history.retention),
-            owner=self.consumer,
-            batch=history.archive_batch,
-        )
+            return []
+        return [
+            Archiver(
+                redis,
+                shard,
+                store,
+                hot_window=float(history.hot_window),
+                retention=float(history.retention),
+                owner=self.consumer,
+                batch=history.archive_batch,
+            )
+            for shard in self.layout.shards
+        ]
 
     def _scenarios(self, redis: Redis) -> ScenarioEngine | None:
         if not self.plan.scenarios:
@@ -188,7 +216,7 @@ class Gateway:
         conf = self.plan.conf
         return ScenarioEngine(
             redis,
-            Keys(conf.redis.prefix),
+            self.layout,
             self.plan.scenarios,
             timezone=conf.gateway.timezone,
             clock=time.time,
@@ -201,12 +229,13 @@ class Gateway:
         after = conf.router_reclaim_after
         return float(after) if after is not None else default_reclaim_after(conf.router_batch)
 
-    def _router(self, redis: Redis, scenarios: ScenarioEngine | None = None) -> Router:
+    def _router(
+        self, redis: Redis, scenarios: ScenarioEngine | None = None, shard: int = 0
+    ) -> Router:
         conf = self.plan.conf
-        keys = Keys(conf.redis.prefix)
         return Router(
             redis,
-            keys,
+            self.layout.shards[shard],
             self.plan.rules,
             self.consumer,
             conf.worker.router_batch,
@@ -219,7 +248,7 @@ class Gateway:
         conf = self.plan.conf
         return Worker(
             redis,
-            Keys(conf.redis.prefix),
+            self.layout,
             self.plan.channels,
             self.consumer,
             policies=self.plan.policies,

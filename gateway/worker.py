@@ -28,7 +28,7 @@ from .delivery import Attempt, Delivery, decode_job, encode_delivery
 from .errors import DeliveryError, EndpointGone, PermanentError, TransientError
 from .event import Event, EventSource, encode_event
 from .history import Status, encode_record, record_of
-from .keys import WORKER_GROUP, Keys
+from .keys import WORKER_GROUP, Keys, Layout, as_layout
 from .policy import ChannelGate, ChannelPolicy
 from .retry import next_delay
 from .scripts import DISABLE, ENQUEUE_MANY, PROMOTE, SETTLE
@@ -43,6 +43,13 @@ log = logging.getLogger("tocsin.worker")
 HELD_POLL = 0.05
 #: Otherwise, how long one read waits on the server for a new job.
 READ_BLOCK = 0.5
+#: On a Redis Cluster one read covers one shard (one slot): the shards are read one
+#: after another without BLOCK, and a round that found nothing ends with a read blocked
+#: at most this long on the next shard in turn. (One blocked read per shard would each
+#: want the channel's whole in-flight room: either the limit is broken, or a backlog on
+#: one shard waits for a read parked on an idle one.) Costs an idle worker about
+#: (shards / this) reads a second.
+CLUSTER_IDLE_BLOCK = 0.01
 #: The longest the read and acknowledgement loops wait between tries while Redis is
 #: unreachable: delivery resumes within this of Redis answering again. (``Backoff``'s own
 #: cap, 5 s, left workers idle for up to 3 s after a 2 s Redis restart; a few refused
@@ -78,7 +85,7 @@ class Worker:
     def __init__(
         self,
         redis: Redis,
-        keys: Keys,
+        keys: Keys | Layout,
         channels: dict[str, Channel[Any]],
         consumer: str,
         *,
@@ -94,7 +101,7 @@ class Worker:
     ) -> None:
         self.windows = windows or {}
         self.redis = redis
-        self.keys = keys
+        self.layout = as_layout(keys)
         self.channels = channels
         self.consumer = consumer
         self.concurrency = concurrency
@@ -112,7 +119,20 @@ class Worker:
         self.visibility = {
             name: visibility.get(name, channels[name].send_timeout + 5.0) for name in channels
         }
-        self.streams = {keys.deliveries(name): name for name in channels}
+        #: Every channel's stream in every shard, and the shard each belongs to.
+        self.streams = {
+            shard.deliveries(name): name for shard in self.layout.shards for name in channels
+        }
+        self.shard_of = {
+            shard.deliveries(name): shard for shard in self.layout.shards for name in channels
+        }
+        #: Streams one XREADGROUP may cover: all of them on one Redis, one shard's on a
+        #: cluster (a command's keys must share a slot there).
+        self._read_groups: list[list[str]] = (
+            [[shard.deliveries(name) for name in channels] for shard in self.layout.shards]
+            if self.layout.cluster
+            else [list(self.streams)]
+        )
         self._inflight: set[asyncio.Task[EndpointOutcome]] = set()
         self._inflight_ids: set[tuple[str, bytes]] = set()
         #: Delivered, waiting for the batched acknowledgement: never to be sent again.
@@ -129,6 +149,8 @@ class Worker:
         self.delivered = 0
         #: Jobs were left pending under our name: read own pending entries again.
         self._reread = False
+        #: Turns streams of a channel short of room for all of them (``_room``).
+        self._turn = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
         if not self.streams:
@@ -153,15 +175,28 @@ class Worker:
 
     # -- reading ---------------------------------------------------------------------
 
-    def _room(self) -> dict[str, int]:
-        """Per stream, how many jobs may be read now (streams with none left out)."""
+    def _room(self, streams: list[str]) -> dict[str, int]:
+        """Per stream of ``streams``, how many jobs may be read now (streams with none
+        left out). A channel's room is shared by its streams (one per shard): with less
+        room than streams, only some are read this time, in turn, so that one read
+        (COUNT applies to each stream) never brings more jobs than the channel may take."""
+        by_channel: dict[str, list[str]] = {}
+        for stream in streams:
+            name = self.streams[stream]
+            if name not in self.disabled:
+                by_channel.setdefault(name, []).append(stream)
         room = {}
-        for stream, name in self.streams.items():
-            if name in self.disabled:
-                continue
+        for name, mine in by_channel.items():
             available = self.gates[name].available()
-            if available > 0:
-                room[stream] = available
+            if available <= 0:
+                continue
+            chosen = mine
+            if available < len(mine):
+                self._turn += 1
+                start = self._turn % len(mine)
+                chosen = (mine[start:] + mine[:start])[:available]
+            for stream in chosen:
+                room[stream] = available // len(chosen)
         return room
 
     async def _wait_for_room(self) -> None:
@@ -174,14 +209,15 @@ class Worker:
         except TimeoutError:
             pass
 
-    def _block_ms(self, room: dict[str, int]) -> int | None:
+    def _block_ms(self, room: dict[str, int], streams: list[str]) -> int | None:
         """How long the next read may block on the server: not at all while a stream
         left out is held by sends in flight (one finishing gives it room at once), else
         until a held-back stream's gate may open (rate limit, breaker), at most
         ``READ_BLOCK``. (A read blocked 500 ms on an idle stream once left a saturated
         channel next to it at max_in_flight jobs per 0.5 s.)"""
         block = READ_BLOCK
-        for stream, name in self.streams.items():
+        for stream in streams:
+            name = self.streams[stream]
             if stream in room or name in self.disabled:
                 continue
             gate = self.gates[name]
@@ -200,55 +236,89 @@ class Worker:
     async def _read_loop(self, stopping: asyncio.Event) -> None:
         backoff = Backoff(cap=RECONNECT_CAP)
         groups_ready = False
-        cursors = dict.fromkeys(self.streams, "0")  # own pending entries first
+        self._cursors = dict.fromkeys(self.streams, "0")  # own pending entries first
+        rounds = 0
         while not stopping.is_set():
             if self._reread:
                 # (A disabled channel's stream is not read: its pass waits for enabling.)
                 self._reread = False
-                cursors = dict.fromkeys(self.streams, "0")
-            free = self.concurrency - len(self._inflight)
-            room = self._room() if free > 0 else {}
-            if not room:
-                await self._wait_for_room()
-                continue
+                self._cursors = dict.fromkeys(self.streams, "0")
             try:
                 if not groups_ready:
                     for stream in self.streams:
                         await ensure_group(self.redis, stream, WORKER_GROUP)
                     await SETTLE.load(self.redis)  # used inside pipelines: no NOSCRIPT retry
                     groups_ready = True
-                reading = {stream: cursors[stream] for stream in room}
-                pending_pass = any(c != ">" for c in reading.values())
-                # COUNT applies to each stream: share the free slots out.
-                count = max(1, min(free // len(reading), *room.values()))
-                block = None if pending_pass else self._block_ms(room)
-                self._slot_free.clear()  # a send finishing during the read counts
-                reply = await read_group(
-                    self.redis, WORKER_GROUP, self.consumer, reading, count, block
-                )
+                if len(self._read_groups) == 1:
+                    read = await self._read(self._read_groups[0], blocking=True)
+                else:
+                    read = await self._read_round(rounds)
+                    rounds += 1
                 backoff.reset()
             except (RedisError, OSError) as exc:
                 if is_nogroup(exc):
                     groups_ready = False
                 # A reply lost with the connection left jobs pending under our name:
                 # read our own pending entries again before new ones.
-                cursors = dict.fromkeys(self.streams, "0")
+                self._cursors = dict.fromkeys(self.streams, "0")
                 await backoff.wait("worker", exc)
                 continue
-            last: dict[str, str] = {}
-            for stream, entries in reply:
-                recheck = reading[stream] != ">"
-                for entry_id, fields in entries:
-                    self._start(stream, entry_id, fields, recheck=recheck)
-                if entries:
-                    last[stream] = entries[-1][0].decode()
-            # Own pending entries are read from an id on, past the last one seen (some
-            # may still be in flight here); once none is left, on to new entries.
-            for stream, cursor in reading.items():
-                if cursor != ">":
-                    cursors[stream] = last.get(stream, ">")
-            if block is None and not pending_pass and not last:
-                await self._wait_for_send()
+            if read is None:
+                await self._wait_for_room()
+
+    async def _read_round(self, rounds: int) -> int | None:
+        """One read of each shard (a cluster), the last one blocked briefly if the others
+        found nothing. How many jobs were read; ``None``: no channel had room."""
+        groups = self._read_groups
+        first = rounds % len(groups)
+        total: int | None = None
+        for n in range(len(groups)):
+            group = groups[(first + n) % len(groups)]
+            last = n == len(groups) - 1
+            read = await self._read(group, blocking=last and not total, idle=CLUSTER_IDLE_BLOCK)
+            if read is not None:
+                total = (total or 0) + read
+        return total
+
+    async def _read(
+        self, streams: list[str], *, blocking: bool, idle: float | None = None
+    ) -> int | None:
+        """One XREADGROUP over ``streams`` for as many jobs as their channels may take,
+        each started; how many. ``None``: no channel had room (nothing was read).
+        ``blocking``: the read may wait on the server (at most ``idle`` if given)."""
+        free = self.concurrency - len(self._inflight)
+        room = self._room(streams) if free > 0 else {}
+        if not room:
+            return None
+        cursors = self._cursors
+        reading = {stream: cursors[stream] for stream in room}
+        pending_pass = any(c != ">" for c in reading.values())
+        # COUNT applies to each stream: share the free slots out.
+        count = max(1, min(free // len(reading), *room.values()))
+        block = None
+        if blocking and not pending_pass:
+            block = self._block_ms(room, streams)
+            if block is not None and idle is not None:
+                block = min(block, max(1, int(idle * 1000)))
+        self._slot_free.clear()  # a send finishing during the read counts
+        reply = await read_group(self.redis, WORKER_GROUP, self.consumer, reading, count, block)
+        last: dict[str, str] = {}
+        started = 0
+        for stream, entries in reply:
+            recheck = reading[stream] != ">"
+            for entry_id, fields in entries:
+                self._start(stream, entry_id, fields, recheck=recheck)
+            started += len(entries)
+            if entries:
+                last[stream] = entries[-1][0].decode()
+        # Own pending entries are read from an id on, past the last one seen (some
+        # may still be in flight here); once none is left, on to new entries.
+        for stream, cursor in reading.items():
+            if cursor != ">":
+                cursors[stream] = last.get(stream, ">")
+        if blocking and block is None and not pending_pass and not last:
+            await self._wait_for_send()
+        return started
 
     def _start(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], *, recheck: bool
@@ -406,7 +476,7 @@ class Worker:
         the reminder waited for its sending window): settled without a send."""
         from .scenarios import moot  # noqa: PLC0415 - scenarios build on the router
 
-        why = await moot(self.redis, self.keys, delivery.scenario or "")
+        why = await moot(self.redis, self.layout, delivery.scenario or "")
         if why is None:
             return False
         now = self.clock()
@@ -417,7 +487,7 @@ class Worker:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(stream, WORKER_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
-            self._write_record(pipe, delivery, "cancelled")
+            self._write_record(pipe, self.shard_of[stream], delivery, "cancelled")
             await pipe.execute()
         return True
 
@@ -450,15 +520,16 @@ class Worker:
         """Move a job to the retries sorted set until ``due``, recording why, atomically."""
         member = stream.encode() + b"\n" + encode_delivery(delivery)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.keys.retries, {member: due * 1000})
+            shard = self.shard_of[stream]
+            pipe.zadd(shard.retries, {member: due * 1000})
             pipe.xack(stream, WORKER_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
-            self._write_record(pipe, delivery, status, next_at=round(due, 3))
+            self._write_record(pipe, shard, delivery, status, next_at=round(due, 3))
             await pipe.execute()
 
     async def _already_delivered(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
         """A job taken over after its sender recorded it delivered: acknowledge, don't send."""
-        data = await self.redis.get(self.keys.record(delivery.id))
+        data = await self.redis.get(self.shard_of[stream].record(delivery.id))
         if data is None or b'"status":"delivered"' not in data:
             return False
         log.info("delivery %s was already delivered: not sent again", delivery.id)
@@ -468,11 +539,14 @@ class Worker:
             await pipe.execute()
         return True
 
-    def _write_record(self, pipe: Any, delivery: Delivery, status: Status, **kw: Any) -> None:
+    def _write_record(
+        self, pipe: Any, shard: Keys, delivery: Delivery, status: Status, **kw: Any
+    ) -> None:
+        """In the job's shard: a record is written in the transaction that settles it."""
         now = self.clock()
         record = record_of(delivery, status, now=now, **kw)
-        pipe.set(self.keys.record(delivery.id), encode_record(record), ex=self.retention)
-        pipe.zadd(self.keys.history, {delivery.id: now * 1000})
+        pipe.set(shard.record(delivery.id), encode_record(record), ex=self.retention)
+        pipe.zadd(shard.history, {delivery.id: now * 1000})
 
     async def _retry(
         self,
@@ -525,21 +599,25 @@ class Worker:
             record["status"] = str(status)
         if notice is not None:
             await ENQUEUE_MANY.load(self.redis)  # used inside the transaction below
+        shard = self.shard_of[stream]
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.dead, record)  # type: ignore[arg-type]
+            pipe.xadd(shard.dead, record)  # type: ignore[arg-type]
             pipe.xack(stream, WORKER_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
             if isinstance(job, Delivery):
-                self._write_record(pipe, job, "dead")
+                self._write_record(pipe, shard, job, "dead")
             if notice is not None:
                 # Accepted as the intake accepts an event: found by its id for replay.
+                # In the job's shard, as one transaction needs: its customer's as a
+                # rule's job is, possibly not a scenario step's (order matters little
+                # for a notice, and lookups by id search every shard).
                 ENQUEUE_MANY.add_to(
                     pipe,
-                    [self.keys.events],
+                    [shard.events],
                     [
                         self.dedupe_window,
                         self._event_keep,
-                        self.keys.dedupe(""),
+                        shard.dedupe(""),
                         notice.id,
                         encode_event(notice),
                     ],
@@ -592,14 +670,16 @@ class Worker:
             return
         acks, self._acks = self._acks, defaultdict(list)
         now_ms = int(self.clock() * 1000)
-        prefix = self.keys.record("")
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            # Not a MULTI: each script is atomic on its own, and on a cluster the streams
+            # of several shards are in several slots.
+            async with self.redis.pipeline(transaction=False) as pipe:
                 for stream, jobs in acks.items():
-                    args: list[Any] = [WORKER_GROUP, self.retention, now_ms, prefix]
+                    shard = self.shard_of[stream]
+                    args: list[Any] = [WORKER_GROUP, self.retention, now_ms, shard.record("")]
                     for job in jobs:
                         args.extend(job)
-                    SETTLE.add_to(pipe, [stream, self.keys.history], args)
+                    SETTLE.add_to(pipe, [stream, shard.history], args)
                 results = await pipe.execute(raise_on_error=False)
             if any(isinstance(r, Exception) for r in results):
                 await SETTLE.load(self.redis)  # NOSCRIPT after a Redis restart: retry
@@ -617,9 +697,11 @@ class Worker:
         backoff = Backoff()
         while not stopping.is_set():
             try:
-                moved = await PROMOTE(
-                    self.redis, [self.keys.retries], [int(self.clock() * 1000), 500]
-                )
+                moved = 0
+                for shard in self.layout.shards:
+                    moved += await PROMOTE(
+                        self.redis, [shard.retries], [int(self.clock() * 1000), 500]
+                    )
                 backoff.reset()
                 if moved:
                     continue  # there may be more due right now
@@ -705,7 +787,7 @@ class Worker:
     async def _healthy(self, name: str) -> None:
         self._failing[name] = False
         try:
-            await self.redis.hdel(self.keys.endpoint(name), "failing_since")
+            await self.redis.hdel(self.layout.endpoint(name), "failing_since")
         except (RedisError, OSError):
             self._failing[name] = None  # try again on the next success
 
@@ -713,7 +795,7 @@ class Worker:
         self._failing[name] = True
         try:
             await self.redis.hsetnx(
-                self.keys.endpoint(name), "failing_since", f"{self.clock():.3f}"
+                self.layout.endpoint(name), "failing_since", f"{self.clock():.3f}"
             )
         except (RedisError, OSError):
             self._failing[name] = None
@@ -735,10 +817,10 @@ class Worker:
             await asyncio.sleep(HEALTH_INTERVAL)
 
     async def _check_health(self) -> None:
-        names = list(self.streams.values())
+        names = list(self.channels)
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.hmget(self.keys.endpoint(name), "failing_since", "disabled_at")
+                pipe.hmget(self.layout.endpoint(name), "failing_since", "disabled_at")
             states = await pipe.execute()
         now = self.clock()
         for name, (failing_since, disabled_at) in zip(names, states, strict=True):
@@ -763,7 +845,7 @@ class Worker:
     async def _disable(self, name: str, reason: str) -> None:
         now = self.clock()
         when = datetime.fromtimestamp(now, UTC)
-        hash_ = await self.redis.hmget(self.keys.endpoint(name), "failing_since")
+        hash_ = await self.redis.hmget(self.layout.endpoint(name), "failing_since")
         event = Event(
             id=f"endpoint_disabled_{name}_{int(now)}",
             type="endpoint.disabled",
@@ -781,9 +863,11 @@ class Worker:
                 "enable_with": f"tocsin endpoints enable {name}",
             },
         )
+        home = self.layout.shard(name)
         done = await DISABLE(
             self.redis,
-            [self.keys.endpoint(name), self.keys.events, self.keys.dedupe(event.id)],
+            # The endpoint's hash, and the events stream of its shard (one slot).
+            [home.endpoint(name), home.events, home.dedupe(event.id)],
             [f"{now:.3f}", reason, encode_event(event), self._event_keep],
         )
         self.disabled.add(name)
@@ -793,8 +877,9 @@ class Worker:
     async def _trim(self) -> None:
         """Enforce the retention: history index and dead letters older than it go."""
         cutoff = self.clock() - self.retention
-        await self.redis.zremrangebyscore(self.keys.history, "-inf", cutoff * 1000)
-        await self.redis.xtrim(self.keys.dead, minid=int(cutoff * 1000), approximate=False)
+        for shard in self.layout.shards:
+            await self.redis.zremrangebyscore(shard.history, "-inf", cutoff * 1000)
+            await self.redis.xtrim(shard.dead, minid=int(cutoff * 1000), approximate=False)
 
     async def _drain(self) -> None:
         """Give in-flight sends the grace period; what is left stays pending for others."""

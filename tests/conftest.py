@@ -278,6 +278,45 @@ async def start_gateway() -> AsyncIterator[Callable[..., Any]]:
             await rg.stop()
 
 
+# --- figures: real-process tests print what they measured, again at the end of the run ---
+
+
+@dataclass
+class ChaosReport:
+    """Collects each test's figures and prints them again at the end of the run."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.lines:
+            terminalreporter.section("chaos figures")
+            for line in self.lines:
+                terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def chaos_report(pytestconfig: pytest.Config) -> ChaosReport:
+    report = ChaosReport()
+    pytestconfig.pluginmanager.register(report, "tocsin-chaos-report")
+    return report
+
+
+@pytest.fixture
+def figures(
+    chaos_report: ChaosReport, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+) -> Callable[..., None]:
+    def record(**values: Any) -> None:
+        text = ", ".join(
+            f"{k}={v:.2f}s" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+        )
+        line = f"{request.node.name}: {text}"
+        chaos_report.lines.append(line)
+        with capsys.disabled():
+            print(f"\n[chaos] {line}")
+
+    return record
+
+
 # Last: erp_helpers builds on the helpers above, so it can only be imported once they exist.
 from .erp_helpers import (  # noqa: E402, F401 - the ERP stand-ins' fixtures
     dolibarr,

@@ -19,7 +19,7 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,43 +38,7 @@ pytestmark = pytest.mark.slow
 KEYS = Keys()
 
 
-# --- figures ------------------------------------------------------------------------------
-
-
-@dataclass
-class ChaosReport:
-    """Collects each test's figures and prints them again at the end of the run."""
-
-    lines: list[str] = field(default_factory=list)
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.lines:
-            terminalreporter.section("chaos figures")
-            for line in self.lines:
-                terminalreporter.write_line(line)
-
-
-@pytest.fixture(scope="session")
-def chaos_report(pytestconfig: pytest.Config) -> ChaosReport:
-    report = ChaosReport()
-    pytestconfig.pluginmanager.register(report, "tocsin-chaos-report")
-    return report
-
-
-@pytest.fixture
-def figures(
-    chaos_report: ChaosReport, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
-) -> Callable[..., None]:
-    def record(**values: Any) -> None:
-        text = ", ".join(
-            f"{k}={v:.2f}s" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
-        )
-        line = f"{request.node.name}: {text}"
-        chaos_report.lines.append(line)
-        with capsys.disabled():
-            print(f"\n[chaos] {line}")
-
-    return record
+# --- figures (the fixtures are in conftest.py) ----------------------------------------
 
 
 def ledger_figures(ledger: Ledger, *receivers: LedgerReceiver) -> dict[str, Any]:

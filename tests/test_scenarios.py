@@ -258,8 +258,10 @@ async def test_a_step_read_by_a_crashed_gateway_fires_once_after_takeover(tmp_pa
         assert await client.xlen("tocsin:deliveries:hook") == 0
         survivor = await _engine(conf, client, lambda: now[0])
         survivor.reclaim_idle_ms = 0  # the crashed one's idle time has passed
-        await survivor._reclaim("survivor")
-        await survivor._reclaim("survivor")  # a second pass finds nothing more to fire
+        await survivor._reclaim("survivor", survivor.layout.shards[0])
+        await survivor._reclaim(
+            "survivor", survivor.layout.shards[0]
+        )  # a second pass finds nothing more to fire
         jobs = await client.xrange("tocsin:deliveries:hook")
         assert [json.loads(f[b"j"])["rule"] for _, f in jobs] == ["scenario:reminders/link"]
         _, instance = await engine.load("reminders", "payment_request:pr_1")
