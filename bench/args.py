@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import faults, fullpipe
+from . import archive, faults, fullpipe
 
 
 def find_py_spy() -> str | None:
@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reps", type=int, default=1, help="repeat intake+delivery K times; report the median"
     )
     faults.add_arguments(parser)
+    archive.add_arguments(parser)
     fullpipe.add_arguments(parser)
     parser.add_argument(
         "--latency-only", action="store_true", help="run only the latency phase (fast iteration)"

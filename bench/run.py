@@ -35,7 +35,7 @@ import redis
 from gateway.redis_server import RedisServer, free_port
 from gateway.signing import generate_secret
 
-from . import faults, fullpipe, report
+from . import archive, faults, fullpipe, report
 from .args import find_py_spy, parse_args
 from .common import HOST, box_busy_seconds, encode, make_event
 from .procs import REPO, Procs, cpu_seconds, http_json, tail, wait_http
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.start_infra()
         result["meta"] = _meta(args, bench.redis)
-        only = args.latency_only or args.faults_only or args.pipeline_only
+        only = args.latency_only or args.faults_only or args.pipeline_only or args.archive_only
         if not only:
             runs = []
             for rep in range(args.reps):
@@ -524,17 +524,21 @@ def main(argv: list[str] | None = None) -> int:
             result["intake"] = _pick_median([r["intake"] for r in runs])
             result["delivery"] = _pick_median([r["delivery"] for r in runs])
             result["runs"] = runs
-        if not args.faults_only and not args.pipeline_only:
+        if not args.faults_only and not args.pipeline_only and not args.archive_only:
             result["latency"] = bench.phase_latency()
         if args.faults or args.faults_only:
             result["faults"] = faults.phase_faults(bench, args.fault_rate, args.fault_seconds)
         if args.pipeline or args.pipeline_only:
             result["pipeline"] = fullpipe.phase_pipeline(bench)
+        if args.archive or args.archive_only:
+            result["archive"] = archive.phase_archive(bench)
     finally:
         bench.stop_infra()
     result["meta"]["wall_s"] = round(time.monotonic() - started, 1)
     result["checks"] = report.checks(result, args.events)
     result["targets"] = report.targets(result)
+    if "archive" in result:
+        result["checks"].update(archive.checks(result["archive"], args.events))
     if "pipeline" in result:
         result["checks"].update(fullpipe.checks(result["pipeline"]))
         result["targets"].update(fullpipe.targets(result["pipeline"]))
@@ -545,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(result))
     if "pipeline" in result:
         print(fullpipe.table(result["pipeline"], result["targets"]))
+    if "archive" in result:
+        print(archive.table(result["archive"]))
     shown = out.resolve()
     shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else out
     print(f"\nresult file: {shown}")

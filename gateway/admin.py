@@ -15,11 +15,26 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from .archive import (
+    ArchivedDeadLetter,
+    ArchiveStore,
+    DeliveryQuery,
+    complete_records,
+    find_archived,
+    opened,
+)
 from .conf import Conf
 from .delivery import Attempt, Delivery, decode_delivery, encode_delivery
 from .event import Event
-from .history import DeliveryRecord, encode_record, get_record, iter_records, record_of
-from .keys import WORKER_GROUP, Keys, Layout, as_layout
+from .history import (
+    DeliveryRecord,
+    decode_record,
+    encode_record,
+    get_record,
+    iter_records,
+    record_of,
+)
+from .keys import WORKER_GROUP, Keys, Layout, as_layout, ordering_key
 from .redis_client import connect
 from .redis_server import RedisServer
 from .router import plan_deliveries, routed_event
@@ -50,6 +65,15 @@ async def open_redis(conf: Conf) -> AsyncIterator[Redis]:
             started.stop()
 
 
+@contextlib.asynccontextmanager
+async def open_archive(conf: Conf) -> AsyncIterator[ArchiveStore | None]:
+    """The deployment's history archive (``None`` with ``[history] archive = "off"``, or
+    before anything was archived): what commands read beside Redis. SQLite's WAL lets
+    them read while a gateway writes."""
+    async with opened(conf.data_dir, conf.history.archive, create=False) as store:
+        yield store
+
+
 # -- history -------------------------------------------------------------------------
 
 
@@ -63,8 +87,11 @@ async def find_deliveries(
     since: float | None = None,
     until: float | None = None,
     limit: int = 50,
+    archive: ArchiveStore | None = None,
 ) -> list[DeliveryRecord]:
-    """Newest first, filtered; scans the time index (bounded by ``since``/``until``)."""
+    """Newest first, filtered; scans the time index (bounded by ``since``/``until``),
+    then the archive's indexes for what is older than the hot window (the archive holds
+    every shard's: one query)."""
     found: list[DeliveryRecord] = []
     async for record in iter_records(redis, keys, since=since, until=until):
         if event_id is not None and record.event_id != event_id:
@@ -76,13 +103,19 @@ async def find_deliveries(
         found.append(record)
         if len(found) >= limit:
             break
-    return found
+    query = DeliveryQuery(
+        event_id=event_id, channel=channel, status=status, since=since, until=until, limit=limit
+    )
+    return await find_archived(archive, found, query)
 
 
 async def show_delivery(
-    redis: Redis, keys: Keys | Layout, delivery_id: str
+    redis: Redis, keys: Keys | Layout, delivery_id: str, archive: ArchiveStore | None = None
 ) -> DeliveryRecord | None:
-    return await get_record(redis, keys, delivery_id)
+    record = await get_record(redis, keys, delivery_id)
+    if record is None and archive is not None:
+        record = await archive.get_delivery(delivery_id)
+    return record
 
 
 # -- dead letters --------------------------------------------------------------------
@@ -101,10 +134,31 @@ class DeadLetter:
     delivery: Delivery | None
     #: The shard whose dead-letter stream holds it (``Layout.shards``).
     shard: int = 0
+    #: In the archive, not the dead-letter stream (older than the hot window).
+    archived: bool = False
 
     @property
     def delivery_id(self) -> str | None:
         return self.delivery.id if self.delivery is not None else None
+
+
+def _archived_letter(row: ArchivedDeadLetter) -> DeadLetter:
+    delivery = None
+    if row.kind == "delivery":
+        with contextlib.suppress(msgspec.DecodeError):
+            delivery = decode_delivery(row.payload)
+    return DeadLetter(
+        entry_id=row.entry,
+        kind=row.kind,
+        channel=row.channel,
+        reason=row.reason,
+        at=row.at / 1000,
+        status=row.status,
+        payload=row.payload,
+        delivery=delivery,
+        shard=row.shard,
+        archived=True,
+    )
 
 
 def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes], shard: int) -> DeadLetter:
@@ -138,11 +192,19 @@ async def dead_letters(
     since: float | None = None,
     ids: Iterable[str] = (),
     limit: int | None = None,
+    archive: ArchiveStore | None = None,
 ) -> list[DeadLetter]:
-    """Oldest first, every shard's. ``ids`` may name stream entry ids or delivery ids."""
+    """Oldest first, every shard's, archived ones (older than the hot window) too.
+    ``ids`` may name stream entry ids or delivery ids."""
     out: list[DeadLetter] = []
+    wanted = set(ids)
+    if archive is not None:
+        for row in await archive.dead_letters(channel=channel, since=since, limit=None):
+            letter = _archived_letter(row)
+            if not wanted or {letter.entry_id, letter.delivery_id} & wanted:
+                out.append(letter)
     for shard in as_layout(keys).shards:
-        out += await _shard_dead_letters(redis, shard, channel, since, set(ids), limit)
+        out += await _shard_dead_letters(redis, shard, channel, since, wanted, limit)
     out.sort(key=lambda letter: (letter.at, letter.entry_id))
     return out if limit is None else out[:limit]
 
@@ -175,12 +237,21 @@ async def _shard_dead_letters(
 
 
 async def replay_dead_letter(
-    redis: Redis, keys: Keys | Layout, letter: DeadLetter, *, retention: float
+    redis: Redis,
+    keys: Keys | Layout,
+    letter: DeadLetter,
+    *,
+    retention: float,
+    archive: ArchiveStore | None = None,
 ) -> bool:
     """Queue a dead letter again, once, in its shard; a delivery keeps its id
     (``webhook-id``) and history and gets the channel's whole retry schedule again."""
     now = time.time()
     keys = as_layout(keys).shards[letter.shard]
+    if letter.archived:
+        if archive is None:
+            return False
+        return await _replay_archived(redis, keys, letter, archive, retention, now)
     if letter.kind == "event":
         return bool(
             await REPLAY(
@@ -224,6 +295,47 @@ async def replay_dead_letter(
     )
 
 
+async def _replay_archived(
+    redis: Redis,
+    keys: Keys,
+    letter: DeadLetter,
+    archive: ArchiveStore,
+    retention: float,
+    now: float,
+) -> bool:
+    """An archived dead letter: marking it replayed in the archive decides who queues
+    it (once, as ``XDEL`` does for one in Redis); a failed queueing unmarks it."""
+    if letter.kind != "event" and letter.channel is None:
+        return False
+    target = keys.events if letter.kind == "event" else keys.deliveries(letter.channel or "")
+    if not await archive.claim_dead_letter(letter.shard, letter.entry_id, int(now * 1000)):
+        return False
+    try:
+        async with redis.pipeline(transaction=True) as pipe:
+            if letter.kind == "event":
+                pipe.xadd(target, {"e": letter.payload})
+            elif letter.delivery is None:
+                pipe.xadd(target, {"j": letter.payload})
+            else:
+                job = msgspec.structs.replace(
+                    letter.delivery,
+                    attempt=1,
+                    history=[
+                        *letter.delivery.history,
+                        Attempt(n=0, at=round(now, 3), outcome="replayed", ms=0),
+                    ],
+                )
+                pipe.xadd(target, {"j": encode_delivery(job)})
+                record = encode_record(record_of(job, "pending", now=now))
+                pipe.set(keys.record(job.id), record, ex=max(1, int(retention)))
+                pipe.zadd(keys.history, {job.id: now * 1000})
+            await pipe.execute()
+    except BaseException:
+        await archive.unclaim_dead_letter(letter.shard, letter.entry_id)
+        raise
+    return True
+
+
 # -- events --------------------------------------------------------------------------
 
 
@@ -241,6 +353,7 @@ async def replay_event(
     event_id: str,
     *,
     force: bool = False,
+    archive: ArchiveStore | None = None,
 ) -> EventReplay | None:
     """Route an event again with today's rules; ``None`` if there is none to route
     (never routed, or older than the retention).
@@ -250,32 +363,40 @@ async def replay_event(
     to run.
     """
     raw: bytes | None = None
-    for shard in as_layout(keys).shards:  # the event's shard is where its jobs go again
+    layout = as_layout(keys)
+    for shard in layout.shards:  # the event's shard is where its jobs go again
         raw = await routed_event(redis, shard, event_id)
         if raw is not None:
             keys = shard
             break
+    if raw is None and archive is not None:
+        older = await archive.get_event(event_id)  # past the hot window: routed long ago
+        if older is not None:
+            raw = older.raw
+            keys = layout.shard(ordering_key(older.customer_id, event_id))
     if raw is None:
         return None
     assert isinstance(keys, Keys)
     event = _event_decoder.decode(raw)
     result = EventReplay(queued=[], skipped=[])
     deliveries = plan_deliveries(rules, event, raw)
-    records: list[Any] = (
-        await redis.mget([keys.record(d.id) for d in deliveries]) if deliveries else []
-    )
+    ids = [d.id for d in deliveries]
+    values: list[Any] = await redis.mget([keys.record(i) for i in ids]) if ids else []
+    hot = {i: decode_record(v) for i, v in zip(ids, values, strict=True) if v is not None}
+    records = await complete_records(archive, ids, hot)
     now = time.time()
     async with redis.pipeline(transaction=True) as pipe:
-        for delivery, data in zip(deliveries, records, strict=True):
-            status = msgspec.json.decode(data).get("status") if data is not None else None
+        for delivery in deliveries:
+            record = records.get(delivery.id)
+            status = record.status if record is not None else None
             if status == "delivered" and not force:
                 result.skipped.append((delivery, "already delivered (use --force to resend)"))
                 continue
             if status == "retrying":
                 result.skipped.append((delivery, "a retry is already scheduled"))
                 continue
-            if data is not None:
-                delivery.history = msgspec.json.decode(data, type=DeliveryRecord).attempts
+            if record is not None:
+                delivery.history = record.attempts
             delivery.history.append(Attempt(n=0, at=round(now, 3), outcome="replayed", ms=0))
             pipe.xadd(keys.deliveries(delivery.channel), {"j": encode_delivery(delivery)})
             result.queued.append(delivery)

@@ -15,6 +15,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from .archive import ArchivedEvent, ArchiveStore
 from .keys import ROUTER_GROUP, Keys, Layout, as_layout
 from .streams import as_text, entry_order
 
@@ -123,13 +124,25 @@ async def list_events(
     type_glob: str | None = None,
     since: float | None = None,
     limit: int = 50,
+    archive: ArchiveStore | None = None,
 ) -> list[StoredEvent]:
-    """Newest first, every shard's; ``type_glob`` as rules write theirs (``payment.*``)."""
+    """Newest first, every shard's; ``type_glob`` as rules write theirs (``payment.*``).
+    The streams hold the hot window; older events come from the archive."""
     found: list[StoredEvent] = []
     for shard in as_layout(keys).shards:
         found += await _shard_events(redis, shard, type_glob, since, limit)
+    if archive is not None:
+        # One archived while this listing read the streams is shown once, from the stream.
+        shown = {(e.id, e.entry_id) for e in found}
+        older = await archive.list_events(type_glob=type_glob, since=since, limit=limit)
+        found += [_archived(a) for a in older if (a.event_id, a.entry) not in shown]
     found.sort(key=lambda event: entry_order(event.entry_id), reverse=True)
     return found[:limit]
+
+
+def _archived(event: ArchivedEvent) -> StoredEvent:
+    """An archived event: routed (only routed events are archived)."""
+    return _stored(event.entry, {b"e": event.raw}, _Progress((2**63, 0), set()))
 
 
 async def _shard_events(
@@ -154,9 +167,11 @@ async def _shard_events(
     return found
 
 
-async def show_event(redis: Redis, keys: Keys | Layout, event_id: str) -> StoredEvent | None:
-    """The event accepted under this id, while it is kept (its dedupe key points at it),
-    from whichever shard took it."""
+async def show_event(
+    redis: Redis, keys: Keys | Layout, event_id: str, archive: ArchiveStore | None = None
+) -> StoredEvent | None:
+    """The event accepted under this id, while it is kept: in its shard's stream for the
+    hot window (its dedupe key points at it), then in the archive."""
     for shard in as_layout(keys).shards:
         entry: Any = await redis.get(shard.dedupe(event_id))
         if entry is None:
@@ -164,4 +179,5 @@ async def show_event(redis: Redis, keys: Keys | Layout, event_id: str) -> Stored
         found: Any = await redis.xrange(shard.events, entry, entry)
         if found:
             return _stored(found[0][0], found[0][1], await _progress(redis, shard))
-    return None
+    older = await archive.get_event(event_id) if archive is not None else None
+    return _archived(older) if older is not None else None

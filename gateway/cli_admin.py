@@ -11,6 +11,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from . import admin, admin_events
+from .archive import ArchiveStore
 from .cli_common import (
     conf_only,
     echo_json,
@@ -20,6 +21,7 @@ from .cli_common import (
     table,
     when_param,
     with_redis,
+    with_tiers,
 )
 from .cli_options import conf_option, json_option
 from .history import SENDS, STATUSES, DeliveryRecord
@@ -65,9 +67,9 @@ def deliveries(
         return
     conf = conf_only(conf_path)
     known_channel(conf, channel)
-    records = with_redis(
+    records = with_tiers(
         conf,
-        lambda r, k: admin.find_deliveries(
+        lambda r, k, a: admin.find_deliveries(
             r,
             k,
             event_id=event_id,
@@ -76,6 +78,7 @@ def deliveries(
             since=since,
             until=until,
             limit=limit,
+            archive=a,
         ),
     )
     if as_json:
@@ -108,7 +111,7 @@ def deliveries(
 def deliveries_show(delivery_id: str, as_json: bool, conf_path: Path | None) -> None:
     """One delivery and every attempt: time, outcome, status code, error, latency."""
     conf = conf_only(conf_path)
-    record = with_redis(conf, lambda r, k: admin.show_delivery(r, k, delivery_id))
+    record = with_tiers(conf, lambda r, k, a: admin.show_delivery(r, k, delivery_id, a))
     if record is None:
         raise click.ClickException(
             f"no delivery {delivery_id} (unknown, or past the retention; `tocsin deliveries` "
@@ -170,9 +173,11 @@ def dlq_list(
     """Dead letters, oldest first (times UTC)."""
     conf = conf_only(conf_path)
     known_channel(conf, channel)
-    letters = with_redis(
+    letters = with_tiers(
         conf,
-        lambda r, k: admin.dead_letters(r, k, channel=channel, since=since, limit=limit),
+        lambda r, k, a: admin.dead_letters(
+            r, k, channel=channel, since=since, limit=limit, archive=a
+        ),
     )
     if as_json:
         for letter in letters:
@@ -229,8 +234,12 @@ def dlq_replay(
     known_channel(conf, channel)
     retention = float(conf.history.retention)
 
-    async def replay(redis: Redis, keys: Layout) -> tuple[int, int, list[str]]:
-        letters = await admin.dead_letters(redis, keys, channel=channel, since=since, ids=ids)
+    async def replay(
+        redis: Redis, keys: Layout, archive: ArchiveStore | None
+    ) -> tuple[int, int, list[str]]:
+        letters = await admin.dead_letters(
+            redis, keys, channel=channel, since=since, ids=ids, archive=archive
+        )
         missing = sorted(set(ids) - {x for lt in letters for x in (lt.entry_id, lt.delivery_id)})
         moved = 0
         progress: Any = click.progressbar(
@@ -238,10 +247,12 @@ def dlq_replay(
         )
         with progress as bar:
             for letter in bar:
-                moved += await admin.replay_dead_letter(redis, keys, letter, retention=retention)
+                moved += await admin.replay_dead_letter(
+                    redis, keys, letter, retention=retention, archive=archive
+                )
         return moved, len(letters), missing
 
-    moved, found, missing = with_redis(conf, replay)
+    moved, found, missing = with_tiers(conf, replay)
     click.echo(f"replayed {moved} of {found} dead letter(s)")
     if found - moved:
         click.echo(f"{found - moved} were replayed by someone else meanwhile")
@@ -273,9 +284,11 @@ def events_list(
     """Accepted events, newest first: routed, waiting, or waiting for their source's
     confirmation. Unknown types are listed too: nothing accepted is dropped."""
     conf = conf_only(conf_path)
-    found = with_redis(
+    found = with_tiers(
         conf,
-        lambda r, k: admin_events.list_events(r, k, type_glob=type_glob, since=since, limit=limit),
+        lambda r, k, a: admin_events.list_events(
+            r, k, type_glob=type_glob, since=since, limit=limit, archive=a
+        ),
     )
     if as_json:
         for item in found:
@@ -297,13 +310,15 @@ def events_list(
 def events_show(event_id: str, as_json: bool, conf_path: Path | None) -> None:
     """One accepted event, whole, and the deliveries it has led to."""
     conf = conf_only(conf_path)
-    found = with_redis(conf, lambda r, k: admin_events.show_event(r, k, event_id))
+    found = with_tiers(conf, lambda r, k, a: admin_events.show_event(r, k, event_id, a))
     if found is None:
         raise click.ClickException(
             f"no event {event_id} (never accepted, or older than history.retention; "
             "`tocsin events list` lists them)"
         )
-    records = with_redis(conf, lambda r, k: admin.find_deliveries(r, k, event_id=event_id))
+    records = with_tiers(
+        conf, lambda r, k, a: admin.find_deliveries(r, k, event_id=event_id, archive=a)
+    )
     if as_json:
         echo_json({**found.as_dict(), "deliveries": [msgspec.to_builtins(r) for r in records]})
         return
@@ -338,8 +353,9 @@ def events_replay(event_id: str, force: bool, conf_path: Path | None) -> None:
     receivers see the same webhook-id and can dedupe.
     """
     conf, _registry, plan = load(conf_path)
-    result = with_redis(
-        conf, lambda r, k: admin.replay_event(r, k, plan.rules, event_id, force=force)
+    result = with_tiers(
+        conf,
+        lambda r, k, a: admin.replay_event(r, k, plan.rules, event_id, force=force, archive=a),
     )
     if result is None:
         raise click.ClickException(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,6 +25,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .archive import ArchiveStore
 from .conf import Conf, default_conf_path, read_conf
 from .conf_lines import with_lines
 from .confirm import PREFIX as CONFIRM_PREFIX
@@ -106,6 +108,23 @@ def with_redis(conf: Conf, action: Callable[[Redis, Layout], Awaitable[T]]) -> T
     except (RedisError, OSError, TocsinError) as exc:
         where = conf.redis.url or f"the embedded Redis in {conf.data_dir / 'redis'}"
         raise CliError(f"Redis ({where}): {exc}; is it running?") from None
+
+
+def with_tiers(
+    conf: Conf, action: Callable[[Redis, Layout, ArchiveStore | None], Awaitable[T]]
+) -> T:
+    """``with_redis``, and the history archive beside it: what reads history sees both
+    tiers (docs/delivery.md, "Two tiers")."""
+    from . import admin  # noqa: PLC0415
+
+    async def run(redis: Redis, keys: Layout) -> T:
+        async with admin.open_archive(conf) as archive:
+            return await action(redis, keys, archive)
+
+    try:
+        return with_redis(conf, run)
+    except sqlite3.Error as exc:
+        raise CliError(f"history archive in {conf.data_dir / 'archive'}: {exc}") from None
 
 
 # -- arguments ---------------------------------------------------------------------------

@@ -154,6 +154,14 @@ class WorkerSection(_Section):
 class HistorySection(_Section):
     #: How long delivery records, routed events (for replay) and dead letters are kept.
     retention: Duration = Duration(30 * 86400)
+    #: How long history stays in Redis before the archiver moves it to ``archive``
+    #: (docs/delivery.md, "Two tiers").
+    hot_window: Duration = Duration(72 * 3600)
+    #: Where older history goes: ``sqlite`` (``<data_dir>/archive/history.sqlite3``), or
+    #: ``off``: everything stays in Redis for the whole retention.
+    archive: Literal["sqlite", "off"] = "sqlite"
+    #: Records of each kind (events, delivery records, dead letters) moved per pass.
+    archive_batch: Annotated[int, msgspec.Meta(ge=1)] = 1000
 
 
 class MetricsSection(_Section):

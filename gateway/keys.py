@@ -116,6 +116,11 @@ class Keys:
         """Sorted set of delivery ids by last update (ms): lists records by time."""
         return f"{self.base}:history"
 
+    @property
+    def archive_lock(self) -> str:
+        """Which gateway process archives this shard's history (``gateway/archive``)."""
+        return f"{self.base}:archive:lock"
+
     def endpoint(self, channel: str) -> str:
         """Hash of an endpoint's health: failing_since, disabled_at, disabled_reason."""
         return f"{self.base}:endpoint:{channel}"

@@ -18,6 +18,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .archive import Archiver, opened
 from .channel import Channel
 from .confirm import ConfirmChannel
 from .errors import LayoutError
@@ -142,6 +143,8 @@ class Gateway:
                     tasks.append(asyncio.create_task(router.run(stopping)))
                 if scenarios is not None:
                     tasks.append(asyncio.create_task(scenarios.run(stopping, self.consumer)))
+                for archiver in await self._archivers(stack, redis):
+                    tasks.append(asyncio.create_task(archiver.run(stopping)))
             if "worker" in roles:
                 tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
@@ -226,14 +229,39 @@ class Gateway:
 
     def _enqueuer(self, redis: Redis, wait_aof: bool) -> Enqueuer:
         conf = self.plan.conf
+        # Dedupe keys find an event in the stream for replay: with an archive, only for
+        # the hot window (older events are found in the archive), so they cost Redis
+        # nothing beyond the dedupe window.
+        history = conf.history
+        keep = history.retention if history.archive == "off" else history.hot_window
         return Enqueuer(
             redis,
             self.layout,
             conf.intake.dedupe_window,
-            retention=float(conf.history.retention),
+            retention=float(keep),
             wait_aof=wait_aof,
             wait_replicas=conf.redis.wait_replicas,
         )
+
+    async def _archivers(self, stack: AsyncExitStack, redis: Redis) -> list[Archiver]:
+        """One history archiver per shard, sharing the archive (router role: routers
+        already trim the events streams)."""
+        history = self.plan.conf.history
+        store = await stack.enter_async_context(opened(self.plan.conf.data_dir, history.archive))
+        if store is None:
+            return []
+        return [
+            Archiver(
+                redis,
+                shard,
+                store,
+                hot_window=float(history.hot_window),
+                retention=float(history.retention),
+                owner=self.consumer,
+                batch=history.archive_batch,
+            )
+            for shard in self.layout.shards
+        ]
 
     def _scenarios(self, redis: Redis) -> ScenarioEngine | None:
         if not self.plan.scenarios:
