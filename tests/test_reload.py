@@ -360,6 +360,16 @@ async def test_removed_channel_jobs_go_to_dead_letters_once(gw: Gw) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("last reload: ok") == 2, done.stdout
     await gw.reloaded()
+    status = await asyncio.to_thread(
+        run_tocsin, "reload", "--status", "--json", "--conf", str(gw.directory / "tocsin.toml"),
+        env=tocsin_env(), cwd=gw.directory,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    listed_processes = [json.loads(line) for line in status.stdout.splitlines()]
+    hashes = {
+        hex(int(v))[2:].zfill(13) for v in (await gw.conf_gauges("tocsin_conf_hash")).values()
+    }
+    assert {p["conf_hash"] for p in listed_processes} == hashes and len(listed_processes) == 2
 
     deadline = time.monotonic() + 20
     while True:

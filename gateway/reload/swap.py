@@ -250,9 +250,7 @@ class Reloader:
         # A channel whose limits did not change goes on counting its sends in flight
         # and its rate across the swap: the two workers share its gate.
         for name, gate in previous.gates.items():
-            if name in gw.worker.gates and previous.policies.get(name) == new.policies.get(
-                name, gw.worker.policies[name]
-            ):
+            if name in gw.worker.gates and previous.policies[name] == gw.worker.policies[name]:
                 gw.worker.gates[name] = gate
         gw.worker_task = asyncio.create_task(gw.worker.run(gw.worker_stop))
         # Its in-flight sends finish under the old conf, each within its own timeout.
