@@ -105,10 +105,16 @@ async def read_processes(redis: Redis, prefix: str) -> list[ProcessConf]:
     return sorted(out, key=lambda e: e.loaded_at, reverse=True)
 
 
-async def publish_reload(redis: Redis, prefix: str) -> tuple[int, int]:
+async def publish_reload(
+    redis: Redis, prefix: str, taken: Callable[[int], None] | None = None
+) -> tuple[int, int]:
     """Ask every gateway process on this Redis to reload: the new generation and how
-    many processes heard the message at once (the others catch up on their poll)."""
+    many processes heard the message at once (the others catch up on their poll).
+    ``taken(generation)`` is called before the message goes (a process that publishes
+    marks it as its own, not to reload twice)."""
     generation = int(await redis.incr(generation_key(prefix)))
+    if taken is not None:
+        taken(generation)
     heard = 0
     with contextlib.suppress(RedisError, AttributeError, NotImplementedError):
         heard = int(await redis.publish(channel_name(prefix), str(generation)))
@@ -129,31 +135,35 @@ async def listen(
     """Call ``nudged(generation)`` whenever the counter moves, on the message or the poll."""
     pubsub: Any = None
     usable = hasattr(redis, "pubsub")
-    while not stopping.is_set():
-        try:
-            if pubsub is None and usable:
-                try:
-                    pubsub = redis.pubsub()
-                except (AttributeError, NotImplementedError):
-                    usable = False  # a cluster client without pub/sub: the poll alone
+    try:
+        while not stopping.is_set():
+            try:
+                if pubsub is None and usable:
+                    try:
+                        pubsub = redis.pubsub()
+                    except (AttributeError, NotImplementedError):
+                        usable = False  # a cluster client without pub/sub: the poll alone
+                    else:
+                        await pubsub.subscribe(channel_name(prefix))
+                if pubsub is not None:
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_EVERY)
                 else:
-                    await pubsub.subscribe(channel_name(prefix))
-            if pubsub is not None:
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_EVERY)
-            else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), POLL_EVERY)
+                # The message is only a nudge: the counter is the truth (several nudges
+                # while a reload runs make one more reload, not several).
+                await nudged(await current_generation(redis, prefix))
+            except (RedisError, OSError) as exc:
+                log.debug("reload listener: %s", exc)
+                await _close(pubsub)
+                pubsub = None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), POLL_EVERY)
-            # The message is only a nudge: the counter is the truth (several nudges
-            # while a reload runs make one more reload, not several).
-            await nudged(await current_generation(redis, prefix))
-        except (RedisError, OSError) as exc:
-            log.debug("reload listener: %s", exc)
-            if pubsub is not None:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                pubsub = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), POLL_EVERY)
+    finally:
+        await _close(pubsub)
+
+
+async def _close(pubsub: Any) -> None:
     if pubsub is not None:
         with contextlib.suppress(Exception):
             await pubsub.aclose()

@@ -106,6 +106,8 @@ class Reloader:
         await stopping.wait()
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             loop.remove_signal_handler(signal.SIGHUP)
+        for task in tasks:  # the listener may be waiting on Redis: not worth a delay
+            task.cancel()
         await asyncio.gather(*tasks, *self.background, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await gw.redis.hdel(f"{self.prefix}:processes", gw.consumer)
@@ -136,8 +138,11 @@ class Reloader:
             result = await self._reload(why)
         if everywhere:
             with contextlib.suppress(RedisError, OSError):
-                self.generation, _ = await publish_reload(self.gateway.redis, self.prefix)
+                await publish_reload(self.gateway.redis, self.prefix, self._taken)
         return result
+
+    def _taken(self, generation: int) -> None:
+        self.generation = max(self.generation, generation)
 
     async def _reload(self, why: str) -> ReloadResult:
         gw = self.gateway
