@@ -32,10 +32,11 @@ from standardwebhooks.webhooks import Webhook
 
 from gateway.keys import Layout
 from gateway.redis_server import RedisServer, free_port
-from gateway.reload import read_processes
+from gateway.reload import read_processes, reload
 from gateway.scenario_model import doc_decoder
+from gateway.service import Gateway
 
-from .conftest import HOOK_SECRET, make_event, write_conf
+from .conftest import HOOK_SECRET, load_plan, make_event, write_conf
 from .procs import Ledger, LedgerReceiver, Serve, produce, run_tocsin, serving, tocsin_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -436,3 +437,51 @@ async def test_changed_scenario_is_replanned_unchanged_one_keeps_its_timers(gw: 
     timers = {m: s for m, s in await gw.redis.zrange(KEYS.timers, 0, -1, withscores=True)}
     assert {m: s for m, s in timers.items() if b"steady" in m} == steady_timers
     assert len([m for m in timers if b"reminders" in m]) == 1  # "third" only
+
+
+async def test_admin_api_reload_function_reports_and_nudges_the_others(
+    redis_server: RedisServer, tmp_path: Path, caplog: Any
+) -> None:
+    """``gateway.reload.reload(gateway)``, what ``POST /admin/v1/reload`` calls, in a
+    gateway run in this test's loop (its own key prefix beside the module's gateway)."""
+
+    def conf(second: bool = False, broken: bool = False) -> Path:
+        extra = DOOMED_CHANNEL.format(closed=9, secret=HOOK_SECRET).replace("doomed", "second")
+        path = write_conf(tmp_path, redis_url=redis_server.url, extra=extra if second else "")
+        text = path.read_text().replace("[redis]\n", '[redis]\nprefix = "adm"\n')
+        path.write_text(text + ("\n[rules.x]\nbogus = 1\n" if broken else ""))
+        return path
+
+    gateway = Gateway(load_plan(conf()), redis_server.url, ("router", "worker"))
+    stopping = asyncio.Event()
+    running = asyncio.create_task(gateway.run(stopping))
+    await asyncio.wait_for(gateway.ready.wait(), 10)
+    redis = Redis.from_url(redis_server.url)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe("adm:reload")
+    try:
+        conf(second=True)
+        caplog.set_level("INFO", logger="tocsin.reload")
+        result = await reload(gateway)
+        assert result.ok and result.added == ["second"] and not result.problems, result
+        assert set(gateway.plan.channels) == {"hook", "second"}
+        assert gateway.worker is not None and "second" in gateway.worker.channels
+        message = None
+        while message is None:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert message["data"] == b"1" and await redis.get("adm:reload:generation") == b"1"
+        await asyncio.sleep(0.5)  # its own nudge must not make it reload a second time
+        assert sum("reloaded in" in r.getMessage() for r in caplog.records) == 1
+
+        conf(second=True, broken=True)
+        refused = await reload(gateway, everywhere=False)
+        assert not refused.ok and refused.conf_hash != result.conf_hash
+        assert any("tocsin.toml:" in p and "rules.x" in p for p in refused.problems), refused
+        assert set(gateway.plan.channels) == {"hook", "second"}
+        entry = json.loads(await redis.hget("adm:processes", gateway.consumer))
+        assert entry["conf_hash"] == result.conf_hash and entry["last_reload_ok"] is False
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()
+        stopping.set()
+        await asyncio.wait_for(running, 15)

@@ -164,10 +164,10 @@ class Reloader:
             except Exception as exc:  # a channel that cannot start: nothing was swapped
                 log.exception("reload: the new conf could not be started")
                 result.problems.append(f"starting the new conf: {type(exc).__name__}: {exc}")
-        self._report(checked, result)
+        await self._report(checked, result)
         return result
 
-    def _report(self, checked: Checked, result: ReloadResult) -> None:
+    async def _report(self, checked: Checked, result: ReloadResult) -> None:
         gw = self.gateway
         now = time.time()
         self.entry.last_reload_at, self.entry.last_reload_ok = now, result.ok
@@ -198,9 +198,8 @@ class Reloader:
             )
         for setting in result.needs_restart:
             log.warning("reload: %s needs a restart; still running the old value", setting)
-        task = asyncio.create_task(write_entry(gw.redis, self.prefix, self.entry))
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        with contextlib.suppress(RedisError, OSError):  # the heartbeat writes it again
+            await write_entry(gw.redis, self.prefix, self.entry)
 
     async def _swap(self, old: Plan, new: Plan, result: ReloadResult) -> None:
         gw = self.gateway
