@@ -20,7 +20,7 @@ from .cli_common import CliError, listen_socket, setup_logging
 from .cli_common import fail as _fail
 from .cli_common import load as _load
 from .cli_local import COMMANDS as LOCAL_COMMANDS
-from .cli_options import conf_argument, conf_option
+from .cli_options import conf_argument, conf_option, log_format_option
 from .cli_scenarios import COMMANDS as SCENARIO_COMMANDS
 from .conf import CONF_ENV_VAR, default_conf_path, load_conf
 from .errors import ConfError, PluginError, TocsinError
@@ -92,6 +92,7 @@ def _processes(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     type=click.Choice(["debug", "info", "warning"]),
     help="How much to log (to stderr).",
 )
+@log_format_option
 @click.option(
     "--spread",
     type=click.Choice(SPREADS),
@@ -120,6 +121,7 @@ def serve(
     port: int | None,
     processes: int | str | None,
     log_level: str,
+    log_format: str | None,
     spread: str,
     parent: int | None,
     listen_fd: int | None,
@@ -133,11 +135,14 @@ def serve(
     """
     from .service import ROLES, Gateway  # noqa: PLC0415 - keeps `tocsin check` light
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format or "human")
     if parent is not None:
         bind_to_parent(parent)
         child_logging()
     conf, _registry, plan = _load(conf_path)
+    if log_format is None and conf.gateway.log_format != "human":
+        log_format = conf.gateway.log_format
+        setup_logging(log_level, log_format)
     roles = roles or ROLES
     wanted = conf.gateway.processes if processes is None else processes
     count = 1 if parent is not None else (usable_cores() if wanted == "auto" else int(wanted))
@@ -183,6 +188,7 @@ def serve(
             ]
             child_argv = [
                 *("--conf", str(conf.path), "--log-level", log_level),
+                *("--log-format", log_format or conf.gateway.log_format),
                 *(("--host", host) if host else ()),
                 *(("--redis-url", url) if embedded is not None else ()),
             ]

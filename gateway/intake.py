@@ -403,6 +403,11 @@ class Intake:
                 {"error": "unavailable", "message": "event store unavailable; retry later"},
                 {"Retry-After": "5"},
             )
+        if log.isEnabledFor(logging.INFO):
+            for e, r in zip(events, results, strict=True):
+                if r is not None:
+                    fields = {"event_id": e.id, "event_type": e.type, "source": source.name}
+                    log.info("event %s accepted: %s from %s", *fields.values(), extra=fields)
         accepted = [
             {"id": e.id, "duplicate": r is None}
             | ({"warning": warnings[e.id]} if e.id in warnings else {})

@@ -29,6 +29,7 @@ from .errors import DeliveryError, EndpointGone, PermanentError, TransientError
 from .event import Event, EventSource, encode_event
 from .history import Status, encode_record, record_of
 from .keys import WORKER_GROUP, Keys
+from .logs import sending
 from .policy import ChannelGate, ChannelPolicy
 from .retry import next_delay
 from .scripts import DISABLE, ENQUEUE_MANY, PROMOTE, SETTLE
@@ -299,6 +300,7 @@ class Worker:
             raw = fields.get(b"j", b"")
             await self._dead(stream, entry_id, raw, f"undecodable job: {exc}", None)
             return None
+        sending(delivery)  # its ids on every log line of this task, its customer masked
         name = self.streams[stream]
         channel = self.channels[name]
         if recheck and await self._already_delivered(stream, entry_id, delivery):
@@ -318,7 +320,6 @@ class Worker:
             await self._dead(stream, entry_id, delivery, exc.reason, exc.status)
             return True
         except PermanentError as exc:
-            log.info("delivery %s to %s failed: %s", delivery.id, name, exc.reason)
             self._record(delivery, started_at, started, "failed", exc.reason, exc.status)
             notice = self._failure_notice(delivery, exc) if exc.notify else None
             await self._dead(stream, entry_id, delivery, exc.reason, exc.status, notice)
@@ -338,7 +339,13 @@ class Worker:
         else:
             self.delivered += 1
             self._record(delivery, started_at, started, "delivered", None, None, note)
-            log.debug("delivered %s via %s in %.1f ms", delivery.id, name, delivery.history[-1].ms)
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "delivery %s delivered via %s in %.1f ms",
+                    delivery.id,
+                    name,
+                    delivery.history[-1].ms,
+                )
             record = record_of(delivery, "delivered", now=self.clock())
             self._acks[stream].append((entry_id, delivery.id, encode_record(record)))
             self._settling.add((stream, entry_id))
@@ -413,7 +420,7 @@ class Worker:
         delivery.history.append(
             Attempt(n=delivery.attempt, at=round(now, 3), outcome="cancelled", ms=0, note=why)
         )
-        log.info("delivery %s not sent: %s", delivery.id, why)
+        log.info("delivery %s cancelled, not sent: %s", delivery.id, why)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(stream, WORKER_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
@@ -514,6 +521,12 @@ class Worker:
         notice: Event | None = None,
     ) -> None:
         """Dead-letter a job; ``notice`` is an internal event accepted in the same step."""
+        log.warning(
+            "delivery %s dead-lettered on %s: %s",
+            job.id if isinstance(job, Delivery) else f"job {entry_id.decode()}",
+            self.streams[stream],
+            reason,
+        )
         record = {
             "kind": "delivery",
             "channel": self.streams[stream],
