@@ -341,7 +341,7 @@ class Worker:
             self._record(delivery, started_at, started, "delivered", None, None, note)
             if log.isEnabledFor(logging.INFO):
                 log.info(
-                    "delivery %s delivered via %s in %.1f ms",
+                    "delivered %s via %s in %.1f ms",  # tests/test_processes.py reads it
                     delivery.id,
                     name,
                     delivery.history[-1].ms,

@@ -13,9 +13,11 @@ or right after a digit (the ``+01:00`` of a timestamp).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from urllib.parse import quote, quote_plus
 
 import phonenumbers
 
@@ -82,17 +84,24 @@ def _replace(found: re.Match[str]) -> str:
 
 
 class Known:
-    """Values known to be personal, each with its mask; matched whole words only, any case
-    (an ERP may write the surname in capitals), longest first (a full name before its parts).
+    """Values known to be personal, each with its mask, matched in any case (an ERP may
+    write the surname in capitals), longest first (a full name before its parts).
+
+    Each value also in the spellings that carry it through JSON (``Z\\u00e9phyrine``) and
+    URLs (``%2B33...``, ``Z%C3%A9phyrine``): receivers quote bodies back in errors. A value
+    starting or ending with a letter only matches as a whole word (``Ana`` is not masked in
+    ``Analysis``); with a digit, only if no digit touches it (``%2B33...`` is found).
     """
 
     def __init__(self, pairs: dict[str, str]) -> None:
-        self.masks = {raw.casefold(): masked for raw, masked in pairs.items()}
-        raws = sorted(pairs, key=len, reverse=True)
-        alternatives = "|".join(re.escape(raw) for raw in raws)
-        self.pattern = (
-            re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE) if raws else None
-        )
+        spelled: dict[str, str] = {}
+        for raw, masked in pairs.items():
+            for spelling in (raw, json.dumps(raw)[1:-1], quote(raw, safe=""), quote_plus(raw)):
+                spelled.setdefault(spelling, masked)
+        self.masks = {raw.casefold(): masked for raw, masked in spelled.items()}
+        raws = sorted(spelled, key=len, reverse=True)
+        alternatives = "|".join(_bounded(raw) for raw in raws)
+        self.pattern = re.compile(alternatives, re.IGNORECASE) if raws else None
 
     def sub(self, text: str) -> str:
         if self.pattern is None:
@@ -100,6 +109,14 @@ class Known:
         return self.pattern.sub(
             lambda found: self.masks.get(found.group(0).casefold(), STARS), text
         )
+
+
+def _bounded(raw: str) -> str:
+    def edge(char: str) -> str:
+        return r"\w" if char.isalpha() else r"\d" if char.isdigit() else ""
+
+    before, after = edge(raw[0]), edge(raw[-1])
+    return (f"(?<!{before})" if before else "") + re.escape(raw) + (f"(?!{after})" if after else "")
 
 
 NOTHING_KNOWN = Known({})
