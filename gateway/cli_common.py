@@ -194,8 +194,8 @@ def table(header: Iterable[str], rows: Iterable[Iterable[str]], right: Iterable[
         click.echo("  ".join(cells).rstrip())
 
 
-def setup_logging(level: str, fmt: str = "human") -> None:
+def setup_logging(level: str, fmt: str = "human", traffic: bool = True) -> None:
     """stderr, ``human`` or ``json`` lines, personal data masked (gateway/logs)."""
     from .logs import setup  # noqa: PLC0415 - only the commands that log need it
 
-    setup(level, fmt)
+    setup(level, fmt, traffic)

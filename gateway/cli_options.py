@@ -25,6 +25,12 @@ log_format_option = click.option(
     help="Log lines on stderr: human, or json (one object per line). Default: "
     "gateway.log_format in the conf, else human. Personal data is masked in both.",
 )
+log_traffic_option = click.option(
+    "--log-traffic/--no-log-traffic",
+    default=None,
+    help="One INFO line per accepted event and per final delivery outcome (default: "
+    "gateway.log_traffic in the conf, else on). Off: dead letters still log at WARNING.",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 
 

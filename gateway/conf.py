@@ -75,6 +75,9 @@ class GatewaySection(_Section):
     #: Log lines on stderr: ``human`` or ``json`` (one object per line); ``--log-format``
     #: overrides. See docs/operations.md, "Logs".
     log_format: Literal["human", "json"] = "human"
+    #: One INFO line per accepted event and per final delivery outcome; ``--log-traffic``
+    #: / ``--no-log-traffic`` override.
+    log_traffic: bool = True
 
 
 class IntakeSection(_Section):

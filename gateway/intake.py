@@ -34,6 +34,8 @@ from .source import Source
 from .streams import as_text
 
 log = logging.getLogger("tocsin.intake")
+#: One line per accepted event (``--no-log-traffic`` quiets it).
+events_log = logging.getLogger("tocsin.events")
 
 #: Longest a batch waits for ``WAITAOF`` before the requests in it get a 503. Under
 #: ``appendfsync everysec`` a write waits up to a second for the next fsync (measured on
@@ -403,11 +405,11 @@ class Intake:
                 {"error": "unavailable", "message": "event store unavailable; retry later"},
                 {"Retry-After": "5"},
             )
-        if log.isEnabledFor(logging.INFO):
+        if events_log.isEnabledFor(logging.INFO):
             for e, r in zip(events, results, strict=True):
                 if r is not None:
                     fields = {"event_id": e.id, "event_type": e.type, "source": source.name}
-                    log.info("event %s accepted: %s from %s", *fields.values(), extra=fields)
+                    events_log.info("event %s accepted: %s from %s", *fields.values(), extra=fields)
         accepted = [
             {"id": e.id, "duplicate": r is None}
             | ({"warning": warnings[e.id]} if e.id in warnings else {})

@@ -29,7 +29,7 @@ from .errors import DeliveryError, EndpointGone, PermanentError, TransientError
 from .event import Event, EventSource, encode_event
 from .history import Status, encode_record, record_of
 from .keys import WORKER_GROUP, Keys
-from .logs import sending
+from .logs import OURS, sending
 from .policy import ChannelGate, ChannelPolicy
 from .retry import next_delay
 from .scripts import DISABLE, ENQUEUE_MANY, PROMOTE, SETTLE
@@ -37,6 +37,8 @@ from .streams import Backoff, ensure_group, is_nogroup, read_group
 from .windows import SendingWindow
 
 log = logging.getLogger("tocsin.worker")
+#: One line per final outcome of a delivery (``--no-log-traffic`` quiets all but WARNING).
+outcomes = logging.getLogger("tocsin.deliveries")
 
 #: While a channel is at its in-flight limit (its stream left out of the read), the other
 #: streams are read without a server-side BLOCK, which no finished send could cut short;
@@ -339,12 +341,13 @@ class Worker:
         else:
             self.delivered += 1
             self._record(delivery, started_at, started, "delivered", None, None, note)
-            if log.isEnabledFor(logging.INFO):
-                log.info(
+            if outcomes.isEnabledFor(logging.INFO):
+                outcomes.info(
                     "delivered %s via %s in %.1f ms",  # tests/test_processes.py reads it
                     delivery.id,
                     name,
                     delivery.history[-1].ms,
+                    extra=OURS,
                 )
             record = record_of(delivery, "delivered", now=self.clock())
             self._acks[stream].append((entry_id, delivery.id, encode_record(record)))
@@ -420,7 +423,7 @@ class Worker:
         delivery.history.append(
             Attempt(n=delivery.attempt, at=round(now, 3), outcome="cancelled", ms=0, note=why)
         )
-        log.info("delivery %s cancelled, not sent: %s", delivery.id, why)
+        outcomes.info("delivery %s cancelled, not sent: %s", delivery.id, why, extra=OURS)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(stream, WORKER_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
@@ -521,7 +524,7 @@ class Worker:
         notice: Event | None = None,
     ) -> None:
         """Dead-letter a job; ``notice`` is an internal event accepted in the same step."""
-        log.warning(
+        outcomes.warning(
             "delivery %s dead-lettered on %s: %s",
             job.id if isinstance(job, Delivery) else f"job {entry_id.decode()}",
             self.streams[stream],

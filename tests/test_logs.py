@@ -370,8 +370,9 @@ async def test_a_customer_through_every_channel_leaves_no_personal_data_in_the_l
     for masked in MASKED:
         assert masked in text, f"{masked!r}: the data never reached the logs, or unmasked"
 
-    [accepted] = [line for line in lines if line["logger"] == "tocsin.intake"]
+    [accepted] = [line for line in lines if line["logger"] == "tocsin.events"]
     assert (accepted["level"], accepted["event_id"]) == ("INFO", event["id"])
+    assert (accepted["event_type"], accepted["source"]) == ("payment.succeeded", "events")
     delivered = {line["channel"]: line for line in lines if line["message"].startswith("delivered")}
     assert set(delivered) == {"hook", "mail", "sms", "erp"}
     for channel, line in delivered.items():

@@ -13,14 +13,19 @@ from types import TracebackType
 
 from .context import current_known, sending
 from .mask import Known, known_values, mask_email, mask_iban, mask_name, mask_text
-from .records import CONTEXT_FIELDS, HUMAN_FORMAT, JsonFormatter, MaskingFilter
+from .records import CONTEXT_FIELDS, HUMAN_FORMAT, OURS, JsonFormatter, MaskingFilter
 
 FORMATS = ("human", "json")
+#: One line per accepted event, one per final delivery outcome: what ``--no-log-traffic``
+#: quiets (to WARNING: dead letters still show).
+TRAFFIC_LOGGERS = ("tocsin.events", "tocsin.deliveries")
 
 __all__ = [
     "CONTEXT_FIELDS",
     "FORMATS",
     "HUMAN_FORMAT",
+    "OURS",
+    "TRAFFIC_LOGGERS",
     "JsonFormatter",
     "Known",
     "MaskingFilter",
@@ -35,12 +40,15 @@ __all__ = [
 ]
 
 
-def setup(level: str, fmt: str = "human") -> None:
-    """Replace the root logger's handlers with one masked stderr handler in ``fmt``."""
+def setup(level: str, fmt: str = "human", traffic: bool = True) -> None:
+    """Replace the root logger's handlers with one masked stderr handler in ``fmt``;
+    ``traffic=False`` leaves out the per-event and per-delivery INFO lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(MaskingFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(HUMAN_FORMAT))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+    for name in TRAFFIC_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if traffic else logging.WARNING)
     # Warnings and a crash's traceback would otherwise reach stderr unmasked.
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught

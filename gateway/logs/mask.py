@@ -32,6 +32,10 @@ _FOUND = re.compile(f"{_EMAIL}|{_PHONE}|{_IBAN}")
 _HINTS = re.compile(r"[@+]|00|[A-Z]{2}\d\d")
 
 STARS = "***"
+#: A word of a name worth masking alone: 3 letters or more ("de", "Li" are everywhere).
+_ASCII_RUN = re.compile(r"[a-z0-9]+")
+_NOT_DIGIT = re.compile(r"\D")
+_NAME_WORD = re.compile(r"[^\W\d_][\w'-]{2,}")
 
 
 def mask_email(text: str) -> str:
@@ -83,8 +87,8 @@ def _replace(found: re.Match[str]) -> str:
     return mask_iban(compact) if _iban_valid(compact) else text
 
 
-class Known:
-    """Values known to be personal, each with its mask, matched in any case (an ERP may
+class _Masks:
+    """Known values, each with its mask, matched in any case (an ERP may
     write the surname in capitals), longest first (a full name before its parts).
 
     Each value also in the spellings that carry it through JSON (``Z\\u00e9phyrine``) and
@@ -119,12 +123,58 @@ def _bounded(raw: str) -> str:
     return (f"(?<!{before})" if before else "") + re.escape(raw) + (f"(?!{after})" if after else "")
 
 
-NOTHING_KNOWN = Known({})
+class Known:
+    """One customer's (or several) personal values, to mask wherever they appear.
+
+    Built for every delivery that logs a line, so cheap until a line may hold one: only
+    plain substrings are checked (the longest ASCII run of each spelling, the last digits
+    of a phone), and the full matcher is built on the first line that contains one.
+    """
+
+    def __init__(
+        self, names: tuple[str, ...], emails: tuple[str, ...], phones: tuple[str, ...]
+    ) -> None:
+        self.values = (names, emails, phones)
+        # Every name word, as the full matcher masks names word by word too.
+        words = [word for name in names for word in _NAME_WORD.findall(name)]
+        self._needles = {needle for value in (*words, *emails) for needle in _needles(value)}
+        digits = [re.sub(r"\D", "", phone) for phone in phones]
+        # The last two digits stay together in every way of writing a number.
+        self._tails = {(d[-2:], d[-7:]) for d in digits if len(d) >= 7}
+        self._masks: _Masks | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self._needles or self._tails)
+
+    def sub(self, text: str) -> str:
+        folded = text.casefold()
+        if not any(needle in folded for needle in self._needles) and not any(
+            last in text and tail in _NOT_DIGIT.sub("", text) for last, tail in self._tails
+        ):
+            return text
+        if self._masks is None:
+            self._masks = _masks(*self.values)
+        return self._masks.sub(text)
+
+
+def _needles(value: str) -> set[str]:
+    """Substrings every spelling of ``value`` contains, in any case: its longest run of
+    ASCII letters and digits (JSON and URL escapes only touch what lies around it), or
+    when that run is short, the value as is, JSON-escaped and URL-encoded."""
+    folded = value.casefold()
+    longest = max(_ASCII_RUN.findall(folded), key=len, default="")
+    if len(longest) >= 3:
+        return {longest}
+    return {folded, json.dumps(folded)[1:-1], quote(folded, safe="").casefold()}
+
+
+NOTHING_KNOWN = Known((), (), ())
 
 
 def mask_text(text: str, known: Known = NOTHING_KNOWN) -> str:
     """``text`` with every email, phone and IBAN masked, and the values of ``known``."""
-    if known.pattern is not None:
+    if not known.empty:
         text = known.sub(text)
     if _HINTS.search(text) is None:
         return text
@@ -153,26 +203,30 @@ def phone_spellings(e164: str) -> tuple[str, ...]:
 def known_values(
     names: Iterable[str | None], emails: Iterable[str | None], phones: Iterable[str | None]
 ) -> Known:
-    """The values of one customer (or several) to mask wherever they appear.
+    """The values of one customer (or several) to mask wherever they appear."""
+
+    def present(values: Iterable[str | None]) -> tuple[str, ...]:
+        return tuple(v for v in values if v and v.strip())
+
+    return Known(present(names), present(emails), present(phones))
+
+
+def _masks(names: tuple[str, ...], emails: tuple[str, ...], phones: tuple[str, ...]) -> _Masks:
+    """The full matcher: each value in each spelling, with its mask.
 
     A name is also masked word by word (an ERP error may quote the surname alone), for
     words of 3 letters or more: shorter ones ("de", "Li") match inside ordinary words.
     """
     pairs: dict[str, str] = {}
     for name in names:
-        if not name or not name.strip():
-            continue
         pairs[name] = mask_name(name)
-        for word in re.findall(r"[^\W\d_][\w'-]{2,}", name):
+        for word in _NAME_WORD.findall(name):
             pairs.setdefault(word, mask_name(word))
     for email in emails:
-        if email:
-            pairs[email] = mask_email(email)
+        pairs[email] = mask_email(email)
     for phone in phones:
-        if not phone:
-            continue
         number = _phone(phone)
         masked = mask_phone(number) if number is not None else STARS
         for spelling in phone_spellings(phone):
             pairs[spelling] = masked
-    return Known(pairs)
+    return _Masks(pairs)
