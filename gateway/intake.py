@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,6 +26,7 @@ from .channel import Channel
 from .event import Event, EventInvalid, encode_event
 from .intake_guard import IntakeStats
 from .keys import Keys
+from .logs import OURS
 from .openapi import serve_openapi
 from .receipts import ReceiptRequest, record_receipt
 from .scripts import ENQUEUE_MANY, is_noscript
@@ -406,10 +407,7 @@ class Intake:
                 {"Retry-After": "5"},
             )
         if events_log.isEnabledFor(logging.INFO):
-            for e, r in zip(events, results, strict=True):
-                if r is not None:
-                    fields = {"event_id": e.id, "event_type": e.type, "source": source.name}
-                    events_log.info("event %s accepted: %s from %s", *fields.values(), extra=fields)
+            _log_accepted(events, results, source.name)
         accepted = [
             {"id": e.id, "duplicate": r is None}
             | ({"warning": warnings[e.id]} if e.id in warnings else {})
@@ -459,3 +457,12 @@ class Intake:
         except RedisError:
             return _answer(503, {"status": "redis unavailable"}, {"Retry-After": "5"})
         return _answer(200, {"status": "ready"})
+
+
+def _log_accepted(events: Sequence[Event], results: Sequence[object], source: str) -> None:
+    for event, result in zip(events, results, strict=True):
+        if result is None:  # a duplicate
+            continue
+        # OURS: the id and type are checked patterns, the source a conf name.
+        fields = {"event_id": event.id, "event_type": event.type, "source": source, **OURS}
+        events_log.info("event %s accepted: %s from %s", event.id, event.type, source, extra=fields)

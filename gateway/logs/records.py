@@ -31,7 +31,8 @@ _PLAIN = (str, int, float, bool, type(None))
 
 #: ``extra=OURS``: a line the gateway composed from its own ids and names only (no text
 #: from a receiver or a plugin), so its delivery's customer cannot be in it. Such lines
-#: skip the known-customer pass (the hot path's INFO lines); shapes are still masked.
+#: skip the known-customer pass and their ``extra`` fields are not scanned (the hot
+#: path's INFO lines); their message is still masked for shapes.
 OURS = {"_ours": True}
 _traceback = logging.Formatter()
 
@@ -51,10 +52,12 @@ class MaskingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "_masked", False):  # several handlers: masked once
             return True
+        record._masked = True
+        ours = getattr(record, "_ours", False)
         scope = current_scope()
         known = NOTHING_KNOWN
         if scope is not None:
-            if not getattr(record, "_ours", False):
+            if not ours:
                 known = scope.known()
             for key, value in scope.fields().items():
                 if not hasattr(record, key):
@@ -70,9 +73,8 @@ class MaskingFilter(logging.Filter):
             record.exc_text = mask_text(record.exc_text, known)
         if record.stack_info:
             record.stack_info = mask_text(record.stack_info, known)
-        if len(record.__dict__) <= _STANDARD_COUNT:
-            record._masked = True
-            return True
+        if ours or len(record.__dict__) <= _STANDARD_COUNT + 1:  # + _masked
+            return True  # no extra, or the gateway's own ids (scope's, OURS lines')
         for key, value in extra_fields(record).items():
             if key in NAME_FIELDS and isinstance(value, str):
                 setattr(record, key, mask_name(value))
@@ -80,7 +82,6 @@ class MaskingFilter(logging.Filter):
                 setattr(record, key, mask_text(value, known))
             elif not isinstance(value, _PLAIN):
                 setattr(record, key, mask_text(str(value), known))
-        record._masked = True
         return True
 
 
