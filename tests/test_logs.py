@@ -382,3 +382,25 @@ async def test_a_customer_through_every_channel_leaves_no_personal_data_in_the_l
     [dead] = [line for line in lines if "dead-lettered" in line["message"]]
     assert (dead["level"], dead["channel"], dead["attempt"]) == ("WARNING", "echo", 1)
     assert dead["delivery_id"] in dead["message"]
+
+
+async def test_conf_asks_for_json_without_traffic_lines(tmp_path, redis_url, receiver: Receiver):
+    """``[gateway] log_format``/``log_traffic`` from the conf, one process: JSON lines, and
+    no line per event or delivery (the dead-letter WARNING would still show)."""
+    import aiohttp  # noqa: PLC0415
+
+    conf = write_conf(tmp_path, redis_url=redis_url, hook_url=receiver.url)
+    text = conf.read_text().replace(
+        'data_dir = "var"', 'data_dir = "var"\nlog_format = "json"\nlog_traffic = false'
+    )
+    conf.write_text(text)
+    async with serving(conf, free_port(), tmp_path, "quiet", "--processes", "1") as gw:
+        async with aiohttp.ClientSession() as session:
+            assert (await post_event(session, gw.url, make_event()))[0] == 202
+        await receiver.wait_for(1)
+        gw.proc.signal(signal.SIGTERM)
+        assert await gw.proc.wait(30) == 0
+    lines = [json.loads(line) for line in gw.proc.stderr.splitlines()]
+    messages = [line["message"] for line in lines]
+    assert any("running roles" in m for m in messages)  # start-up lines still there
+    assert not [m for m in messages if "accepted" in m or m.startswith("delivered")], messages
