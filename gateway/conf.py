@@ -73,6 +73,12 @@ class GatewaySection(_Section):
     #: Gateway processes `tocsin serve` runs (``auto``: one per usable core); see
     #: docs/deployment.md.
     processes: Annotated[int, msgspec.Meta(ge=1)] | Literal["auto"] = "auto"
+    #: Log lines on stderr: ``human`` or ``json`` (one object per line); ``--log-format``
+    #: overrides. See docs/operations.md, "Logs".
+    log_format: Literal["human", "json"] = "human"
+    #: One INFO line per accepted event and per final delivery outcome; ``--log-traffic``
+    #: / ``--no-log-traffic`` override.
+    log_traffic: bool = True
 
 
 class IntakeSection(_Section):

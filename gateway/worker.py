@@ -29,6 +29,7 @@ from .errors import DeliveryError, EndpointGone, PermanentError, TransientError
 from .event import Event, EventSource, encode_event
 from .history import Status, encode_record, record_of
 from .keys import WORKER_GROUP, Keys, Layout, as_layout
+from .logs import OURS, sending
 from .metrics.families import Metrics
 from .policy import ChannelGate, ChannelPolicy
 from .retry import next_delay
@@ -37,6 +38,8 @@ from .streams import Backoff, ensure_group, is_nogroup, read_group
 from .windows import SendingWindow
 
 log = logging.getLogger("tocsin.worker")
+#: One line per final outcome of a delivery (``--no-log-traffic`` quiets all but WARNING).
+outcomes = logging.getLogger("tocsin.deliveries")
 
 #: While a channel is at its in-flight limit (its stream left out of the read), the other
 #: streams are read without a server-side BLOCK, which no finished send could cut short;
@@ -372,6 +375,7 @@ class Worker:
             raw = fields.get(b"j", b"")
             await self._dead(stream, entry_id, raw, f"undecodable job: {exc}", None)
             return None
+        sending(delivery)  # its ids on every log line of this task, its customer masked
         name = self.streams[stream]
         channel = self.channels[name]
         if recheck and await self._already_delivered(stream, entry_id, delivery):
@@ -391,7 +395,6 @@ class Worker:
             await self._dead(stream, entry_id, delivery, exc.reason, exc.status)
             return True
         except PermanentError as exc:
-            log.info("delivery %s to %s failed: %s", delivery.id, name, exc.reason)
             self._record(delivery, started_at, started, "failed", exc.reason, exc.status)
             notice = self._failure_notice(delivery, exc) if exc.notify else None
             await self._dead(stream, entry_id, delivery, exc.reason, exc.status, notice)
@@ -411,7 +414,14 @@ class Worker:
         else:
             self.delivered += 1
             self._record(delivery, started_at, started, "delivered", None, None, note)
-            log.debug("delivered %s via %s in %.1f ms", delivery.id, name, delivery.history[-1].ms)
+            if outcomes.isEnabledFor(logging.INFO):
+                outcomes.info(
+                    "delivered %s via %s in %.1f ms",  # tests/test_processes.py reads it
+                    delivery.id,
+                    name,
+                    delivery.history[-1].ms,
+                    extra=OURS,
+                )
             record = record_of(delivery, "delivered", now=self.clock())
             self._acks[stream].append((entry_id, delivery.id, encode_record(record)))
             self._settling.add((stream, entry_id))
@@ -496,7 +506,7 @@ class Worker:
         delivery.history.append(
             Attempt(n=delivery.attempt, at=round(now, 3), outcome="cancelled", ms=0, note=why)
         )
-        log.info("delivery %s not sent: %s", delivery.id, why)
+        outcomes.info("delivery %s cancelled, not sent: %s", delivery.id, why, extra=OURS)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(stream, WORKER_GROUP, entry_id)
             pipe.xdel(stream, entry_id)
@@ -603,6 +613,12 @@ class Worker:
         notice: Event | None = None,
     ) -> None:
         """Dead-letter a job; ``notice`` is an internal event accepted in the same step."""
+        outcomes.warning(
+            "delivery %s dead-lettered on %s: %s",
+            job.id if isinstance(job, Delivery) else f"job {entry_id.decode()}",
+            self.streams[stream],
+            reason,
+        )
         record = {
             "kind": "delivery",
             "channel": self.streams[stream],
