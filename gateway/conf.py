@@ -24,6 +24,7 @@ from .conf_lines import with_lines
 from .durations import Duration
 from .errors import ConfError
 from .keys import Layout
+from .watch.conf import WatchSection, read_watch, watch_references
 from .windows import WindowConf, window_problems
 
 T = TypeVar("T")
@@ -300,6 +301,8 @@ class Conf:
     scenario_files: dict[str, Path] = field(default_factory=dict)
     windows: dict[str, WindowConf] = field(default_factory=dict)
     audiences: dict[str, Audience] = field(default_factory=dict)
+    #: ``[watch]``: what the gateway checks about itself (gateway/watch).
+    watch: WatchSection = field(default_factory=WatchSection)
 
     @property
     def base_dir(self) -> Path:
@@ -561,6 +564,7 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     for where, reason in brand_problems:
         problems.add(main, where, reason)
     conf = Conf(path=main, brand=brand, **sections)
+    watch = raw.pop("watch", {})
     channel_files: dict[str, Path] = {}
     source_files: dict[str, Path] = {}
     window_files: dict[str, Path] = {}
@@ -584,7 +588,7 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     for file, data in files:
         for key in list(data):
             if key not in _MERGEABLE:
-                known = sorted([*_SECTIONS, *_MERGEABLE, "brand", "include"])
+                known = sorted([*_SECTIONS, *_MERGEABLE, "brand", "include", "watch"])
                 where = "an included file may only hold " + ", ".join(_MERGEABLE)
                 reason = f"unknown section (known: {', '.join(known)})" if file == main else where
                 problems.add(file, key, reason)
@@ -607,12 +611,24 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
             problems.add(window_files[name], f"windows.{name}.{field_name}", reason)
         if found:
             del conf.windows[name]
+    _read_watch(conf, watch, main, window_files, problems)
     if conf.metrics.refresh <= 0:
         problems.add(main, "metrics.refresh", "must be a positive duration")
     if conf.intake.max_body <= 0:
         problems.add(main, "intake.max_body", "must be a positive number of bytes")
     _check_redis(conf.redis, main, problems)
     return conf, with_lines(problems.items)
+
+
+def _read_watch(
+    conf: Conf, raw: Any, main: Path, window_files: dict[str, Path], problems: _Problems
+) -> None:
+    """``[watch]``, checked against the channels, sources and windows of the whole conf."""
+    conf.watch, found = read_watch(raw)
+    windows = [*window_files, "courtesy", "none"]
+    found += watch_references(conf.watch, conf.channels, conf.sources, windows)
+    for where, reason in found:
+        problems.add(main, where, reason)
 
 
 def _check_redis(redis: RedisSection, main: Path, problems: _Problems) -> None:
