@@ -564,7 +564,6 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     for where, reason in brand_problems:
         problems.add(main, where, reason)
     conf = Conf(path=main, brand=brand, **sections)
-    watch = raw.pop("watch", {})
     channel_files: dict[str, Path] = {}
     source_files: dict[str, Path] = {}
     window_files: dict[str, Path] = {}
@@ -587,7 +586,7 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     conf.files = [file for file, _ in files]
     for file, data in files:
         for key in list(data):
-            if key not in _MERGEABLE:
+            if key not in _MERGEABLE and (file, key) != (main, "watch"):
                 known = sorted([*_SECTIONS, *_MERGEABLE, "brand", "include", "watch"])
                 where = "an included file may only hold " + ", ".join(_MERGEABLE)
                 reason = f"unknown section (known: {', '.join(known)})" if file == main else where
@@ -611,24 +610,25 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
             problems.add(window_files[name], f"windows.{name}.{field_name}", reason)
         if found:
             del conf.windows[name]
-    _read_watch(conf, watch, main, window_files, problems)
     if conf.metrics.refresh <= 0:
         problems.add(main, "metrics.refresh", "must be a positive duration")
     if conf.intake.max_body <= 0:
         problems.add(main, "intake.max_body", "must be a positive number of bytes")
     _check_redis(conf.redis, main, problems)
-    return conf, with_lines(problems.items)
+    return conf, with_lines(_read_watch(conf, raw.get("watch", {}), main, window_files, problems))
 
 
 def _read_watch(
     conf: Conf, raw: Any, main: Path, window_files: dict[str, Path], problems: _Problems
-) -> None:
-    """``[watch]``, checked against the channels, sources and windows of the whole conf."""
+) -> list[str]:
+    """``[watch]``, checked against the channels, sources and windows of the whole conf;
+    every problem found so far."""
     conf.watch, found = read_watch(raw)
     windows = [*window_files, "courtesy", "none"]
     found += watch_references(conf.watch, conf.channels, conf.sources, windows)
     for where, reason in found:
         problems.add(main, where, reason)
+    return problems.items
 
 
 def _check_redis(redis: RedisSection, main: Path, problems: _Problems) -> None:

@@ -101,12 +101,16 @@ def _plural(n: int, word: str) -> str:
 
 
 def _span(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds % 3600 == 0 and seconds >= 3600:
-        return f"{seconds // 3600}h"
-    if seconds % 60 == 0 and seconds >= 60:
-        return f"{seconds // 60}m"
-    return f"{seconds}s"
+    """``3600`` -> ``1h``, ``959`` -> ``15m59s``."""
+    left = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    if left or not parts:
+        parts.append(f"{left}s")
+    return "".join(parts)
 
 
 def verdict(
