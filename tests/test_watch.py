@@ -152,9 +152,7 @@ async def test_activity_alerts_once_in_the_window_and_recovers(redis: Redis) -> 
 
 
 async def test_queue_age_alerts_once_and_recovers_when_the_job_goes(redis: Redis) -> None:
-    rig = Rig(
-        redis, {"every": "30s", "late": {"kind": "queue_age", "max_age": "15m"}}, time.time()
-    )
+    rig = Rig(redis, {"every": "30s", "late": {"kind": "queue_age", "max_age": "15m"}}, time.time())
     entry = await redis.xadd(rig.keys.deliveries("mail"), {"j": b"{}", "e": b"{}"})
     assert await rig.check() == set()
     assert await rig.check(16 * 60) == {"late"}
@@ -163,7 +161,9 @@ async def test_queue_age_alerts_once_and_recovers_when_the_job_goes(redis: Redis
     assert await rig.check(30) == set()
     alerts = await rig.alerts()
     assert [t for t, _ in alerts] == ["watch.breached", "watch.recovered"]
-    assert re.fullmatch(r"oldest due job waiting over 15m: mail 15m59s|.*mail 16m", alerts[0][1]["detail"])
+    assert re.fullmatch(
+        r"oldest due job waiting over 15m: mail 15m59s|.*mail 16m", alerts[0][1]["detail"]
+    )
 
 
 async def test_dead_letter_growth_alerts_once_and_recovers_when_the_period_passes(
@@ -251,7 +251,9 @@ def test_conf_errors_name_the_file_and_path(tmp_path: Path) -> None:
     assert "watch.b.channel: no channel 'nope' (channels: hook)" in text
     assert "watch.c.more_than: Expected `int` >= 0" in text
     assert "watch.c: unknown field `colour`" in text
-    assert "watch.d.kind: must be one of activity, queue_age, dead_letters, endpoint_disabled" in text
+    assert (
+        "watch.d.kind: must be one of activity, queue_age, dead_letters, endpoint_disabled" in text
+    )
     # Lines are found for the paths the file has.
     assert any(p.startswith(f"{conf}:") and "watch.b.channel" in p for p in problems)
 
@@ -286,14 +288,16 @@ async def test_a_rule_delivers_the_alert_and_the_recovery(
     )
     gateway = await start_gateway(conf)
     redis = Redis.from_url(redis_url)
-    layout = Layout("tocsin")
-    await redis.hset(layout.endpoint("other"), mapping={"disabled_at": str(time.time())})
-    first = await receiver.wait_for(1)
-    assert first[0].json()["type"] == "watch.breached"
-    assert first[0].json()["data"]["detail"] == "disabled: other"
-    await enable_endpoint(redis, layout, "other")
-    both = await receiver.wait_for(2)
-    assert [r.json()["type"] for r in both] == ["watch.breached", "watch.recovered"]
+    try:
+        layout = Layout("tocsin")
+        await redis.hset(layout.endpoint("other"), mapping={"disabled_at": str(time.time())})
+        first = await receiver.wait_for(1)
+        assert first[0].json()["type"] == "watch.breached"
+        assert first[0].json()["data"]["detail"] == "disabled: other"
+        await enable_endpoint(redis, layout, "other")
+        both = await receiver.wait_for(2)
+        assert [r.json()["type"] for r in both] == ["watch.breached", "watch.recovered"]
+    finally:
+        await redis.aclose()
     await gateway.stop()
-    await redis.aclose()
     assert len(receiver.received) == 2
