@@ -626,6 +626,7 @@ _FAMILIES: Final = (
     ("payout", "Payouts"),
     ("endpoint", "Tocsin's own events"),
     ("erp", None),
+    ("watch", None),
 )
 
 
