@@ -24,6 +24,7 @@ from .conf_lines import with_lines
 from .durations import Duration
 from .errors import ConfError
 from .keys import Layout
+from .watch.conf import WatchSection, read_watch, watch_references
 from .windows import WindowConf, window_problems
 
 T = TypeVar("T")
@@ -306,6 +307,8 @@ class Conf:
     scenario_files: dict[str, Path] = field(default_factory=dict)
     windows: dict[str, WindowConf] = field(default_factory=dict)
     audiences: dict[str, Audience] = field(default_factory=dict)
+    #: ``[watch]``: what the gateway checks about itself (gateway/watch).
+    watch: WatchSection = field(default_factory=WatchSection)
 
     @property
     def base_dir(self) -> Path:
@@ -589,8 +592,8 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     conf.files = [file for file, _ in files]
     for file, data in files:
         for key in list(data):
-            if key not in _MERGEABLE:
-                known = sorted([*_SECTIONS, *_MERGEABLE, "brand", "include"])
+            if key not in _MERGEABLE and (file, key) != (main, "watch"):
+                known = sorted([*_SECTIONS, *_MERGEABLE, "brand", "include", "watch"])
                 where = "an included file may only hold " + ", ".join(_MERGEABLE)
                 reason = f"unknown section (known: {', '.join(known)})" if file == main else where
                 problems.add(file, key, reason)
@@ -618,7 +621,20 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     if conf.intake.max_body <= 0:
         problems.add(main, "intake.max_body", "must be a positive number of bytes")
     _check_redis(conf.redis, main, problems)
-    return conf, with_lines(problems.items)
+    return conf, with_lines(_read_watch(conf, raw.get("watch", {}), main, window_files, problems))
+
+
+def _read_watch(
+    conf: Conf, raw: Any, main: Path, window_files: dict[str, Path], problems: _Problems
+) -> list[str]:
+    """``[watch]``, checked against the channels, sources and windows of the whole conf;
+    every problem found so far."""
+    conf.watch, found = read_watch(raw)
+    windows = [*window_files, "courtesy", "none"]
+    found += watch_references(conf.watch, conf.channels, conf.sources, windows)
+    for where, reason in found:
+        problems.add(main, where, reason)
+    return problems.items
 
 
 def _check_redis(redis: RedisSection, main: Path, problems: _Problems) -> None:

@@ -39,6 +39,7 @@ from .redis_client import connect
 from .router import Router, default_reclaim_after
 from .scenarios import ScenarioEngine
 from .streams import Backoff
+from .watch import Watcher
 from .worker import Worker
 
 log = logging.getLogger("tocsin")
@@ -150,6 +151,7 @@ class Gateway:
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
             tasks.append(asyncio.create_task(self._poller(redis).run(stopping)))
             tasks.append(asyncio.create_task(self.metrics.flushing(stopping)))
+            tasks.append(asyncio.create_task(self._watcher(redis).run(stopping)))
             await self._start_metrics_site(stack)
             log.info("consumer %s running roles: %s", self.consumer, ", ".join(sorted(roles)))
             self.ready.set()
@@ -168,6 +170,7 @@ class Gateway:
             sources=tuple(plan.sources),
             channels=tuple(plan.channels),
             scenarios=tuple(s.name for s in plan.scenarios),
+            watches=tuple(plan.conf.watch.watches),
         )
         multiprocess = multiprocess_dir()  # before any sample exists
         self.metrics = Metrics(known)
@@ -184,6 +187,21 @@ class Gateway:
             self.consumer,
             every=float(conf.metrics.refresh),
             intake=intake.stats if intake is not None else None,
+        )
+
+    def _watcher(self, redis: Redis) -> Watcher:
+        """``[watch]``: every process runs one; the one holding its lease evaluates."""
+        conf = self.plan.conf
+        history = conf.history
+        keep = history.retention if history.archive == "off" else history.hot_window
+        return Watcher(
+            redis,
+            self.layout,
+            conf.watch,
+            self.plan.windows,
+            self.consumer,
+            metrics=self.metrics,
+            keep=max(float(keep), float(conf.intake.dedupe_window)),
         )
 
     async def _start_metrics_site(self, stack: AsyncExitStack) -> None:
