@@ -31,6 +31,8 @@ from .history import Status, encode_record, record_of
 from .keys import WORKER_GROUP, Keys, Layout, as_layout
 from .metrics.families import Metrics
 from .policy import ChannelGate, ChannelPolicy
+from .privacy.bodies import BodyKeeper
+from .privacy.recipients import MASK_ONLY, RecordPrivacy
 from .retry import next_delay
 from .scripts import DISABLE, ENQUEUE_MANY, PROMOTE, SETTLE
 from .streams import Backoff, ensure_group, is_nogroup, read_group
@@ -100,8 +102,13 @@ class Worker:
         clock: Callable[[], float] = time.time,
         windows: dict[str, SendingWindow] | None = None,
         metrics: Metrics | None = None,
+        privacy: RecordPrivacy = MASK_ONLY,
+        bodies: BodyKeeper | None = None,
     ) -> None:
         self.metrics = metrics
+        #: How records keep recipients (masked, keyed hash) and whether bodies are kept.
+        self.privacy = privacy
+        self.bodies = bodies
         self.windows = windows or {}
         self.redis = redis
         self.layout = as_layout(keys)
@@ -412,8 +419,8 @@ class Worker:
             self.delivered += 1
             self._record(delivery, started_at, started, "delivered", None, None, note)
             log.debug("delivered %s via %s in %.1f ms", delivery.id, name, delivery.history[-1].ms)
-            record = record_of(delivery, "delivered", now=self.clock())
-            self._acks[stream].append((entry_id, delivery.id, encode_record(record)))
+            record = await self._delivered_record(stream, channel, delivery)
+            self._acks[stream].append((entry_id, delivery.id, record))
             self._settling.add((stream, entry_id))
             self._ack_wakeup.set()
             if self._failing[name] is not False:
@@ -554,12 +561,21 @@ class Worker:
             await pipe.execute()
         return True
 
+    async def _delivered_record(
+        self, stream: str, channel: Channel[Any], delivery: Delivery
+    ) -> bytes:
+        """The record a delivered job settles with (and its body, if bodies are kept)."""
+        if self.bodies is not None:
+            await self.bodies.keep(self.shard_of[stream], channel, delivery)
+        record = record_of(delivery, "delivered", now=self.clock(), privacy=self.privacy)
+        return encode_record(record)
+
     def _write_record(
         self, pipe: Any, shard: Keys, delivery: Delivery, status: Status, **kw: Any
     ) -> None:
         """In the job's shard: a record is written in the transaction that settles it."""
         now = self.clock()
-        record = record_of(delivery, status, now=now, **kw)
+        record = record_of(delivery, status, now=now, privacy=self.privacy, **kw)
         pipe.set(shard.record(delivery.id), encode_record(record), ex=self.retention)
         pipe.zadd(shard.history, {delivery.id: now * 1000})
 
