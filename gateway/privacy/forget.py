@@ -33,7 +33,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ..archive import ArchivedEvent, ArchiveStore
+from ..archive import ArchivedEvent, ArchiveStore, DeliveryQuery
 from ..archive.archiver import pause_key
 from ..keys import WORKER_GROUP, Keys, Layout
 from ..scenario_model import SEP, Instance, doc_decoder, encoder
@@ -294,6 +294,17 @@ class _Shard:
         return True
 
 
+async def _drop_receipts(
+    redis: Redis, layout: Layout, delivery_ids: set[str], report: ForgetReport
+) -> None:
+    """Receipts and kept bodies of archived deliveries (Redis keeps them by TTL)."""
+    for delivery_id in sorted(delivery_ids):
+        receipts = await redis.delete(Keys(layout.prefix).receipts(delivery_id))
+        report.add("receipts_deleted", int(receipts))
+        for keys in layout.shards:
+            report.add("bodies_deleted", int(await redis.delete(body_key(keys, delivery_id))))
+
+
 async def _pause_archivers(redis: Redis, layout: Layout, owner: str) -> None:
     """Stop every shard's archiver and take its lock (see ``Archiver._hold_lock``)."""
     for keys in layout.shards:
@@ -379,6 +390,10 @@ async def forget_customer(
                 counts = await archive.erase_customer(customer_id, event_ids, needles)
                 for name, n in counts.items():
                     report.add(f"archive_{name}", n)
+                query = DeliveryQuery(customer_id=customer_id, limit=1_000_000)
+                archived = {r.id for r in await archive.find_deliveries(query)}
+                await _drop_receipts(redis, layout, archived, report)
+                shards[0].delivery_ids |= archived
         finally:
             await _resume_archivers(redis, layout, owner)
         delivery_ids = {i for s in shards for i in s.delivery_ids}
