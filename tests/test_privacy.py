@@ -216,7 +216,11 @@ def scan_files(root: Path) -> list[str]:
 
 
 async def test_forget_leaves_no_trace_in_any_store(
-    tmp_path, request, smtp_server: StartSmtp, receiver: Receiver, twilio: TwilioStandIn
+    tmp_path,
+    request,
+    smtp_server: StartSmtp,  # noqa: F811
+    receiver: Receiver,
+    twilio: TwilioStandIn,
 ):
     smtp = await smtp_server()
     conf_path = tmp_path / "tocsin.toml"

@@ -23,7 +23,7 @@ async def test_each_kind_goes_after_its_time_and_running_scenarios_stay(redis_ur
     keys = layout.shards[0]
     client = sync_redis.Redis.from_url(redis_url)
     now_ms = int(time.time() * 1000)
-    for n in range(5):  # routed events
+    for _ in range(5):  # routed events
         client.xadd(keys.events, {"e": b"{}"})
     client.set(keys.routed_through, client.xrevrange(keys.events, count=1)[0][0])
     client.xadd(keys.dead, {"kind": "event", "e": b"{}", "reason": "x"})
