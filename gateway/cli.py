@@ -26,6 +26,7 @@ from .conf import CONF_ENV_VAR, Conf, default_conf_path, load_conf
 from .errors import ConfError, PluginError, TocsinError
 from .plan import Plan
 from .plugins import load_registry
+from .privacy.cli import COMMANDS as PRIVACY_COMMANDS
 from .redis_server import RedisServer
 from .signing import generate_secret
 from .supervisor import (
@@ -411,7 +412,13 @@ def secret() -> None:
     click.echo(generate_secret())
 
 
-for _command in (*LOCAL_COMMANDS, *ADMIN_COMMANDS, *SCENARIO_COMMANDS, status_command):
+for _command in (
+    *LOCAL_COMMANDS,
+    *ADMIN_COMMANDS,
+    *SCENARIO_COMMANDS,
+    *PRIVACY_COMMANDS,
+    status_command,
+):
     main.add_command(_command)
 
 
