@@ -20,11 +20,12 @@ from .cli_common import CliError, listen_socket, setup_logging
 from .cli_common import fail as _fail
 from .cli_common import load as _load
 from .cli_local import COMMANDS as LOCAL_COMMANDS
-from .cli_options import conf_argument, conf_option
+from .cli_options import conf_argument, conf_option, log_format_option, log_traffic_option
 from .cli_scenarios import COMMANDS as SCENARIO_COMMANDS
-from .conf import CONF_ENV_VAR, default_conf_path, load_conf
+from .conf import CONF_ENV_VAR, Conf, default_conf_path, load_conf
 from .errors import ConfError, PluginError, TocsinError
 from .plugins import load_registry
+from .privacy.cli import COMMANDS as PRIVACY_COMMANDS
 from .redis_server import RedisServer
 from .reload.command import reload_command
 from .signing import generate_secret
@@ -39,6 +40,7 @@ from .supervisor import (
     reuseport_sockets,
     usable_cores,
 )
+from .watch.status import status as status_command
 
 log = logging.getLogger("tocsin")
 
@@ -92,6 +94,8 @@ def _processes(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     type=click.Choice(["debug", "info", "warning"]),
     help="How much to log (to stderr).",
 )
+@log_format_option
+@log_traffic_option
 @click.option(
     "--spread",
     type=click.Choice(SPREADS),
@@ -120,6 +124,8 @@ def serve(
     port: int | None,
     processes: int | str | None,
     log_level: str,
+    log_format: str | None,
+    log_traffic: bool | None,
     spread: str,
     parent: int | None,
     listen_fd: int | None,
@@ -133,7 +139,7 @@ def serve(
     """
     from .service import ROLES, Gateway  # noqa: PLC0415 - keeps `tocsin check` light
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format or "human", log_traffic is not False)
     # SIGHUP reloads the conf (gateway/reload): until the handler is in place, one must
     # not end the process as it would by default.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -141,6 +147,7 @@ def serve(
         bind_to_parent(parent)
         child_logging()
     conf, _registry, plan = _load(conf_path)
+    log_format, log_traffic = _conf_logging(conf, log_level, log_format, log_traffic, parent)
     roles = roles or ROLES
     wanted = conf.gateway.processes if processes is None else processes
     count = 1 if parent is not None else (usable_cores() if wanted == "auto" else int(wanted))
@@ -188,6 +195,8 @@ def serve(
             ]
             child_argv = [
                 *("--conf", str(conf.path), "--log-level", log_level),
+                *("--log-format", log_format),
+                "--log-traffic" if log_traffic else "--no-log-traffic",
                 *(("--host", host) if host else ()),
                 *(("--redis-url", url) if embedded is not None else ()),
             ]
@@ -209,6 +218,20 @@ def _metrics_directory(path: Path) -> None:
         prepare_directory(path)
     except OSError as exc:
         raise CliError(f"metrics directory {path}: {exc.strerror or exc}") from None
+
+
+def _conf_logging(
+    conf: Conf, level: str, fmt: str | None, traffic: bool | None, parent: int | None
+) -> tuple[str, bool]:
+    """Logging as the conf asks where the command line said nothing; what children get.
+    (The conf is read after the first lines are logged: it can only change them now.)"""
+    fmt = fmt or conf.gateway.log_format
+    traffic = conf.gateway.log_traffic if traffic is None else traffic
+    if (fmt, traffic) != ("human", True):
+        setup_logging(level, fmt, traffic)
+        if parent is not None:
+            child_logging()
+    return fmt, traffic
 
 
 def _shared_port(probe: socket.socket, host: str, count: int) -> list[socket.socket]:
@@ -382,7 +405,14 @@ def secret() -> None:
     click.echo(generate_secret())
 
 
-for _command in (*LOCAL_COMMANDS, *ADMIN_COMMANDS, *SCENARIO_COMMANDS, reload_command):
+for _command in (
+    *LOCAL_COMMANDS,
+    *ADMIN_COMMANDS,
+    *SCENARIO_COMMANDS,
+    *PRIVACY_COMMANDS,
+    status_command,
+    reload_command,
+):
     main.add_command(_command)
 
 

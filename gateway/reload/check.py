@@ -19,9 +19,10 @@ from ..render import SampleReport, render_samples
 
 #: Settings a running process keeps until it restarts: each is baked into something a
 #: reload does not rebuild (the Redis connection and key layout, the listening socket
-#: and its guards, the routers, the archive, the metrics site, imported plugin modules).
+#: and its guards, the routers, the archive, the metrics site, logging, the retention
+#: and watch tasks, imported plugin modules).
 RESTART_ONLY: dict[str, tuple[str, ...]] = {
-    "gateway": ("data_dir", "processes", "timezone"),
+    "gateway": ("data_dir", "processes", "timezone", "log_format", "log_traffic"),
     "intake": (
         "host",
         "port",
@@ -48,6 +49,17 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "history": ("retention", "hot_window", "archive", "archive_batch"),
     "metrics": ("intake", "port", "host", "refresh"),
     "plugins": ("block", "modules"),
+    "retention": (
+        "events",
+        "deliveries",
+        "dead_letters",
+        "scenarios",
+        "outboxes",
+        "audit",
+        "interval",
+        "batch",
+    ),
+    "watch": ("every", "watches"),
 }
 
 
