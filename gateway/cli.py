@@ -24,10 +24,10 @@ from .cli_options import conf_argument, conf_option, log_format_option, log_traf
 from .cli_scenarios import COMMANDS as SCENARIO_COMMANDS
 from .conf import CONF_ENV_VAR, Conf, default_conf_path, load_conf
 from .errors import ConfError, PluginError, TocsinError
-from .plan import Plan
 from .plugins import load_registry
 from .privacy.cli import COMMANDS as PRIVACY_COMMANDS
 from .redis_server import RedisServer
+from .reload.command import reload_command
 from .signing import generate_secret
 from .supervisor import (
     SPREADS,
@@ -140,6 +140,9 @@ def serve(
     from .service import ROLES, Gateway  # noqa: PLC0415 - keeps `tocsin check` light
 
     setup_logging(log_level, log_format or "human", log_traffic is not False)
+    # SIGHUP reloads the conf (gateway/reload): until the handler is in place, one must
+    # not end the process as it would by default.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if parent is not None:
         bind_to_parent(parent)
         child_logging()
@@ -262,6 +265,7 @@ def _supervise(specs: list[ChildSpec], child_argv: list[str], drain: float) -> i
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
         return await supervisor.run(stopping)
 
     return asyncio.run(runner())
@@ -309,32 +313,21 @@ def check(conf_arg: Path | None, samples: Path | None) -> None:
     Every template used by a rule is also rendered against the sample events the rule
     routes (see docs/templates.md).
     """
-    from .conf_lines import with_lines  # noqa: PLC0415
-    from .render import SampleReport, render_samples  # noqa: PLC0415
+    from .reload import check_conf  # noqa: PLC0415 - what a reload checks too
 
-    reports: list[SampleReport] = []
-
-    def render(plan: Plan) -> list[str]:
-        # A folder named (on the command line, or in conf other than the default) must
-        # exist: a typo would otherwise pass as "no sample events", with exit 0.
-        named = samples
-        if named is None and plan.conf.gateway.samples != "examples":
-            named = plan.conf.samples_dir
-        if named is not None and not named.is_dir():
-            reports.append(SampleReport(folder=named))
-            if samples is not None:
-                return [f"--samples: no folder {samples}"]
-            return with_lines([f"{plan.conf.path}: gateway.samples: no folder {named}"])
-        reports.append(render_samples(plan, samples))
-        return reports[-1].problems
-
-    conf, registry, plan = _load(conf_arg, also=render)
+    path = conf_arg or default_conf_path()
+    checked = check_conf(path, samples)
+    if not checked.ok:
+        _fail([*checked.problems, f"{len(checked.problems)} problem(s) in {path}"])
+    conf, registry, plan = checked.conf, checked.registry, checked.plan
+    assert conf is not None and registry is not None and plan is not None
+    assert checked.report is not None
     templates = sum(1 for _ in plan.templates.all_files())
     click.echo(
         f"{conf.path}: ok ({len(plan.channels)} channels, {len(plan.rules)} rules, "
         f"{len(plan.sources)} sources, {templates} templates, {len(registry.plugins)} plugins)"
     )
-    for line in reports[0].summary():
+    for line in checked.report.summary():
         click.echo(line)
 
 
@@ -418,6 +411,7 @@ for _command in (
     *SCENARIO_COMMANDS,
     *PRIVACY_COMMANDS,
     status_command,
+    reload_command,
 ):
     main.add_command(_command)
 

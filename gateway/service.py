@@ -41,6 +41,7 @@ from .privacy.outboxes import outbox_roots
 from .privacy.recipients import RecordPrivacy
 from .privacy.retention import Retention, RetentionTask, Sweeper
 from .redis_client import connect
+from .reload.swap import Reloader
 from .router import Router, default_reclaim_after
 from .scenarios import ScenarioEngine
 from .streams import Backoff
@@ -138,14 +139,21 @@ class Gateway:
             if wait_aof is None:
                 return
             await check_layout(redis, self.layout)
+            # What a reload swaps (gateway/reload).
+            self.redis, self.running_roles, self.stopping = redis, roles, stopping
+            self.routers: list[Router] = []
+            self.scenario_engine: ScenarioEngine | None = None
+            self.worker: Worker | None = None
+            self.worker_stop, self.worker_task = asyncio.Event(), None
             tasks = []
             self._start_metrics()
             if "worker" in roles:
                 await self._start_channels(stack, redis, wait_aof)
             if "router" in roles:
-                scenarios = self._scenarios(redis)
+                scenarios = self.scenario_engine = self._scenarios(redis)
                 for shard in range(self.layout.count):  # each shard's events in order
                     router = self._router(redis, scenarios, shard)
+                    self.routers.append(router)
                     tasks.append(asyncio.create_task(router.run(stopping)))
                 if scenarios is not None:
                     tasks.append(asyncio.create_task(scenarios.run(stopping, self.consumer)))
@@ -154,21 +162,28 @@ class Gateway:
                     tasks.append(asyncio.create_task(archiver.run(stopping)))
                 tasks.append(asyncio.create_task(self._retention(redis, store).run(stopping)))
             if "worker" in roles:
-                tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
+                self.worker = self._worker(redis)
+                self.worker_task = asyncio.create_task(self.worker.run(self.worker_stop))
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
             tasks.append(asyncio.create_task(self._poller(redis).run(stopping)))
             tasks.append(asyncio.create_task(self.metrics.flushing(stopping)))
             tasks.append(asyncio.create_task(self._watcher(redis).run(stopping)))
             await self._start_metrics_site(stack)
+            self.reloader = Reloader(self)
+            tasks.append(asyncio.create_task(self.reloader.run(stopping)))
             log.info("consumer %s running roles: %s", self.consumer, ", ".join(sorted(roles)))
             self.ready.set()
             await stopping.wait()
             log.info("stopping: no new work taken; finishing in-flight sends")
             if runner is not None:
                 await runner.cleanup()  # refuse new events before the workers wind down
+            self.worker_stop.set()
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, BaseException):
                     log.error("a gateway task ended with %r", result)
+            if self.worker_task is not None:  # the last one a reload started
+                self.worker_stop.set()
+                await asyncio.gather(self.worker_task, return_exceptions=True)
             self.metrics.flush()  # what the last sends counted
 
     def _start_metrics(self) -> None:
@@ -181,7 +196,8 @@ class Gateway:
         )
         multiprocess = multiprocess_dir()  # before any sample exists
         self.metrics = Metrics(known)
-        self.metrics.conf_loaded(conf_digest(plan.conf.files or [plan.conf.path]))
+        self.metrics_digest = conf_digest(plan.conf.files or [plan.conf.path])
+        self.metrics.conf_loaded(self.metrics_digest)
         self.exporter = Exporter(self.metrics, multiprocess)
 
     def _poller(self, redis: Redis) -> Poller:
@@ -241,16 +257,21 @@ class Gateway:
         return None
 
     async def _start_channels(self, stack: AsyncExitStack, redis: Redis, wait_aof: bool) -> None:
-        confirmed: Enqueuer | None = None
-        for channel in self.plan.channels.values():
+        self._stack, self._wait_aof = stack, wait_aof
+        self._confirmed: Enqueuer | None = None
+        await self.open_channels(self.plan)
+
+    async def open_channels(self, plan: Plan) -> None:
+        """Start ``plan``'s channels (at start, and for the plan a reload brings)."""
+        for channel in plan.channels.values():
             if isinstance(channel, ConfirmChannel):
-                if confirmed is None:  # what sources confirm is accepted as the intake would
-                    confirmed = self._enqueuer(redis, wait_aof)
-                    confirmed.start()
-                    stack.push_async_callback(confirmed.stop)
-                channel.attach(confirmed.enqueue)
+                if self._confirmed is None:  # what sources confirm is accepted as intake would
+                    self._confirmed = self._enqueuer(self.redis, self._wait_aof)
+                    self._confirmed.start()
+                    self._stack.push_async_callback(self._confirmed.stop)
+                channel.attach(self._confirmed.enqueue)
             await channel.start()
-            stack.push_async_callback(_close_channel, channel)
+            self._stack.push_async_callback(close_channel, channel)
 
     def _enqueuer(self, redis: Redis, wait_aof: bool) -> Enqueuer:
         conf = self.plan.conf
@@ -347,13 +368,13 @@ class Gateway:
             scenarios=scenarios,
         )
 
-    def _worker(self, redis: Redis) -> Worker:
+    def _worker(self, redis: Redis, consumer: str | None = None) -> Worker:
         conf = self.plan.conf
         return Worker(
             redis,
             self.layout,
             self.plan.channels,
-            self.consumer,
+            consumer or self.consumer,
             policies=self.plan.policies,
             visibility={name: self.plan.visibility_timeout(name) for name in self.plan.channels},
             concurrency=conf.worker.concurrency,
@@ -431,7 +452,11 @@ async def _name_process(request: web.Request, response: web.StreamResponse) -> N
         response.headers[PROCESS_HEADER] = str(os.getpid())
 
 
-async def _close_channel(channel: Channel[Any]) -> None:
+async def close_channel(channel: Channel[Any]) -> None:
+    """Once: at shutdown, or when a reload replaced it and its last send finished."""
+    if getattr(channel, "_tocsin_closed", False):
+        return
+    channel._tocsin_closed = True  # type: ignore[attr-defined]
     try:
         await channel.close()
     except Exception:

@@ -76,6 +76,7 @@ BAD_ARGUMENTS: dict[str, tuple[list[str], int, str]] = {
         2,
         "no channel 'nope' in",
     ),
+    "reload": (["reload", "--conf", "nope.toml"], 2, "nope.toml: file not found"),
     "scenarios": (["scenarios", "bogus"], 2, "No such command 'bogus'"),
     "scenarios list": (
         ["scenarios", "list", "--conf", "CONF", "--limit", "-1"],

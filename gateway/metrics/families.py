@@ -199,21 +199,24 @@ class Metrics:
         self.redis_up = Gauge(
             "tocsin_redis_up", "1 if Redis answered the last metrics refresh.", **snap
         )
+        # Per process (a ``pid`` label under tocsin serve): each reloads on its own, and
+        # two processes running different confs must show apart.
+        own: dict[str, Any] = {"registry": r, "multiprocess_mode": "liveall"}
         self.reload_ok = Gauge(
             "tocsin_conf_last_reload_successful",
             "1 if the last conf (re)load succeeded.",
-            **snap,
+            **own,
         )
         self.reload_at = Gauge(
             "tocsin_conf_last_reload_success_timestamp_seconds",
             "When the conf was last loaded successfully.",
-            **snap,
+            **own,
         )
         self.conf_hash = Gauge(
             "tocsin_conf_hash",
             "Hash of the loaded conf files (52 bits of SHA-256): differs between two "
             "processes running different confs.",
-            **snap,
+            **own,
         )
         self._counts: defaultdict[tuple[Any, tuple[str, ...]], int] = defaultdict(int)
         #: Per channel: sends per bucket (the last one +Inf), then their total seconds.
@@ -318,6 +321,10 @@ class Metrics:
             self.scenarios_live.labels(name).set(s.live if s else 0)
             self.steps_due.labels(name).set(s.due if s else 0)
         self.snapshot_at.set(snapshot.at)
+
+    def rezero(self) -> None:
+        """After a reload changed ``known``: the new label sets exported at 0."""
+        self._zero()
 
     def watch_breached_set(self, watches: Iterable[str], breached: Iterable[str]) -> None:
         """The watches conf names: 1 for those breached, 0 for the others."""
