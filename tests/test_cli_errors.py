@@ -77,6 +77,9 @@ BAD_ARGUMENTS: dict[str, tuple[list[str], int, str]] = {
         "no channel 'nope' in",
     ),
     "reload": (["reload", "--conf", "nope.toml"], 2, "nope.toml: file not found"),
+    "forget": (["forget", "--conf", "CONF"], 2, "Missing option '--customer'"),
+    "retention": (["retention", "--conf", "nope.toml"], 2, "nope.toml: file not found"),
+    "status": (["status", "--interval", "0", "--conf", "CONF"], 2, "not in the range x>=0.5"),
     "scenarios": (["scenarios", "bogus"], 2, "No such command 'bogus'"),
     "scenarios list": (
         ["scenarios", "list", "--conf", "CONF", "--limit", "-1"],

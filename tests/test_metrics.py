@@ -330,7 +330,7 @@ async def test_conf_known_label_sets_start_at_zero(traffic: Running):
         assert after.get("tocsin_attempts_total", channel="idle", outcome=outcome) == 0
     # Per process (each reloads on its own): one sample per live pid, the same conf.
     for name, check in (
-        ("tocsin_conf_last_reload_successful", lambda v: v == 1),
+        ("tocsin_conf_reload_success", lambda v: v == 1),
         ("tocsin_conf_hash", lambda v: v > 0),
     ):
         values = [v for (n, labels), v in after.samples.items() if n == name]

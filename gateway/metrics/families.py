@@ -203,7 +203,7 @@ class Metrics:
         # two processes running different confs must show apart.
         own: dict[str, Any] = {"registry": r, "multiprocess_mode": "liveall"}
         self.reload_ok = Gauge(
-            "tocsin_conf_last_reload_successful",
+            "tocsin_conf_reload_success",
             "1 if the last conf (re)load succeeded.",
             **own,
         )
