@@ -20,8 +20,19 @@ from redis.asyncio import Redis
 from .delivery import Attempt, Delivery
 from .keys import Keys, Layout, as_layout
 
-Status = Literal["delivered", "retrying", "deferred", "dead", "pending", "cancelled"]
-STATUSES: tuple[str, ...] = ("delivered", "retrying", "deferred", "dead", "pending", "cancelled")
+Status = Literal[
+    "delivered", "retrying", "deferred", "dead", "pending", "cancelled", "suppressed"
+]
+#: ``suppressed``: not sent, its address is on the suppression list (gateway.suppression).
+STATUSES: tuple[str, ...] = (
+    "delivered",
+    "retrying",
+    "deferred",
+    "dead",
+    "pending",
+    "cancelled",
+    "suppressed",
+)
 #: Attempt outcomes that were a real try at sending (not a deferral or a replay mark).
 SENDS = frozenset({"delivered", "retry", "failed"})
 

@@ -22,6 +22,7 @@ from ..channel import Channel
 from ..keys import Keys, Layout
 from ..metrics.families import Metrics
 from ..policy import ChannelPolicy
+from ..suppression import SuppressionList
 from ..windows import SendingWindow
 
 log = logging.getLogger("tocsin.worker")
@@ -82,6 +83,7 @@ class WorkerBase:
     policies: dict[str, ChannelPolicy]
     windows: dict[str, SendingWindow]
     metrics: Metrics | None
+    suppressions: SuppressionList
     clock: Callable[[], float]
     retention: int
     dedupe_window: int

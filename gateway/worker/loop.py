@@ -32,6 +32,7 @@ from ..metrics.families import Metrics
 from ..policy import ChannelGate, ChannelPolicy
 from ..scripts import PROMOTE, SETTLE
 from ..streams import Backoff, ensure_group, is_nogroup, read_group
+from ..suppression import SuppressionList, feed_error
 from ..windows import SendingWindow
 from .base import (
     CLUSTER_IDLE_BLOCK,
@@ -84,6 +85,8 @@ class Worker(Settling, Health):
         #: How long the events this worker emits stay findable by id (as intake's do).
         self._event_keep = max(self.dedupe_window, self.retention)
         self.clock = clock
+        #: Global (one hash for every shard): checked before each send with an address.
+        self.suppressions = SuppressionList(redis, self.layout, clock)
         policies = policies or {}
         self.policies = {name: policies.get(name) or ChannelPolicy() for name in channels}
         self.gates = {name: ChannelGate(policy) for name, policy in self.policies.items()}
@@ -348,6 +351,10 @@ class Worker(Settling, Health):
             return None
         if delivery.scenario is not None and await self._recalled(stream, entry_id, delivery):
             return None
+        if delivery.recipient is not None and await self._suppressed(
+            stream, entry_id, delivery, channel
+        ):
+            return None
         if delivery.window is not None and await self._outside_window(stream, entry_id, delivery):
             return None
         started_at = self.clock()
@@ -364,6 +371,11 @@ class Worker(Settling, Health):
             self._record(delivery, started_at, started, "failed", exc.reason, exc.status)
             notice = self._failure_notice(delivery, exc) if exc.notify else None
             await self._dead(stream, entry_id, delivery, exc.reason, exc.status, notice)
+            if exc.suppress is not None:
+                try:
+                    await feed_error(self.suppressions, channel, delivery, exc)
+                except (RedisError, OSError) as fault:
+                    log.error("suppression: could not list the address: %s", fault)
             return None
         except TransientError as exc:
             reason, status, retry_after, outcome = exc.reason, exc.status, exc.retry_after, True

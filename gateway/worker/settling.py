@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
+from ..channel import Channel
 from ..delivery import Attempt, Delivery, encode_delivery
 from ..errors import DeliveryError, TransientError
 from ..event import Event, EventSource, encode_event
@@ -20,6 +21,7 @@ from ..logs import OURS
 from ..retry import next_delay
 from ..scripts import ENQUEUE_MANY, SETTLE
 from ..streams import Backoff
+from ..suppression import address_of, skip_reason
 from .base import ACK_BATCH, ACK_LINGER, INTERNAL_PROVIDER, RECONNECT_CAP, WorkerBase, log, outcomes
 
 
@@ -44,6 +46,43 @@ class Settling(WorkerBase):
             await pipe.execute()
         if self.metrics is not None:
             self.metrics.settled(self.streams[stream], "cancelled")
+        return True
+
+    async def _suppressed(
+        self, stream: str, entry_id: bytes, delivery: Delivery, channel: Channel[Any]
+    ) -> bool:
+        """A message its address's suppression entry rules out: settled as
+        ``suppressed``, with the entry's reason, without a send. One HGET."""
+        address = address_of(channel, delivery)
+        if address is None:
+            return False
+        entry = await self.suppressions.get(address)
+        why = skip_reason(entry, delivery.category)
+        if why is None or entry is None:
+            return False
+        now = self.clock()
+        since = datetime.fromtimestamp(entry.at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        until = (
+            f", until {datetime.fromtimestamp(entry.until, UTC):%Y-%m-%d %H:%M UTC}"
+            if entry.until is not None
+            else ""
+        )
+        note = (
+            f"not sent: address on the suppression list ({why}, by {entry.author}, since "
+            f"{since}{until}); {delivery.category} message"
+        )
+        delivery.history.append(
+            Attempt(n=delivery.attempt, at=round(now, 3), outcome="suppressed", ms=0, note=note)
+        )
+        outcomes.info("delivery %s suppressed, not sent: %s", delivery.id, why, extra=OURS)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, WORKER_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            self._write_record(pipe, self.shard_of[stream], delivery, "suppressed")
+            await pipe.execute()
+        if self.metrics is not None:
+            self.metrics.settled(self.streams[stream], "suppressed")
+            self.metrics.suppressed(why)
         return True
 
     async def _outside_window(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
