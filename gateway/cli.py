@@ -39,6 +39,7 @@ from .supervisor import (
     reuseport_sockets,
     usable_cores,
 )
+from .suppression.cli import COMMANDS as SUPPRESSION_COMMANDS
 
 log = logging.getLogger("tocsin")
 
@@ -410,7 +411,7 @@ def secret() -> None:
     click.echo(generate_secret())
 
 
-for _command in (*LOCAL_COMMANDS, *ADMIN_COMMANDS, *SCENARIO_COMMANDS):
+for _command in (*LOCAL_COMMANDS, *ADMIN_COMMANDS, *SCENARIO_COMMANDS, *SUPPRESSION_COMMANDS):
     main.add_command(_command)
 
 

@@ -20,9 +20,7 @@ from redis.asyncio import Redis
 from .delivery import Attempt, Delivery
 from .keys import Keys, Layout, as_layout
 
-Status = Literal[
-    "delivered", "retrying", "deferred", "dead", "pending", "cancelled", "suppressed"
-]
+Status = Literal["delivered", "retrying", "deferred", "dead", "pending", "cancelled", "suppressed"]
 #: ``suppressed``: not sent, its address is on the suppression list (gateway.suppression).
 STATUSES: tuple[str, ...] = (
     "delivered",

@@ -25,7 +25,9 @@ from redis.asyncio import Redis
 
 from ..keys import Keys, Layout
 
-Reason = Literal["unsubscribed", "hard_bounce", "complaint", "stop_reply", "invalid_number", "manual"]
+Reason = Literal[
+    "unsubscribed", "hard_bounce", "complaint", "stop_reply", "invalid_number", "manual"
+]
 REASONS: tuple[str, ...] = get_args(Reason)
 #: Reasons that block every message, transactional ones included: nothing can reach
 #: the address. The others are the person's wish, which receipts do not override.

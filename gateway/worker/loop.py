@@ -32,7 +32,7 @@ from ..metrics.families import Metrics
 from ..policy import ChannelGate, ChannelPolicy
 from ..scripts import PROMOTE, SETTLE
 from ..streams import Backoff, ensure_group, is_nogroup, read_group
-from ..suppression import SuppressionList, feed_error
+from ..suppression import SuppressionList
 from ..windows import SendingWindow
 from .base import (
     CLUSTER_IDLE_BLOCK,
@@ -351,11 +351,7 @@ class Worker(Settling, Health):
             return None
         if delivery.scenario is not None and await self._recalled(stream, entry_id, delivery):
             return None
-        if delivery.recipient is not None and await self._suppressed(
-            stream, entry_id, delivery, channel
-        ):
-            return None
-        if delivery.window is not None and await self._outside_window(stream, entry_id, delivery):
+        if await self._held(stream, entry_id, delivery, channel):
             return None
         started_at = self.clock()
         started = time.monotonic()
@@ -369,13 +365,7 @@ class Worker(Settling, Health):
             return True
         except PermanentError as exc:
             self._record(delivery, started_at, started, "failed", exc.reason, exc.status)
-            notice = self._failure_notice(delivery, exc) if exc.notify else None
-            await self._dead(stream, entry_id, delivery, exc.reason, exc.status, notice)
-            if exc.suppress is not None:
-                try:
-                    await feed_error(self.suppressions, channel, delivery, exc)
-                except (RedisError, OSError) as fault:
-                    log.error("suppression: could not list the address: %s", fault)
+            await self._refused(stream, entry_id, delivery, channel, exc)
             return None
         except TransientError as exc:
             reason, status, retry_after, outcome = exc.reason, exc.status, exc.retry_after, True
