@@ -87,7 +87,8 @@ def normalise(address: str, region: str | None = None) -> str:
     try:
         parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"{address!r} is not a phone number: {exc}") from None
+        why = str(exc).split(") ", 1)[-1].rstrip(".").lower()  # "(3) The string..."
+        raise ValueError(f"{address!r} is not a phone number: {why}") from None
     if not phonenumbers.is_valid_number(parsed):
         raise ValueError(f"{address!r} is not a valid phone number")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
