@@ -59,7 +59,9 @@ def suppress() -> None:
 
 @suppress.command("add")
 @click.argument("address")
-@click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True)
+@click.option(
+    "--reason", type=click.Choice(REASONS), default="manual", show_default=True, help="Why."
+)
 @click.option("--for", "for_", default=None, callback=_for_param, help="Expire after: 30d.")
 @click.option("--until", default=None, help="Expire at this ISO date (UTC unless it says).")
 @click.option("--note", default=None, help="Why, for whoever reads the list later.")
