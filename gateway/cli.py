@@ -26,6 +26,7 @@ from .conf import CONF_ENV_VAR, Conf, default_conf_path, load_conf
 from .errors import ConfError, PluginError, TocsinError
 from .plan import Plan
 from .plugins import load_registry
+from .privacy.cli import COMMANDS as PRIVACY_COMMANDS
 from .redis_server import RedisServer
 from .signing import generate_secret
 from .supervisor import (
@@ -40,6 +41,7 @@ from .supervisor import (
     usable_cores,
 )
 from .suppression.cli import COMMANDS as SUPPRESSION_COMMANDS
+from .watch.status import status as status_command
 
 log = logging.getLogger("tocsin")
 
@@ -411,7 +413,14 @@ def secret() -> None:
     click.echo(generate_secret())
 
 
-for _command in (*LOCAL_COMMANDS, *ADMIN_COMMANDS, *SCENARIO_COMMANDS, *SUPPRESSION_COMMANDS):
+for _command in (
+    *LOCAL_COMMANDS,
+    *ADMIN_COMMANDS,
+    *SCENARIO_COMMANDS,
+    *PRIVACY_COMMANDS,
+    status_command,
+    *SUPPRESSION_COMMANDS,
+):
     main.add_command(_command)
 
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,7 +19,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .archive import Archiver, opened
+from .archive import Archiver, ArchiveStore, opened
 from .channel import Channel
 from .confirm import ConfirmChannel
 from .errors import LayoutError
@@ -35,10 +36,15 @@ from .metrics import (
     refusal_counter,
 )
 from .plan import EVENTS_SOURCE, Plan
+from .privacy.bodies import BodyKeeper
+from .privacy.outboxes import outbox_roots
+from .privacy.recipients import RecordPrivacy
+from .privacy.retention import Retention, RetentionTask, Sweeper
 from .redis_client import connect
 from .router import Router, default_reclaim_after
 from .scenarios import ScenarioEngine
 from .streams import Backoff
+from .watch import Watcher
 from .worker import Worker
 
 log = logging.getLogger("tocsin")
@@ -143,13 +149,16 @@ class Gateway:
                     tasks.append(asyncio.create_task(router.run(stopping)))
                 if scenarios is not None:
                     tasks.append(asyncio.create_task(scenarios.run(stopping, self.consumer)))
-                for archiver in await self._archivers(stack, redis):
+                archivers, store = await self._archivers(stack, redis)
+                for archiver in archivers:
                     tasks.append(asyncio.create_task(archiver.run(stopping)))
+                tasks.append(asyncio.create_task(self._retention(redis, store).run(stopping)))
             if "worker" in roles:
                 tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
             tasks.append(asyncio.create_task(self._poller(redis).run(stopping)))
             tasks.append(asyncio.create_task(self.metrics.flushing(stopping)))
+            tasks.append(asyncio.create_task(self._watcher(redis).run(stopping)))
             await self._start_metrics_site(stack)
             log.info("consumer %s running roles: %s", self.consumer, ", ".join(sorted(roles)))
             self.ready.set()
@@ -168,6 +177,7 @@ class Gateway:
             sources=tuple(plan.sources),
             channels=tuple(plan.channels),
             scenarios=tuple(s.name for s in plan.scenarios),
+            watches=tuple(plan.conf.watch.watches),
         )
         multiprocess = multiprocess_dir()  # before any sample exists
         self.metrics = Metrics(known)
@@ -184,6 +194,21 @@ class Gateway:
             self.consumer,
             every=float(conf.metrics.refresh),
             intake=intake.stats if intake is not None else None,
+        )
+
+    def _watcher(self, redis: Redis) -> Watcher:
+        """``[watch]``: every process runs one; the one holding its lease evaluates."""
+        conf = self.plan.conf
+        history = conf.history
+        keep = history.retention if history.archive == "off" else history.hot_window
+        return Watcher(
+            redis,
+            self.layout,
+            conf.watch,
+            self.plan.windows,
+            self.consumer,
+            metrics=self.metrics,
+            keep=max(float(keep), float(conf.intake.dedupe_window)),
         )
 
     async def _start_metrics_site(self, stack: AsyncExitStack) -> None:
@@ -243,13 +268,15 @@ class Gateway:
             wait_replicas=conf.redis.wait_replicas,
         )
 
-    async def _archivers(self, stack: AsyncExitStack, redis: Redis) -> list[Archiver]:
+    async def _archivers(
+        self, stack: AsyncExitStack, redis: Redis
+    ) -> tuple[list[Archiver], ArchiveStore | None]:
         """One history archiver per shard, sharing the archive (router role: routers
         already trim the events streams)."""
         history = self.plan.conf.history
         store = await stack.enter_async_context(opened(self.plan.conf.data_dir, history.archive))
         if store is None:
-            return []
+            return [], None
         return [
             Archiver(
                 redis,
@@ -261,7 +288,30 @@ class Gateway:
                 batch=history.archive_batch,
             )
             for shard in self.layout.shards
-        ]
+        ], store
+
+    def _retention(self, redis: Redis, store: ArchiveStore | None) -> RetentionTask:
+        """The retention trim (docs/data-protection.md): one process at a time."""
+        conf = self.plan.conf
+        sweeper = Sweeper(
+            redis,
+            self.layout,
+            Retention.of(conf),
+            archive=store,
+            outbox_roots=outbox_roots(conf),
+        )
+        return RetentionTask(sweeper, self.consumer)
+
+    def _record_privacy(self) -> RecordPrivacy:
+        conf = self.plan.conf
+        channels = self.plan.channels
+
+        def templates(name: str) -> Path | None:
+            channel = channels.get(name)
+            return channel.context.templates.root if channel is not None else None
+
+        key = conf.privacy.key.reveal().encode() if conf.privacy.key is not None else None
+        return RecordPrivacy(key=key, templates=templates)
 
     def _scenarios(self, redis: Redis) -> ScenarioEngine | None:
         if not self.plan.scenarios:
@@ -313,6 +363,12 @@ class Gateway:
             dedupe_window=float(conf.intake.dedupe_window),
             windows=self.plan.windows,
             metrics=self.metrics,
+            privacy=self._record_privacy(),
+            bodies=(
+                BodyKeeper(redis, float(conf.privacy.bodies_retention))
+                if conf.privacy.keep_bodies
+                else None
+            ),
         )
 
     async def _start_intake(

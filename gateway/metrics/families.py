@@ -85,6 +85,8 @@ class Known:
     sources: tuple[str, ...]
     channels: tuple[str, ...]
     scenarios: tuple[str, ...] = ()
+    #: ``[watch.NAME]`` tables (gateway/watch).
+    watches: tuple[str, ...] = ()
     #: Event types with their own series; others count as ``other``.
     types: frozenset[str] = field(default_factory=lambda: frozenset(TYPES))
 
@@ -191,6 +193,12 @@ class Metrics:
             ["scenario"],
             **snap,
         )
+        self.watch_breached = Gauge(
+            "tocsin_watch_breached",
+            "1 while a [watch.NAME] is breached (docs/operations.md, Watch).",
+            ["watch"],
+            **snap,
+        )
         self.snapshot_at = Gauge(
             "tocsin_queue_snapshot_timestamp_seconds",
             "When the queue snapshot the gauges above come from was taken.",
@@ -241,6 +249,7 @@ class Metrics:
                 self.attempts.labels(channel, outcome)
             self.send_seconds.labels(channel)
         self.apply(Snapshot.empty(k.channels, k.scenarios))
+        self.watch_breached_set(k.watches, ())
 
     # -- counting: in plain dicts, written out by ``flush`` -------------------------------
     #
@@ -323,6 +332,12 @@ class Metrics:
             self.scenarios_live.labels(name).set(s.live if s else 0)
             self.steps_due.labels(name).set(s.due if s else 0)
         self.snapshot_at.set(snapshot.at)
+
+    def watch_breached_set(self, watches: Iterable[str], breached: Iterable[str]) -> None:
+        """The watches conf names: 1 for those breached, 0 for the others."""
+        now = set(breached)
+        for name in watches:
+            self.watch_breached.labels(name).set(1 if name in now else 0)
 
     def conf_loaded(self, digest: float, ok: bool = True) -> None:
         self.reload_ok.set(1 if ok else 0)

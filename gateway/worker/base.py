@@ -22,6 +22,8 @@ from ..channel import Channel
 from ..keys import Keys, Layout
 from ..metrics.families import Metrics
 from ..policy import ChannelPolicy
+from ..privacy.bodies import BodyKeeper
+from ..privacy.recipients import RecordPrivacy
 from ..suppression import SuppressionList
 from ..windows import SendingWindow
 
@@ -83,6 +85,9 @@ class WorkerBase:
     policies: dict[str, ChannelPolicy]
     windows: dict[str, SendingWindow]
     metrics: Metrics | None
+    #: How history records recipients (masked, keyed hash), and the bodies kept if any.
+    privacy: RecordPrivacy
+    bodies: BodyKeeper | None
     suppressions: SuppressionList
     clock: Callable[[], float]
     retention: int

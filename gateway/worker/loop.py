@@ -25,11 +25,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..channel import Channel
 from ..delivery import Attempt, Delivery, decode_job
 from ..errors import EndpointGone, PermanentError, TransientError
-from ..history import encode_record, record_of
 from ..keys import WORKER_GROUP, Keys, Layout, as_layout
 from ..logs import OURS, sending
 from ..metrics.families import Metrics
 from ..policy import ChannelGate, ChannelPolicy
+from ..privacy.bodies import BodyKeeper
+from ..privacy.recipients import MASK_ONLY, RecordPrivacy
 from ..scripts import PROMOTE, SETTLE
 from ..streams import Backoff, ensure_group, is_nogroup, read_group
 from ..suppression import SuppressionList
@@ -70,8 +71,13 @@ class Worker(Settling, Health):
         clock: Callable[[], float] = time.time,
         windows: dict[str, SendingWindow] | None = None,
         metrics: Metrics | None = None,
+        privacy: RecordPrivacy = MASK_ONLY,
+        bodies: BodyKeeper | None = None,
     ) -> None:
         self.metrics = metrics
+        #: How records keep recipients (masked, keyed hash) and whether bodies are kept.
+        self.privacy = privacy
+        self.bodies = bodies
         self.windows = windows or {}
         self.redis = redis
         self.layout = as_layout(keys)
@@ -390,8 +396,8 @@ class Worker(Settling, Health):
                     delivery.history[-1].ms,
                     extra=OURS,
                 )
-            record = record_of(delivery, "delivered", now=self.clock())
-            self._acks[stream].append((entry_id, delivery.id, encode_record(record)))
+            record = await self._delivered_record(stream, channel, delivery)
+            self._acks[stream].append((entry_id, delivery.id, record))
             self._settling.add((stream, entry_id))
             self._ack_wakeup.set()
             if self._failing[name] is not False:

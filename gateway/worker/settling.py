@@ -163,12 +163,21 @@ class Settling(WorkerBase):
             await pipe.execute()
         return True
 
+    async def _delivered_record(
+        self, stream: str, channel: Channel[Any], delivery: Delivery
+    ) -> bytes:
+        """The record a delivered job settles with (and its body, if bodies are kept)."""
+        if self.bodies is not None:
+            await self.bodies.keep(self.shard_of[stream], channel, delivery)
+        record = record_of(delivery, "delivered", now=self.clock(), privacy=self.privacy)
+        return encode_record(record)
+
     def _write_record(
         self, pipe: Any, shard: Keys, delivery: Delivery, status: Status, **kw: Any
     ) -> None:
         """In the job's shard: a record is written in the transaction that settles it."""
         now = self.clock()
-        record = record_of(delivery, status, now=now, **kw)
+        record = record_of(delivery, status, now=now, privacy=self.privacy, **kw)
         pipe.set(shard.record(delivery.id), encode_record(record), ex=self.retention)
         pipe.zadd(shard.history, {delivery.id: now * 1000})
 
