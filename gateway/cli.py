@@ -40,6 +40,7 @@ from .supervisor import (
     reuseport_sockets,
     usable_cores,
 )
+from .suppression.cli import COMMANDS as SUPPRESSION_COMMANDS
 from .watch.status import status as status_command
 
 log = logging.getLogger("tocsin")
@@ -412,6 +413,7 @@ for _command in (
     *PRIVACY_COMMANDS,
     status_command,
     reload_command,
+    *SUPPRESSION_COMMANDS,
 ):
     main.add_command(_command)
 

@@ -226,6 +226,12 @@ class PluginsSection(_Section):
     modules: list[str] = msgspec.field(default_factory=list)
 
 
+#: What a message is for the suppression list (gateway/suppression): a suppressed address
+#: still gets ``transactional`` messages (receipts...) unless it bounced or is invalid;
+#: ``reminder`` and ``marketing`` messages to it are skipped.
+Category = Literal["transactional", "reminder", "marketing"]
+
+
 class Action(_Section, kw_only=True):
     channel: str
     #: A notification name: a folder under the templates folder. Optional for json_hook.
@@ -246,6 +252,7 @@ class Rule(_Section, kw_only=True):
     #: A sending window (``[windows.NAME]``, ``courtesy`` built in) overriding the
     #: channel's; ``"none"`` sends at once (transactional messages).
     window: str | None = None
+    category: Category = "transactional"
 
 
 class Member(_Section, kw_only=True):
@@ -281,6 +288,7 @@ class Step(_Section, kw_only=True):
     actions: list[Action]
     #: A sending window; unset: the channel's.
     window: str | None = None
+    category: Category = "transactional"
 
 
 class Scenario(_Section, kw_only=True):

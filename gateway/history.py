@@ -21,8 +21,17 @@ from .delivery import Attempt, Delivery
 from .keys import Keys, Layout, as_layout
 from .privacy.recipients import MASK_ONLY, RecordPrivacy, audited, mask
 
-Status = Literal["delivered", "retrying", "deferred", "dead", "pending", "cancelled"]
-STATUSES: tuple[str, ...] = ("delivered", "retrying", "deferred", "dead", "pending", "cancelled")
+Status = Literal["delivered", "retrying", "deferred", "dead", "pending", "cancelled", "suppressed"]
+#: ``suppressed``: not sent, its address is on the suppression list (gateway.suppression).
+STATUSES: tuple[str, ...] = (
+    "delivered",
+    "retrying",
+    "deferred",
+    "dead",
+    "pending",
+    "cancelled",
+    "suppressed",
+)
 #: Attempt outcomes that were a real try at sending (not a deferral or a replay mark).
 SENDS = frozenset({"delivered", "retry", "failed"})
 

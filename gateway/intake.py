@@ -29,11 +29,12 @@ from .keys import Keys, Layout, as_layout, ordering_key
 from .logs import OURS
 from .metrics.families import Metrics
 from .openapi import serve_openapi
-from .receipts import ReceiptRequest, record_receipt
+from .receipts import ReceiptRequest, Reply, record_receipt
 from .scripts import ENQUEUE_MANY, is_noscript
 from .signing import SignatureError
 from .source import Source
 from .streams import as_text
+from .suppression.feed import feed_receipt
 
 log = logging.getLogger("tocsin.intake")
 #: One line per accepted event (``--no-log-traffic`` quiets it).
@@ -386,9 +387,11 @@ class Intake:
         try:
             for item in receipts:
                 item.at = round(time.time(), 3)
-                await record_receipt(
-                    self.enqueuer.redis, self.enqueuer.layout, item, self.retention
-                )
+                redis, layout = self.enqueuer.redis, self.enqueuer.layout
+                if isinstance(item, Reply) or item.suppress:
+                    # A reply, or a receipt proving an address unusable.
+                    await feed_receipt(redis, layout, item, channel=None)
+                await record_receipt(redis, layout, item, self.retention)
         except RedisError as exc:
             log.warning("intake: Redis unavailable, answering 503: %s", exc)
             return _answer(

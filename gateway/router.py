@@ -136,6 +136,7 @@ def action_deliveries(
                     recipient=recipient,
                     window=compiled.window,
                     scenario=scenario,
+                    category=compiled.category,
                 )
             )
     return deliveries

@@ -97,6 +97,23 @@ BAD_ARGUMENTS: dict[str, tuple[list[str], int, str]] = {
         2,
         "'soon' is not a duration",
     ),
+    "suppress": (["suppress", "bogus"], 2, "No such command 'bogus'"),
+    "suppress add": (
+        ["suppress", "add", "0612345678", "--conf", "CONF"],
+        2,
+        "international format",
+    ),
+    "suppress remove": (
+        ["suppress", "remove", "+33612345678", "--conf", "CONF"],
+        1,
+        "is not on the suppression list",
+    ),
+    "suppress list": (
+        ["suppress", "list", "--reason", "bored", "--conf", "CONF"],
+        2,
+        "'bored' is not one of",
+    ),
+    "suppress check": (["suppress", "check", "bob@", "--conf", "CONF"], 2, "not an email address"),
 }
 
 

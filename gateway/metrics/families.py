@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from ..catalog import TYPES
 from ..errors import DeliveryError
+from ..suppression.store import REASONS as SUPPRESSION_REASONS
 from .snapshot import Snapshot
 
 #: A type outside the catalog, on every metric that has a ``type`` label.
@@ -43,7 +44,7 @@ REFUSAL_REASONS = (
 #: ``tocsin_intake_connections_refused_total`` reasons (refused before any request).
 CONNECTION_REASONS = ("max_connections", "header_timeout")
 #: ``tocsin_deliveries_total`` final statuses (as the delivery history names them).
-FINAL_STATUSES = ("delivered", "dead", "cancelled")
+FINAL_STATUSES = ("delivered", "dead", "cancelled", "suppressed")
 #: ``tocsin_attempts_total`` outcome classes: the receiver's status class (HTTP, SMTP),
 #: or no answer (timeout, connect), or ``error`` (a failure with no status: a template,
 #: an invalid address, a plugin bug).
@@ -129,6 +130,13 @@ class Metrics:
             "tocsin_attempts",
             "Send attempts, by channel and outcome class.",
             ["channel", "outcome"],
+            registry=r,
+        )
+        self.suppressed_total = Counter(
+            "tocsin_suppressed",
+            "Messages not sent because their address is on the suppression list, by the "
+            "entry's reason.",
+            ["reason"],
             registry=r,
         )
         self.send_seconds = Histogram(
@@ -235,6 +243,8 @@ class Metrics:
             self.refused.labels(OTHER, reason)  # a path naming no configured source
         for reason in CONNECTION_REASONS:
             self.connections_refused.labels(reason)
+        for reason in SUPPRESSION_REASONS:
+            self.suppressed_total.labels(reason)
         for channel in k.channels:
             for status in FINAL_STATUSES:
                 self.deliveries.labels(channel, status)
@@ -277,6 +287,10 @@ class Metrics:
     def settled(self, channel: str, status: str, count: int = 1) -> None:
         """Deliveries reached a final status (``FINAL_STATUSES``)."""
         self._counts[self.deliveries, (channel, status)] += count
+
+    def suppressed(self, reason: str) -> None:
+        """A message skipped for its address's suppression entry (``reason``)."""
+        self._counts[self.suppressed_total, (reason,)] += 1
 
     def flush(self) -> None:
         """Write what was counted since the last flush into the exported metrics."""

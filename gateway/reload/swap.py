@@ -17,7 +17,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import RedisError
 
@@ -41,8 +41,40 @@ from .scenarios import apply_scenario_changes
 from .sweep import Sweeper, removal_reason, removed_key
 
 if TYPE_CHECKING:
-    from ..service import Gateway
+    from redis.asyncio import Redis
+
+    from ..keys import Layout
+    from ..metrics.families import Metrics
+    from ..router import Router
     from ..worker import Worker
+
+
+class Gateway(Protocol):
+    """What a reload swaps in a running gateway (``gateway.service.Gateway``), named here
+    so that the service can import the reloader without the reloader importing it."""
+
+    plan: Plan
+    consumer: str
+    redis: Redis
+    routers: list[Router]
+    scenario_engine: ScenarioEngine | None
+    worker: Worker | None
+    worker_stop: asyncio.Event
+    worker_task: asyncio.Task[None] | None
+    stopping: asyncio.Event
+    metrics: Metrics
+    metrics_digest: float
+    reloader: Reloader
+
+    @property
+    def layout(self) -> Layout: ...
+
+    async def open_channels(self, plan: Plan) -> None: ...
+
+    def _scenarios(self, redis: Redis) -> ScenarioEngine | None: ...
+
+    def _worker(self, redis: Redis, consumer: str | None = None) -> Worker: ...
+
 
 log = logging.getLogger("tocsin.reload")
 

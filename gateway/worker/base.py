@@ -24,6 +24,7 @@ from ..metrics.families import Metrics
 from ..policy import ChannelPolicy
 from ..privacy.bodies import BodyKeeper
 from ..privacy.recipients import RecordPrivacy
+from ..suppression import SuppressionList
 from ..windows import SendingWindow
 
 log = logging.getLogger("tocsin.worker")
@@ -87,6 +88,7 @@ class WorkerBase:
     #: How history records recipients (masked, keyed hash), and the bodies kept if any.
     privacy: RecordPrivacy
     bodies: BodyKeeper | None
+    suppressions: SuppressionList
     clock: Callable[[], float]
     retention: int
     dedupe_window: int

@@ -33,6 +33,7 @@ from ..privacy.bodies import BodyKeeper
 from ..privacy.recipients import MASK_ONLY, RecordPrivacy
 from ..scripts import PROMOTE, SETTLE
 from ..streams import Backoff, ensure_group, is_nogroup, read_group
+from ..suppression import SuppressionList
 from ..windows import SendingWindow
 from .base import (
     CLUSTER_IDLE_BLOCK,
@@ -90,6 +91,8 @@ class Worker(Settling, Health):
         #: How long the events this worker emits stay findable by id (as intake's do).
         self._event_keep = max(self.dedupe_window, self.retention)
         self.clock = clock
+        #: Global (one hash for every shard): checked before each send with an address.
+        self.suppressions = SuppressionList(redis, self.layout, clock)
         policies = policies or {}
         self.policies = {name: policies.get(name) or ChannelPolicy() for name in channels}
         self.gates = {name: ChannelGate(policy) for name, policy in self.policies.items()}
@@ -354,7 +357,7 @@ class Worker(Settling, Health):
             return None
         if delivery.scenario is not None and await self._recalled(stream, entry_id, delivery):
             return None
-        if delivery.window is not None and await self._outside_window(stream, entry_id, delivery):
+        if await self._held(stream, entry_id, delivery, channel):
             return None
         started_at = self.clock()
         started = time.monotonic()
@@ -368,8 +371,7 @@ class Worker(Settling, Health):
             return True
         except PermanentError as exc:
             self._record(delivery, started_at, started, "failed", exc.reason, exc.status)
-            notice = self._failure_notice(delivery, exc) if exc.notify else None
-            await self._dead(stream, entry_id, delivery, exc.reason, exc.status, notice)
+            await self._refused(stream, entry_id, delivery, channel, exc)
             return None
         except TransientError as exc:
             reason, status, retry_after, outcome = exc.reason, exc.status, exc.retry_after, True

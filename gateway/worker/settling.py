@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from ..channel import Channel
 from ..delivery import Attempt, Delivery, encode_delivery
-from ..errors import DeliveryError, TransientError
+from ..errors import DeliveryError, PermanentError, TransientError
 from ..event import Event, EventSource, encode_event
 from ..history import Status, encode_record, record_of
 from ..keys import WORKER_GROUP, Keys
@@ -21,6 +21,7 @@ from ..logs import OURS
 from ..retry import next_delay
 from ..scripts import ENQUEUE_MANY, SETTLE
 from ..streams import Backoff
+from ..suppression import address_of, feed_error, skip_reason
 from .base import ACK_BATCH, ACK_LINGER, INTERNAL_PROVIDER, RECONNECT_CAP, WorkerBase, log, outcomes
 
 
@@ -46,6 +47,73 @@ class Settling(WorkerBase):
         if self.metrics is not None:
             self.metrics.settled(self.streams[stream], "cancelled")
         return True
+
+    async def _held(
+        self, stream: str, entry_id: bytes, delivery: Delivery, channel: Channel[Any]
+    ) -> bool:
+        """Settled without a send: its address is suppressed, or it is outside its
+        sending window (deferred; checked again when the window opens)."""
+        if await self._suppressed(stream, entry_id, delivery, channel):
+            return True
+        return delivery.window is not None and await self._outside_window(
+            stream, entry_id, delivery
+        )
+
+    async def _suppressed(
+        self, stream: str, entry_id: bytes, delivery: Delivery, channel: Channel[Any]
+    ) -> bool:
+        """A message its address's suppression entry rules out: settled as
+        ``suppressed``, with the entry's reason, without a send. One HGET."""
+        address = address_of(channel, delivery) if delivery.recipient is not None else None
+        if address is None:
+            return False
+        entry = await self.suppressions.get(address)
+        why = skip_reason(entry, delivery.category)
+        if why is None or entry is None:
+            return False
+        now = self.clock()
+        since = datetime.fromtimestamp(entry.at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        until = (
+            f", until {datetime.fromtimestamp(entry.until, UTC):%Y-%m-%d %H:%M UTC}"
+            if entry.until is not None
+            else ""
+        )
+        note = (
+            f"not sent: address on the suppression list ({why}, by {entry.author}, since "
+            f"{since}{until}); {delivery.category} message"
+        )
+        delivery.history.append(
+            Attempt(n=delivery.attempt, at=round(now, 3), outcome="suppressed", ms=0, note=note)
+        )
+        outcomes.info("delivery %s suppressed, not sent: %s", delivery.id, why, extra=OURS)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, WORKER_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            self._write_record(pipe, self.shard_of[stream], delivery, "suppressed")
+            await pipe.execute()
+        if self.metrics is not None:
+            self.metrics.settled(self.streams[stream], "suppressed")
+            self.metrics.suppressed(why)
+        return True
+
+    async def _refused(
+        self,
+        stream: str,
+        entry_id: bytes,
+        delivery: Delivery,
+        channel: Channel[Any],
+        exc: PermanentError,
+    ) -> None:
+        """Failed for good: dead-lettered, and its address listed when the refusal proves
+        it unusable (after the dead letter: a Redis failure then loses only the listing)."""
+        notice = self._failure_notice(delivery, exc) if exc.notify else None
+        await self._dead(stream, entry_id, delivery, exc.reason, exc.status, notice)
+        if exc.suppress is None:
+            return
+        try:
+            await feed_error(self.suppressions, channel, delivery, exc)
+        except (RedisError, OSError) as fault:
+            log.error("suppression: could not list the address: %s", fault)
 
     async def _outside_window(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
         """Defer a message outside its sending window to the window's next opening."""
