@@ -295,7 +295,7 @@ class Gateway:
         """One history archiver per shard, sharing the archive (router role: routers
         already trim the events streams)."""
         history = self.plan.conf.history
-        store = await stack.enter_async_context(opened(self.plan.conf.data_dir, history.archive))
+        store = await stack.enter_async_context(opened(self.plan.conf.data_dir, history))
         if store is None:
             return [], None
         return [
