@@ -52,8 +52,11 @@ def server_bin() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self, bin_dir: Path, user: pwd.struct_passwd | None) -> None:
+    def __init__(
+        self, bin_dir: Path, user: pwd.struct_passwd | None, *, durable: bool = False
+    ) -> None:
         self.bin_dir = bin_dir
+        self.durable = durable
         self.port = free_port()
         # Not pytest's tmp dir: that is root's, mode 0700, where the postgres user
         # could not reach its socket.
@@ -76,13 +79,14 @@ class PostgresServer:
              "--auth=trust", "--no-sync", "--locale=C", "--encoding=UTF8"],
             cwd=self.dir, check=True, capture_output=True, timeout=120,
         )  # fmt: skip
+        # fsync off in tests: they kill gateways, never the server. The bench keeps
+        # PostgreSQL's durable defaults, as production would.
+        fast = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         with self.log.open("wb") as log:
-            # fsync off: the tests kill gateways, never the server; the bench keeps it on.
             self.proc = subprocess.Popen(
                 [*self.as_user, str(self.bin_dir / "postgres"), "-D", str(self.data),
                  "-h", "127.0.0.1", "-p", str(self.port), "-k", str(self.dir),
-                 "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "shared_buffers=64MB"],
+                 *([] if self.durable else fast), "-c", "shared_buffers=64MB"],
                 cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
