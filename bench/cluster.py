@@ -27,6 +27,8 @@ import redis
 from gateway.keys import CLUSTER_SLOTS
 from gateway.redis_server import find_redis_server
 
+from .procs import _die_with_parent
+
 #: How long a master may be unreachable before its replica takes over. The default
 #: (15 s) would make the failover test slow; 1 s is what a LAN deployment may use.
 NODE_TIMEOUT_MS = 1000
@@ -68,6 +70,10 @@ class LocalCluster:
     masters: int = 3
     replicas: int = 1
     appendfsync: str = "always"
+    #: Nodes get ``PR_SET_PDEATHSIG``: they die with the process that started them, as
+    #: every other child of the bench does. Only for a starter that spawns them from its
+    #: main thread (the signal follows the thread): the tests restart nodes from threads.
+    die_with_parent: bool = False
     nodes: list[Node] = field(default_factory=list)
 
     @property
@@ -137,6 +143,7 @@ class LocalCluster:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
         )
 
     def _wait_ping(self, node: Node) -> None:

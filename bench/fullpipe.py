@@ -25,6 +25,7 @@ with ``--verify``; the detail says so), nothing left in Redis.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import signal
@@ -231,6 +232,16 @@ class Side:
             self.started = [intake, worker]
         self.url = f"http://{HOST}:{port}/v1/events"
 
+    def pids(self) -> dict[str, list[int]]:
+        """Every process of this side's run: its own (with a supervisor's role
+        processes), its Redis's (one, or every cluster node), the sink's, the bench's
+        (it signs wrk's requests)."""
+        bench = self.bench
+        own = [proc.pid for proc in self.started]
+        own += [c for pid in own for c in fullpipe_cluster.children(pid)]
+        redis = self.store.pids() if self.store is not None else [bench.redis_pid()]
+        return {"server": own, "redis": redis, "sink": [bench.sink.pid], "bench": [os.getpid()]}
+
     def command_counts(self) -> dict[str, int]:
         """Calls per Redis command so far, over every master this side writes to."""
         if self.store is not None:
@@ -268,6 +279,8 @@ def run_one(bench: Any, side: Side, load: str, tag: str, use_wrk: bool) -> dict[
     bench.sink_reset()
     side.start(tag)
     commands0 = side.command_counts()
+    pids = side.pids()
+    cpu0 = {pid: cpu_seconds(pid) for group in pids.values() for pid in group}
     box0, wall0 = box_busy_seconds(), time.time()
     try:
         if load == "saturating" and use_wrk:
@@ -288,6 +301,13 @@ def run_one(bench: Any, side: Side, load: str, tag: str, use_wrk: bool) -> dict[
                 break
             time.sleep(0.02)
         box_busy, wall = box_busy_seconds() - box0, time.time() - wall0
+        cpu = {"load": sent.get("cpu_loop_s") or 0.0}
+        for group, members in pids.items():
+            cpu[group] = 0.0
+            for pid in members:
+                start_cpu, end_cpu = cpu0[pid], cpu_seconds(pid)
+                if start_cpu is not None and end_cpu is not None:
+                    cpu[group] += end_cpu - start_cpu
         stats = bench.settle(accepted)
         commands = fullpipe_cluster.per_event(commands0, side.command_counts(), accepted)
     finally:
@@ -311,6 +331,13 @@ def run_one(bench: Any, side: Side, load: str, tag: str, use_wrk: bool) -> dict[
         "redis_commands_per_event": commands,
         # The whole box (ours and anyone else's), from first request to last receipt.
         "busy_cores": round(box_busy / wall, 2),
+        # Cores the box spent on anything but this run (other users of the machine).
+        "others_cores": round(max(0.0, box_busy - sum(cpu.values())) / wall, 2),
+        "cores": {group: round(seconds / wall, 2) for group, seconds in cpu.items()},
+        # Per accepted event: what survives a busy box better than the rates above.
+        "cpu_us_per_event": {
+            group: round(seconds / max(1, accepted) * 1e6, 1) for group, seconds in cpu.items()
+        },
         # The load generator's share of the two cores it loads (its timed loop only).
         "loadgen_cores": _share(sent.get("cpu_loop_s"), sent.get("elapsed_s")),
     }
@@ -425,7 +452,7 @@ def table(result: dict[str, Any], tg: dict[str, dict[str, Any]]) -> str:
         f"  saturating load: {result['load_generator']['saturating']}",
         f"  paced load: {result['load_generator']['paced']}",
         f"  {'side':20} {'load':11} {'accepted/s':>10} {'delivered/s':>11} {'x ref':>6} "
-        f"{'x saq':>6} {'p50 / p99 ms':>16} {'busy cores':>10} {'load gen':>8}",
+        f"{'x saq':>6} {'p50 / p99 ms':>16} {'busy cores':>10} {'others':>6} {'load gen':>8}",
     ]
     for run in result["runs"]:
         rate = run["delivered_per_s"]
@@ -437,7 +464,7 @@ def table(result: dict[str, Any], tg: dict[str, dict[str, Any]]) -> str:
             f"  {run['side']:20} {run['load']:11} {_n(run['accepted_per_s']):>10} "
             f"{_n(rate):>11} {vs_ref if run['load'] == 'saturating' else '':>6} "
             f"{vs_saq:>6} {ms:>16} {_n(run['busy_cores'], 2):>10} "
-            f"{_n(run['loadgen_cores'], 2):>8}"
+            f"{_n(run['others_cores'], 2):>6} {_n(run['loadgen_cores'], 2):>8}"
         )
     lines += fullpipe_cluster.table_lines(result)
     for name, t in tg.items():
@@ -446,6 +473,7 @@ def table(result: dict[str, Any], tg: dict[str, dict[str, Any]]) -> str:
     lines.append(f"  saq figure: {SAQ_SOURCE} (another run, same box; not re-measured)")
     lines.append(
         "  saturating p50/p99 is intake->receipt under a backlog (queueing), not latency at a load;"
-        " busy cores: the whole box; load gen: the generator's cores while it sent"
+        " busy cores: the whole box; others: its cores not spent on this run (other users);"
+        " load gen: the generator's cores while it sent"
     )
     return "\n".join(lines)

@@ -72,6 +72,7 @@ class ClusterStore:
             masters=MASTERS,
             replicas=replicas,
             appendfsync=bench.args.appendfsync,
+            die_with_parent=True,
         )
         atexit.register(self.stop)  # nodes are not bench.procs children
         self.local.start()
@@ -124,6 +125,9 @@ class ClusterStore:
             "dead": sum(self.client.xlen(s.dead) for s in shards),
         }
 
+    def pids(self) -> list[int]:
+        return [n.process.pid for n in self.local.nodes if n.process is not None]
+
     def command_counts(self) -> dict[str, int]:
         clients = [node.client() for node in self.masters]
         try:
@@ -168,14 +172,17 @@ def per_event(before: dict[str, int], after: dict[str, int], events: int) -> dic
     return out
 
 
+def children(pid: int) -> list[int]:
+    """``pid``'s child processes (a supervisor's role processes)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def _tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and its children (the supervisor's role processes)."""
-    total = cpu_seconds(pid) or 0.0
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    with contextlib.suppress(OSError):
-        for child in children.read_text().split():
-            total += cpu_seconds(int(child)) or 0.0
-    return total
+    """CPU seconds of ``pid`` and its children."""
+    return sum(cpu_seconds(p) or 0.0 for p in [pid, *children(pid)])
 
 
 def idle_cost(bench: Any, conf: Path, urls: list[str], tag: str) -> dict[str, Any]:
@@ -270,6 +277,9 @@ def table_lines(result: dict[str, Any]) -> list[str]:
         total = mix.pop("total")
         top = ", ".join(f"{k} {v:g}" for k, v in list(mix.items())[:5])
         lines.append(f"  {run['side']}: {total:g} Redis commands per event ({top})")
+        if cpu := run.get("cpu_us_per_event"):
+            each = ", ".join(f"{k} {v:,.0f}" for k, v in cpu.items())
+            lines.append(f"  {run['side']}: CPU µs per event: {each}")
     for name, idle in result.get("cluster", {}).get("idle", {}).items():
         top = ", ".join(f"{k} {v:g}" for k, v in list(idle["by_command_per_s"].items())[:4])
         lines.append(
