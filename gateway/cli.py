@@ -15,6 +15,7 @@ from typing import Any
 import click
 import msgspec
 
+from .adminapi.cli import COMMANDS as ADMINAPI_COMMANDS
 from .cli_admin import COMMANDS as ADMIN_COMMANDS
 from .cli_common import CliError, listen_socket, setup_logging
 from .cli_common import fail as _fail
@@ -389,7 +390,7 @@ def secret() -> None:
     click.echo(generate_secret())
 
 
-for _command in (*LOCAL_COMMANDS, *ADMIN_COMMANDS, *SCENARIO_COMMANDS):
+for _command in (*LOCAL_COMMANDS, *ADMIN_COMMANDS, *SCENARIO_COMMANDS, *ADMINAPI_COMMANDS):
     main.add_command(_command)
 
 
