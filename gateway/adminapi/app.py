@@ -8,6 +8,7 @@ read); compared in constant time. 401 without a valid token, 403 for a write wit
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import json
 import math
@@ -29,7 +30,8 @@ from .common import AdminContext, BadRequest, Conflict, NotFound
 
 CONTEXT = web.AppKey("admin_context", AdminContext)
 TOKENS = web.AppKey("admin_tokens", tuple)
-ACTOR = "admin_actor"
+#: The token name of the request being handled (set by ``guard``, in the handler's task).
+ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("admin_actor", default="anonymous")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -83,7 +85,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(401, "unauthorized", "send Authorization: Bearer <an [admin] token>")
     if request.method in WRITE_METHODS and token.scope != "operate":
         return _error(403, "forbidden", f"token {token.name!r} may only read (scope read)")
-    request[ACTOR] = token.name
+    ACTOR.set(token.name)
     try:
         return await handler(request)
     except BadRequest as exc:
@@ -97,7 +99,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _ctx(request: web.Request) -> AdminContext:
-    return request.app[CONTEXT].acting(str(request.get(ACTOR, "anonymous")))
+    return request.app[CONTEXT].acting(ACTOR.get())
 
 
 # -- parameters ---------------------------------------------------------------------------

@@ -247,8 +247,9 @@ class JobRunner:
             state: Any = await ctx.redis.hget(layout.job(job_id), "state")
             if state is None or as_text(state) != "running":
                 return  # cancelled
+            batch = max(1, min(BATCH, int(rate / 2)))  # a pause at least twice a second
             ids: Any = await ctx.redis.lrange(
-                layout.job_todo(job_id), position, position + BATCH - 1
+                layout.job_todo(job_id), position, position + batch - 1
             )
             if not ids:
                 await self._finish(job_id, "done")

@@ -250,8 +250,8 @@ async def list_endpoints(ctx: AdminContext) -> list[dict[str, Any]]:
 
 async def disable_endpoint(ctx: AdminContext, channel: str, reason: str = "") -> dict[str, Any]:
     """Hold a channel's jobs (workers stop reading its stream) until enabled."""
-    _known_channel(ctx, channel)
     async with audited(ctx, "endpoint.disable", channel) as done:
+        _known_channel(ctx, channel)
         why = f"disabled by {ctx.actor}" + (f": {reason}" if reason else "")
         key = ctx.layout.endpoint(channel)
         was = not await ctx.redis.hsetnx(key, "disabled_at", f"{time.time():.3f}")
@@ -262,8 +262,8 @@ async def disable_endpoint(ctx: AdminContext, channel: str, reason: str = "") ->
 
 
 async def enable_endpoint(ctx: AdminContext, channel: str) -> dict[str, Any]:
-    _known_channel(ctx, channel)
     async with audited(ctx, "endpoint.enable", channel) as done:
+        _known_channel(ctx, channel)
         was = await admin.enable_endpoint(ctx.redis, ctx.layout, channel)
         done.outcome = "ok" if was else "unchanged"
         return {"channel": channel, "disabled": False, "was_disabled": was}
