@@ -24,7 +24,7 @@ from .http import parse_retry_after, raise_for_outcome
 from .markers import hookimpl, hookspec
 from .outbound import OutboundPolicy, OutboundRefused
 from .outbound import delivery_error as outbound_error
-from .receipts import Receipt, ReceiptRequest, ReceiptStatus
+from .receipts import Receipt, ReceiptRequest, ReceiptStatus, Reply
 from .signing import SignatureError, Signer, Verifier
 from .source import Source, decode_payload, parse_networks
 from .templating import TemplateFailure, Templates
@@ -53,6 +53,7 @@ __all__ = [
     "ReceiptRequest",
     "ReceiptStatus",
     "Recipient",
+    "Reply",
     "Secret",
     "SignatureError",
     "Signer",

@@ -453,6 +453,35 @@ CATALOG: Final[tuple[EventSpec, ...]] = (
         ),
     ),
     EventSpec(
+        "watch.breached",
+        "A `[watch.NAME]` check failed: a source went quiet, a queue is late, dead letters "
+        "grow, an endpoint is disabled. Once per breach; `watch.recovered` ends it.",
+        (
+            req("data.watch", STR, "the `[watch.NAME]`"),
+            req("data.kind", STR, "activity, queue_age, dead_letters or endpoint_disabled"),
+            req("data.detail", STR, "what was found, in words"),
+            req("data.breached_at", DATE),
+            opt("data.provider", STR, "an activity watch's provider"),
+            opt("data.channel", STR, "the channel a watch is about, if one"),
+            opt("data.description", STR, "the watch's description"),
+        ),
+    ),
+    EventSpec(
+        "watch.recovered",
+        "A breached `[watch.NAME]` check passes again.",
+        (
+            req("data.watch", STR, "the `[watch.NAME]`"),
+            req("data.kind", STR),
+            req("data.detail", STR, "what the breach was"),
+            req("data.breached_at", DATE),
+            req("data.recovered_at", DATE),
+            req("data.breached_for_seconds", INT, "how long it lasted"),
+            opt("data.provider", STR),
+            opt("data.channel", STR),
+            opt("data.description", STR),
+        ),
+    ),
+    EventSpec(
         "erp.sync_failed",
         "A delivery the ERP plugin asked staff to hear about ended in the dead letters "
         "(refused, or retries ran out).",
@@ -597,6 +626,7 @@ _FAMILIES: Final = (
     ("payout", "Payouts"),
     ("endpoint", "Tocsin's own events"),
     ("erp", None),
+    ("watch", None),
 )
 
 
@@ -695,7 +725,8 @@ def catalog_markdown() -> str:
         "",
         "Tocsin emits a few events itself (`source.provider` is `tocsin`) that rules can route",
         "like any other: `endpoint.disabled` when a channel's endpoint is switched off after",
-        "failing too long, and what plugins ask for with `PermanentError(notify=...)` such as",
+        "failing too long, `watch.breached` and `watch.recovered` for `[watch]` checks",
+        "(docs/operations.md), and what plugins ask for with `PermanentError(notify=...)` such as",
         "`erp.sync_failed`. They do not go through the intake and are not in the catalog.",
         "",
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
@@ -11,7 +12,7 @@ import msgspec
 
 from .delivery import Delivery
 from .outbound import OutboundPolicy
-from .receipts import Receipt, ReceiptRequest
+from .receipts import Receipt, ReceiptRequest, Reply
 
 if TYPE_CHECKING:
     from .conf import Action
@@ -80,11 +81,12 @@ class Channel(ABC, Generic[ConfigT]):
         "already booked, nothing done"...
         """
 
-    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
+    def parse_receipt(self, request: ReceiptRequest) -> Sequence[Receipt | Reply]:
         """Read a provider's status callback to ``/v1/receipts/NAME``.
 
         Verify it first (raise ``gateway.SignatureError`` if it is not genuine), then
-        return the receipts it carries; ``ValueError`` for a call that cannot be read.
+        return the receipts it carries, or the recipient's reply it brings (an SMS
+        ``STOP``: fed to the suppression list); ``ValueError`` for a call that cannot be read.
         Channels without receipts leave this as is (the route answers 404).
         """
         raise NotImplementedError(f"channel type {self.type_name!r} takes no receipts")

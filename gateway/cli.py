@@ -21,13 +21,14 @@ from .cli_common import CliError, listen_socket, setup_logging
 from .cli_common import fail as _fail
 from .cli_common import load as _load
 from .cli_local import COMMANDS as LOCAL_COMMANDS
-from .cli_options import conf_argument, conf_option
+from .cli_options import conf_argument, conf_option, log_format_option, log_traffic_option
 from .cli_scenarios import COMMANDS as SCENARIO_COMMANDS
-from .conf import CONF_ENV_VAR, default_conf_path, load_conf
+from .conf import CONF_ENV_VAR, Conf, default_conf_path, load_conf
 from .errors import ConfError, PluginError, TocsinError
-from .plan import Plan
 from .plugins import load_registry
+from .privacy.cli import COMMANDS as PRIVACY_COMMANDS
 from .redis_server import RedisServer
+from .reload.command import reload_command
 from .signing import generate_secret
 from .supervisor import (
     SPREADS,
@@ -40,6 +41,8 @@ from .supervisor import (
     reuseport_sockets,
     usable_cores,
 )
+from .suppression.cli import COMMANDS as SUPPRESSION_COMMANDS
+from .watch.status import status as status_command
 
 log = logging.getLogger("tocsin")
 
@@ -93,6 +96,8 @@ def _processes(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     type=click.Choice(["debug", "info", "warning"]),
     help="How much to log (to stderr).",
 )
+@log_format_option
+@log_traffic_option
 @click.option(
     "--spread",
     type=click.Choice(SPREADS),
@@ -121,6 +126,8 @@ def serve(
     port: int | None,
     processes: int | str | None,
     log_level: str,
+    log_format: str | None,
+    log_traffic: bool | None,
     spread: str,
     parent: int | None,
     listen_fd: int | None,
@@ -134,11 +141,15 @@ def serve(
     """
     from .service import ROLES, Gateway  # noqa: PLC0415 - keeps `tocsin check` light
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format or "human", log_traffic is not False)
+    # SIGHUP reloads the conf (gateway/reload): until the handler is in place, one must
+    # not end the process as it would by default.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if parent is not None:
         bind_to_parent(parent)
         child_logging()
     conf, _registry, plan = _load(conf_path)
+    log_format, log_traffic = _conf_logging(conf, log_level, log_format, log_traffic, parent)
     roles = roles or ROLES
     wanted = conf.gateway.processes if processes is None else processes
     count = 1 if parent is not None else (usable_cores() if wanted == "auto" else int(wanted))
@@ -186,6 +197,8 @@ def serve(
             ]
             child_argv = [
                 *("--conf", str(conf.path), "--log-level", log_level),
+                *("--log-format", log_format),
+                "--log-traffic" if log_traffic else "--no-log-traffic",
                 *(("--host", host) if host else ()),
                 *(("--redis-url", url) if embedded is not None else ()),
             ]
@@ -207,6 +220,20 @@ def _metrics_directory(path: Path) -> None:
         prepare_directory(path)
     except OSError as exc:
         raise CliError(f"metrics directory {path}: {exc.strerror or exc}") from None
+
+
+def _conf_logging(
+    conf: Conf, level: str, fmt: str | None, traffic: bool | None, parent: int | None
+) -> tuple[str, bool]:
+    """Logging as the conf asks where the command line said nothing; what children get.
+    (The conf is read after the first lines are logged: it can only change them now.)"""
+    fmt = fmt or conf.gateway.log_format
+    traffic = conf.gateway.log_traffic if traffic is None else traffic
+    if (fmt, traffic) != ("human", True):
+        setup_logging(level, fmt, traffic)
+        if parent is not None:
+            child_logging()
+    return fmt, traffic
 
 
 def _shared_port(probe: socket.socket, host: str, count: int) -> list[socket.socket]:
@@ -240,6 +267,7 @@ def _supervise(specs: list[ChildSpec], child_argv: list[str], drain: float) -> i
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
         return await supervisor.run(stopping)
 
     return asyncio.run(runner())
@@ -287,32 +315,21 @@ def check(conf_arg: Path | None, samples: Path | None) -> None:
     Every template used by a rule is also rendered against the sample events the rule
     routes (see docs/templates.md).
     """
-    from .conf_lines import with_lines  # noqa: PLC0415
-    from .render import SampleReport, render_samples  # noqa: PLC0415
+    from .reload import check_conf  # noqa: PLC0415 - what a reload checks too
 
-    reports: list[SampleReport] = []
-
-    def render(plan: Plan) -> list[str]:
-        # A folder named (on the command line, or in conf other than the default) must
-        # exist: a typo would otherwise pass as "no sample events", with exit 0.
-        named = samples
-        if named is None and plan.conf.gateway.samples != "examples":
-            named = plan.conf.samples_dir
-        if named is not None and not named.is_dir():
-            reports.append(SampleReport(folder=named))
-            if samples is not None:
-                return [f"--samples: no folder {samples}"]
-            return with_lines([f"{plan.conf.path}: gateway.samples: no folder {named}"])
-        reports.append(render_samples(plan, samples))
-        return reports[-1].problems
-
-    conf, registry, plan = _load(conf_arg, also=render)
+    path = conf_arg or default_conf_path()
+    checked = check_conf(path, samples)
+    if not checked.ok:
+        _fail([*checked.problems, f"{len(checked.problems)} problem(s) in {path}"])
+    conf, registry, plan = checked.conf, checked.registry, checked.plan
+    assert conf is not None and registry is not None and plan is not None
+    assert checked.report is not None
     templates = sum(1 for _ in plan.templates.all_files())
     click.echo(
         f"{conf.path}: ok ({len(plan.channels)} channels, {len(plan.rules)} rules, "
         f"{len(plan.sources)} sources, {templates} templates, {len(registry.plugins)} plugins)"
     )
-    for line in reports[0].summary():
+    for line in checked.report.summary():
         click.echo(line)
 
 
@@ -390,7 +407,16 @@ def secret() -> None:
     click.echo(generate_secret())
 
 
-for _command in (*LOCAL_COMMANDS, *ADMIN_COMMANDS, *SCENARIO_COMMANDS, *ADMINAPI_COMMANDS):
+for _command in (
+    *LOCAL_COMMANDS,
+    *ADMIN_COMMANDS,
+    *SCENARIO_COMMANDS,
+    *PRIVACY_COMMANDS,
+    status_command,
+    reload_command,
+    *SUPPRESSION_COMMANDS,
+    *ADMINAPI_COMMANDS,
+):
     main.add_command(_command)
 
 

@@ -143,7 +143,7 @@ def _print_record(r: DeliveryRecord) -> None:
         if a.outcome == "replayed":
             click.echo(f"  -  {stamp(a.at)}  replayed by an operator")
             continue
-        if a.outcome in ("deferred", "cancelled"):
+        if a.outcome in ("deferred", "cancelled", "suppressed"):
             click.echo(f"  -  {stamp(a.at)}  {a.error or a.note}")
             continue
         code = f"  [{a.status}]" if a.status is not None else ""

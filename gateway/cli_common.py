@@ -10,7 +10,6 @@ the gateway refused, nothing found for the id or key given).
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import sqlite3
 import sys
@@ -214,9 +213,8 @@ def table(header: Iterable[str], rows: Iterable[Iterable[str]], right: Iterable[
         click.echo("  ".join(cells).rstrip())
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, fmt: str = "human", traffic: bool = True) -> None:
+    """stderr, ``human`` or ``json`` lines, personal data masked (gateway/logs)."""
+    from .logs import setup  # noqa: PLC0415 - only the commands that log need it
+
+    setup(level, fmt, traffic)

@@ -18,6 +18,19 @@ _CONF_HELP = (
 conf_option = click.option(
     "--conf", "conf_path", type=click.Path(path_type=Path), default=None, help=_CONF_HELP
 )
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["human", "json"]),
+    default=None,
+    help="Log lines on stderr: human, or json (one object per line). Default: "
+    "gateway.log_format in the conf, else human. Personal data is masked in both.",
+)
+log_traffic_option = click.option(
+    "--log-traffic/--no-log-traffic",
+    default=None,
+    help="One INFO line per accepted event and per final delivery outcome (default: "
+    "gateway.log_traffic in the conf, else on). Off: dead letters still log at WARNING.",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 
 

@@ -129,13 +129,32 @@ def scenarios_cancel(key: str, name: str | None, conf_path: Path | None) -> None
     help="How far past the last event (30s, 5m, 2h, 7d).",
 )
 @click.option("--redis-url", default=None, help="A scratch Redis (default: a temporary one).")
+@click.option(
+    "--suppressions",
+    "suppressions_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A suppression list: `tocsin suppress list --json` output, or ADDRESS REASON lines.",
+)
+@click.option(
+    "--live-suppressions",
+    is_flag=True,
+    help="Use the deployment's suppression list (read from the conf's Redis, not changed).",
+)
 @conf_option
 def simulate(
-    events_file: Path, until: float, redis_url: str | None, conf_path: Path | None
+    events_file: Path,
+    until: float,
+    redis_url: str | None,
+    suppressions_file: Path | None,
+    live_suppressions: bool,
+    conf_path: Path | None,
 ) -> None:
     """Replay EVENTS_FILE (JSON lines or a JSON array of canonical events) against the
     conf with a virtual clock and print every notification that would be sent: when (in
-    the conf's time zone, after sending windows), channel, to whom, template, and why."""
+    the conf's time zone, after sending windows), channel, to whom, template, and why.
+    Messages a suppression list (--suppressions, --live-suppressions) rules out are
+    listed as SKIPPED with the entry's reason."""
     import tempfile  # noqa: PLC0415
 
     from . import simulate as sim  # noqa: PLC0415
@@ -143,16 +162,26 @@ def simulate(
     from .redis_client import connect  # noqa: PLC0415
     from .redis_server import RedisServer, free_port  # noqa: PLC0415
 
-    _conf_obj, _registry, plan = load(conf_path)
+    conf_obj, _registry, plan = load(conf_path)
     try:
         events = sim.read_events(events_file.read_bytes())
     except (EventInvalid, ValueError, msgspec.DecodeError) as exc:
         raise CliError(f"{events_file}: {exc}") from None
+    listed = []
+    if suppressions_file is not None:
+        try:
+            listed = sim.read_suppressions(suppressions_file.read_bytes(), str(suppressions_file))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    if live_suppressions:
+        from .suppression import list_entries  # noqa: PLC0415
+
+        listed += with_redis(conf_obj, list_entries)
 
     async def run(url: str) -> list[Any]:
         redis = connect(url)
         try:
-            return await sim.simulate(plan, redis, events, horizon=until)
+            return await sim.simulate(plan, redis, events, horizon=until, suppressions=listed)
         finally:
             await redis.aclose()
 
@@ -170,7 +199,11 @@ def simulate(
                 server.stop()
     for line in sim.format_notifications(plan, notifications):
         click.echo(line)
-    click.echo(f"{len(notifications)} notification(s) from {len(events)} event(s)")
+    skipped = sum(1 for n in notifications if n.skipped)
+    click.echo(
+        f"{len(notifications)} notification(s) from {len(events)} event(s)"
+        + (f", {skipped} skipped (suppressed)" if skipped else "")
+    )
 
 
 COMMANDS = (scenarios, simulate)

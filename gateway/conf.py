@@ -24,6 +24,7 @@ from .conf_lines import with_lines
 from .durations import Duration
 from .errors import ConfError
 from .keys import Layout
+from .watch.conf import WatchSection, read_watch, watch_references
 from .windows import WindowConf, window_problems
 
 T = TypeVar("T")
@@ -73,6 +74,12 @@ class GatewaySection(_Section):
     #: Gateway processes `tocsin serve` runs (``auto``: one per usable core); see
     #: docs/deployment.md.
     processes: Annotated[int, msgspec.Meta(ge=1)] | Literal["auto"] = "auto"
+    #: Log lines on stderr: ``human`` or ``json`` (one object per line); ``--log-format``
+    #: overrides. See docs/operations.md, "Logs".
+    log_format: Literal["human", "json"] = "human"
+    #: One INFO line per accepted event and per final delivery outcome; ``--log-traffic``
+    #: / ``--no-log-traffic`` override.
+    log_traffic: bool = True
 
 
 class IntakeSection(_Section):
@@ -164,6 +171,37 @@ class HistorySection(_Section):
     archive_batch: Annotated[int, msgspec.Meta(ge=1)] = 1000
 
 
+class PrivacySection(_Section):
+    """Personal data in history (docs/data-protection.md)."""
+
+    #: HMAC key for the recipient hash history keeps beside the masked recipient, so
+    #: support can search by a full address without history storing it. Unset: history
+    #: keeps the masked recipient only and a search by address is refused.
+    key: Secret | None = None
+    #: Keep each delivered message's rendered parts (subject, text...) in Redis.
+    keep_bodies: bool = False
+    #: How long kept bodies live (a Redis TTL; they are never archived).
+    bodies_retention: Duration = Duration(30 * 86400)
+
+
+class RetentionSection(_Section):
+    """How long each kind of dated data is kept; unset kinds follow ``[history] retention``
+    (which stays the upper bound: records and receipts expire then whatever is set here)."""
+
+    events: Duration | None = None
+    deliveries: Duration | None = None
+    dead_letters: Duration | None = None
+    #: Ended (completed or cancelled) scenario instances; running ones are never trimmed.
+    scenarios: Duration = Duration(90 * 86400)
+    #: Local outbox files (email ``.eml``, SMS JSON lines).
+    outboxes: Duration = Duration(30 * 86400)
+    #: The ``<prefix>:audit`` stream (erasures, admin actions).
+    audit: Duration = Duration(365 * 86400)
+    #: How often the background task trims, and how many items of each kind per pass.
+    interval: Duration = Duration(60)
+    batch: Annotated[int, msgspec.Meta(ge=1)] = 1000
+
+
 class MetricsSection(_Section):
     #: Serve ``GET /metrics`` on the intake's port.
     intake: bool = True
@@ -201,6 +239,12 @@ class PluginsSection(_Section):
     modules: list[str] = msgspec.field(default_factory=list)
 
 
+#: What a message is for the suppression list (gateway/suppression): a suppressed address
+#: still gets ``transactional`` messages (receipts...) unless it bounced or is invalid;
+#: ``reminder`` and ``marketing`` messages to it are skipped.
+Category = Literal["transactional", "reminder", "marketing"]
+
+
 class Action(_Section, kw_only=True):
     channel: str
     #: A notification name: a folder under the templates folder. Optional for json_hook.
@@ -221,6 +265,7 @@ class Rule(_Section, kw_only=True):
     #: A sending window (``[windows.NAME]``, ``courtesy`` built in) overriding the
     #: channel's; ``"none"`` sends at once (transactional messages).
     window: str | None = None
+    category: Category = "transactional"
 
 
 class Member(_Section, kw_only=True):
@@ -256,6 +301,7 @@ class Step(_Section, kw_only=True):
     actions: list[Action]
     #: A sending window; unset: the channel's.
     window: str | None = None
+    category: Category = "transactional"
 
 
 class Scenario(_Section, kw_only=True):
@@ -301,6 +347,8 @@ class Conf:
     history: HistorySection = field(default_factory=HistorySection)
     outbound: OutboundSection = field(default_factory=OutboundSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
     admin: AdminSection = field(default_factory=AdminSection)
     #: Every file the conf was read from (the main file and its includes).
     files: list[Path] = field(default_factory=list)
@@ -314,6 +362,8 @@ class Conf:
     scenario_files: dict[str, Path] = field(default_factory=dict)
     windows: dict[str, WindowConf] = field(default_factory=dict)
     audiences: dict[str, Audience] = field(default_factory=dict)
+    #: ``[watch]``: what the gateway checks about itself (gateway/watch).
+    watch: WatchSection = field(default_factory=WatchSection)
 
     @property
     def base_dir(self) -> Path:
@@ -344,6 +394,8 @@ _SECTIONS: dict[str, type[_Section]] = {
     "history": HistorySection,
     "outbound": OutboundSection,
     "metrics": MetricsSection,
+    "privacy": PrivacySection,
+    "retention": RetentionSection,
     "admin": AdminSection,
 }
 #: Tables an included file may add to (the core sections live in the main file only).
@@ -598,8 +650,8 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     conf.files = [file for file, _ in files]
     for file, data in files:
         for key in list(data):
-            if key not in _MERGEABLE:
-                known = sorted([*_SECTIONS, *_MERGEABLE, "brand", "include"])
+            if key not in _MERGEABLE and (file, key) != (main, "watch"):
+                known = sorted([*_SECTIONS, *_MERGEABLE, "brand", "include", "watch"])
                 where = "an included file may only hold " + ", ".join(_MERGEABLE)
                 reason = f"unknown section (known: {', '.join(known)})" if file == main else where
                 problems.add(file, key, reason)
@@ -622,12 +674,23 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
             problems.add(window_files[name], f"windows.{name}.{field_name}", reason)
         if found:
             del conf.windows[name]
-    if conf.metrics.refresh <= 0:
-        problems.add(main, "metrics.refresh", "must be a positive duration")
-    if conf.intake.max_body <= 0:
-        problems.add(main, "intake.max_body", "must be a positive number of bytes")
+    _check_numbers(conf, main, problems)
     _check_sections(conf, main, problems)
-    return conf, with_lines(problems.items)
+    _check_retention(conf, main, problems)
+    return conf, with_lines(_read_watch(conf, raw.get("watch", {}), main, window_files, problems))
+
+
+def _read_watch(
+    conf: Conf, raw: Any, main: Path, window_files: dict[str, Path], problems: _Problems
+) -> list[str]:
+    """``[watch]``, checked against the channels, sources and windows of the whole conf;
+    every problem found so far."""
+    conf.watch, found = read_watch(raw)
+    windows = [*window_files, "courtesy", "none"]
+    found += watch_references(conf.watch, conf.channels, conf.sources, windows)
+    for where, reason in found:
+        problems.add(main, where, reason)
+    return problems.items
 
 
 def _check_sections(conf: Conf, main: Path, problems: _Problems) -> None:
@@ -670,3 +733,25 @@ def _check_redis(redis: RedisSection, main: Path, problems: _Problems) -> None:
             "no braces: Tocsin adds its own hash tags to keys, and a brace in the prefix "
             "would put every shard in one cluster slot",
         )
+
+
+def _check_numbers(conf: Conf, main: Path, problems: _Problems) -> None:
+    if conf.metrics.refresh <= 0:
+        problems.add(main, "metrics.refresh", "must be a positive duration")
+    if conf.intake.max_body <= 0:
+        problems.add(main, "intake.max_body", "must be a positive number of bytes")
+
+
+def _check_retention(conf: Conf, main: Path, problems: _Problems) -> None:
+    ceiling = conf.history.retention
+    for kind in ("events", "deliveries", "dead_letters"):
+        value = getattr(conf.retention, kind)
+        if value is not None and value > ceiling:
+            problems.add(
+                main,
+                f"retention.{kind}",
+                f"longer than history.retention ({ceiling:g}s), which bounds it: "
+                "raise history.retention instead",
+            )
+    if conf.retention.interval <= 0:
+        problems.add(main, "retention.interval", "must be a positive duration")

@@ -59,6 +59,8 @@ class Delivery(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     window: str | None = None
     #: For a scenario step's message, its instance: not sent if that was cancelled since.
     scenario: str | None = None
+    #: Its rule's or step's ``category``: whether a suppressed address still gets it.
+    category: str = "transactional"
     #: Earlier attempts, newest last; travels with the job so settling needs no read.
     history: list[Attempt] = msgspec.field(default_factory=list)
 

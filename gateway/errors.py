@@ -58,7 +58,24 @@ class TransientError(DeliveryError):
 
 
 class PermanentError(DeliveryError):
-    """Sending the same delivery again cannot succeed (bad template, 4xx, invalid address)."""
+    """Sending the same delivery again cannot succeed (bad template, 4xx, invalid address).
+
+    ``suppress`` names a suppression reason (``hard_bounce``, ``invalid_number``,
+    ``stop_reply``...) when the provider's answer proves the recipient's address unusable
+    or opted out: the core adds the address to the suppression list (gateway.suppression).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        notify: str | None = None,
+        details: dict[str, Any] | None = None,
+        suppress: str | None = None,
+    ) -> None:
+        super().__init__(reason, status=status, notify=notify, details=details)
+        self.suppress = suppress
 
 
 class EndpointGone(PermanentError):

@@ -19,9 +19,19 @@ from redis.asyncio import Redis
 
 from .delivery import Attempt, Delivery
 from .keys import Keys, Layout, as_layout
+from .privacy.recipients import MASK_ONLY, RecordPrivacy, audited, mask
 
-Status = Literal["delivered", "retrying", "deferred", "dead", "pending", "cancelled"]
-STATUSES: tuple[str, ...] = ("delivered", "retrying", "deferred", "dead", "pending", "cancelled")
+Status = Literal["delivered", "retrying", "deferred", "dead", "pending", "cancelled", "suppressed"]
+#: ``suppressed``: not sent, its address is on the suppression list (gateway.suppression).
+STATUSES: tuple[str, ...] = (
+    "delivered",
+    "retrying",
+    "deferred",
+    "dead",
+    "pending",
+    "cancelled",
+    "suppressed",
+)
 #: Attempt outcomes that were a real try at sending (not a deferral or a replay mark).
 SENDS = frozenset({"delivered", "retry", "failed"})
 
@@ -37,9 +47,19 @@ class DeliveryRecord(msgspec.Struct, omit_defaults=True):
     updated: float
     #: Epoch seconds of the next attempt, while ``retrying`` or ``deferred``.
     next_at: float | None = None
-    #: Where the message went (an address or phone), when a recipient was named.
+    #: Where the message went, masked (``j***@e***.com``), when a recipient was named.
     to: str | None = None
     attempts: list[Attempt] = msgspec.field(default_factory=list)
+    #: HMAC of the full address (``[privacy] key``): found by it, never stored in clear.
+    to_hash: str | None = None
+    #: The event's customer id (erasure and support find records by it).
+    customer: str | None = None
+    template: str | None = None
+    #: Digest of the template's files when sent (gateway.privacy.recipients).
+    template_version: str | None = None
+    locale: str | None = None
+    #: What an audit of the message needs: the event's refs and non-personal data.
+    vars: dict[str, Any] | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -47,12 +67,20 @@ _decoder = msgspec.json.Decoder(DeliveryRecord)
 
 
 def record_of(
-    delivery: Delivery, status: Status, *, now: float | None = None, next_at: float | None = None
+    delivery: Delivery,
+    status: Status,
+    *,
+    now: float | None = None,
+    next_at: float | None = None,
+    privacy: RecordPrivacy = MASK_ONLY,
 ) -> DeliveryRecord:
+    """The record of a delivery: recipient masked and hashed, never in clear
+    (docs/data-protection.md)."""
     recipient = delivery.recipient
-    to = None
+    address = None
     if recipient is not None:
-        to = recipient.address or recipient.email or recipient.phone
+        address = recipient.address or recipient.email or recipient.phone
+    seen = audited(delivery.event_bytes())
     return DeliveryRecord(
         id=delivery.id,
         event_id=delivery.event_id,
@@ -62,8 +90,14 @@ def record_of(
         status=status,
         updated=time.time() if now is None else now,
         next_at=next_at,
-        to=to,
+        to=mask(address) if address else None,
         attempts=delivery.history,
+        to_hash=privacy.hash(address) if address else None,
+        customer=seen.customer,
+        template=delivery.template,
+        template_version=privacy.version(delivery.channel, delivery.template),
+        locale=delivery.locale or (recipient.locale if recipient is not None else None),
+        vars=seen.vars or None,
     )
 
 

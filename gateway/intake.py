@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,15 +26,19 @@ from .channel import Channel
 from .event import Event, EventInvalid, encode_event
 from .intake_guard import IntakeStats
 from .keys import Keys, Layout, as_layout, ordering_key
+from .logs import OURS
 from .metrics.families import Metrics
 from .openapi import serve_openapi
-from .receipts import ReceiptRequest, record_receipt
+from .receipts import ReceiptRequest, Reply, record_receipt
 from .scripts import ENQUEUE_MANY, is_noscript
 from .signing import SignatureError
 from .source import Source
 from .streams import as_text
+from .suppression.feed import feed_receipt
 
 log = logging.getLogger("tocsin.intake")
+#: One line per accepted event (``--no-log-traffic`` quiets it).
+events_log = logging.getLogger("tocsin.events")
 
 #: Longest a batch waits for ``WAITAOF`` (and ``WAIT``) before the requests in it get a
 #: 503. Under ``appendfsync everysec`` a write waits up to a second for the next fsync
@@ -399,9 +403,11 @@ class Intake:
         try:
             for item in receipts:
                 item.at = round(time.time(), 3)
-                await record_receipt(
-                    self.enqueuer.redis, self.enqueuer.layout, item, self.retention
-                )
+                redis, layout = self.enqueuer.redis, self.enqueuer.layout
+                if isinstance(item, Reply) or item.suppress:
+                    # A reply, or a receipt proving an address unusable.
+                    await feed_receipt(redis, layout, item, channel=None)
+                await record_receipt(redis, layout, item, self.retention)
         except RedisError as exc:
             log.warning("intake: Redis unavailable, answering 503: %s", exc)
             return _answer(
@@ -469,6 +475,8 @@ class Intake:
             self.metrics.received(
                 source.name, ((e.type, r is None) for e, r in zip(events, results, strict=True))
             )
+        if events_log.isEnabledFor(logging.INFO):
+            _log_accepted(events, results, source.name)
         accepted = [
             {"id": e.id, "duplicate": r is None}
             | ({"warning": warnings[e.id]} if e.id in warnings else {})
@@ -518,3 +526,12 @@ class Intake:
         except RedisError:
             return _answer(503, {"status": "redis unavailable"}, {"Retry-After": "5"})
         return _answer(200, {"status": "ready"})
+
+
+def _log_accepted(events: Sequence[Event], results: Sequence[object], source: str) -> None:
+    for event, result in zip(events, results, strict=True):
+        if result is None:  # a duplicate
+            continue
+        # OURS: the id and type are checked patterns, the source a conf name.
+        fields = {"event_id": event.id, "event_type": event.type, "source": source, **OURS}
+        events_log.info("event %s accepted: %s from %s", event.id, event.type, source, extra=fields)

@@ -80,7 +80,7 @@ def _compile_rule(name: str, conf: Conf, plan: Plan, problems: list[str]) -> Com
     rule = conf.rules[name]
     where = f"{conf.rule_files[name]}: rules.{name}"
     matcher = compile_match(rule.events, rule.when, where, plan, problems)
-    actions = compile_actions(rule.actions, where, conf, plan, rule.window, problems)
+    actions = compile_actions(rule.actions, where, conf, plan, rule.window, problems, rule.category)
     if matcher is None or actions is None:
         return None
     return CompiledRule(name, matcher, actions)

@@ -2,6 +2,10 @@
 handset, or the carrier refused it). Providers call ``/v1/receipts/{channel}``; the
 channel plugin verifies and reads the call (``Channel.parse_receipt``), and the core
 appends the receipt to the delivery's history, where ``tocsin deliveries show`` lists it.
+
+The same call may carry what feeds the suppression list (``gateway.suppression``): a
+receipt saying the number is unusable or opted out (``Receipt.suppress``), or a reply
+from the recipient (``Reply``: an SMS ``STOP`` sent to the channel's number).
 """
 
 from __future__ import annotations
@@ -44,6 +48,24 @@ class Receipt(msgspec.Struct, omit_defaults=True):
     provider_id: str | None = None
     #: Epoch seconds; set by the core when received.
     at: float = 0.0
+    #: A suppression reason (``gateway.suppression.REASONS``) the receipt proves for
+    #: ``address``: Vonage's err-code 9, the recipient opted out...
+    suppress: str | None = None
+    #: The recipient the receipt is about (E.164, as the provider echoes it).
+    address: str | None = None
+
+
+class Reply(msgspec.Struct, omit_defaults=True):
+    """A message a recipient sent to the channel's number (an SMS reply), as the channel
+    plugin read it: ``opt`` says whether it opts out (``STOP``) or back in (``START``)."""
+
+    #: The sender, E.164.
+    sender: str
+    text: str
+    opt: Literal["stop", "start"] | None = None
+    #: The provider's message id.
+    provider_id: str | None = None
+    at: float = 0.0
 
 
 _encoder = msgspec.json.Encoder()
@@ -51,8 +73,12 @@ _decoder = msgspec.json.Decoder(Receipt)
 
 
 async def record_receipt(
-    redis: Redis, keys: Keys | Layout, receipt: Receipt, retention: float
+    redis: Redis, keys: Keys | Layout, receipt: Receipt | Reply, retention: float
 ) -> None:
+    """Keep a receipt with its delivery (a reply is for the suppression list alone: the
+    intake feeds ``gateway.suppression.feed_receipt`` with both)."""
+    if isinstance(receipt, Reply):
+        return
     # Untagged, under any layout: one key, read and written alone, spread by its own hash.
     key = Keys(keys.prefix).receipts(receipt.delivery_id)
     async with redis.pipeline(transaction=True) as pipe:

@@ -136,6 +136,7 @@ def action_deliveries(
                     recipient=recipient,
                     window=compiled.window,
                     scenario=scenario,
+                    category=compiled.category,
                 )
             )
     return deliveries
@@ -207,10 +208,14 @@ class Router:
         self.reclaim_interval = min(RECLAIM_INTERVAL, max(0.05, reclaim_idle_ms / 2000))
         self.redis = redis
         self.keys = keys
-        self.rules = rules
         self.consumer = consumer
         self.batch = batch
         self.routed = 0
+        self.use_rules(rules)
+
+    def use_rules(self, rules: list[CompiledRule]) -> None:
+        """Route with these rules from the next event on (a conf reload)."""
+        self.rules = rules
         self._conditional = [rule for rule in rules if rule.matcher.conditions]
 
     async def run(self, stopping: asyncio.Event) -> None:

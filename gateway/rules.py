@@ -76,6 +76,8 @@ class CompiledAction:
     targets: tuple[Target, ...]
     #: The sending window's name, or ``None`` to send at once.
     window: str | None
+    #: The rule's or step's category (``gateway.conf.Category``).
+    category: str = "transactional"
 
     @property
     def channel(self) -> str:
@@ -179,6 +181,7 @@ def compile_actions(
     plan: PlanParts,
     window: str | None,
     problems: list[str],
+    category: str = "transactional",
 ) -> tuple[CompiledAction, ...] | None:
     """``window``: the rule's or step's own (``"none"`` for none), else each channel's."""
     ok = True
@@ -220,5 +223,7 @@ def compile_actions(
         if targets is None:
             ok = False
             continue
-        out.append(CompiledAction(action, targets, None if chosen == NO_WINDOW else chosen))
+        out.append(
+            CompiledAction(action, targets, None if chosen == NO_WINDOW else chosen, category)
+        )
     return tuple(out) if ok else None

@@ -228,7 +228,9 @@ def compile_scenarios(plan: PlanParts, problems: list[str]) -> list[CompiledScen
                     conditions.append(compile_condition(text, plan.registry.conditions))
                 except ValueError as exc:
                     problems.append(f"{at_where}.when[{j}]: {exc}")
-            actions = compile_actions(step.actions, at_where, conf, plan, step.window, problems)
+            actions = compile_actions(
+                step.actions, at_where, conf, plan, step.window, problems, step.category
+            )
             if actions is not None:
                 steps.append(
                     CompiledStep(

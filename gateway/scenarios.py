@@ -412,6 +412,10 @@ class ScenarioEngine:
                 or instance.status != "active"
                 or timer.step >= len(instance.steps)
                 or instance.steps[timer.step].status != "pending"
+                # A reload changed the scenario and has not re-planned this instance
+                # yet: the step at this index may be another one (gateway/reload).
+                or timer.step >= len(scenario.steps)
+                or scenario.steps[timer.step].name != instance.steps[timer.step].name
             ):
                 await self._ack_only(shard, entry_id)  # cancelled, restarted or already fired
                 return

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .adminapi import JobRunner, context_for, mount
-from .archive import Archiver, opened
+from .archive import Archiver, ArchiveStore, opened
 from .channel import Channel
 from .confirm import ConfirmChannel
 from .errors import LayoutError
@@ -36,10 +37,16 @@ from .metrics import (
     refusal_counter,
 )
 from .plan import EVENTS_SOURCE, Plan
+from .privacy.bodies import BodyKeeper
+from .privacy.outboxes import outbox_roots
+from .privacy.recipients import RecordPrivacy
+from .privacy.retention import Retention, RetentionTask, Sweeper
 from .redis_client import connect
+from .reload.swap import Reloader
 from .router import Router, default_reclaim_after
 from .scenarios import ScenarioEngine
 from .streams import Backoff
+from .watch import Watcher
 from .worker import Worker
 
 log = logging.getLogger("tocsin")
@@ -135,36 +142,51 @@ class Gateway:
             if wait_aof is None:
                 return
             await check_layout(redis, self.layout)
+            # What a reload swaps (gateway/reload).
+            self.redis, self.running_roles, self.stopping = redis, roles, stopping
+            self.routers: list[Router] = []
+            self.scenario_engine: ScenarioEngine | None = None
+            self.worker: Worker | None = None
+            self.worker_stop, self.worker_task = asyncio.Event(), None
             tasks = []
             self._start_metrics()
             if "worker" in roles:
                 await self._start_channels(stack, redis, wait_aof)
             if "router" in roles:
-                scenarios = self._scenarios(redis)
+                scenarios = self.scenario_engine = self._scenarios(redis)
                 for shard in range(self.layout.count):  # each shard's events in order
                     router = self._router(redis, scenarios, shard)
+                    self.routers.append(router)
                     tasks.append(asyncio.create_task(router.run(stopping)))
                 if scenarios is not None:
                     tasks.append(asyncio.create_task(scenarios.run(stopping, self.consumer)))
-                for archiver in await self._archivers(stack, redis):
+                archivers, store = await self._archivers(stack, redis)
+                for archiver in archivers:
                     tasks.append(asyncio.create_task(archiver.run(stopping)))
+                tasks.append(asyncio.create_task(self._retention(redis, store).run(stopping)))
             if "worker" in roles:
-                tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
+                self.worker = self._worker(redis)
+                self.worker_task = asyncio.create_task(self.worker.run(self.worker_stop))
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
-            if self.admin_jobs is not None:  # bulk replays, resumed where they stopped
-                tasks.append(asyncio.create_task(self.admin_jobs.run(stopping)))
             tasks.append(asyncio.create_task(self._poller(redis).run(stopping)))
             tasks.append(asyncio.create_task(self.metrics.flushing(stopping)))
+            tasks.append(asyncio.create_task(self._watcher(redis).run(stopping)))
             await self._start_metrics_site(stack)
+            self.reloader = Reloader(self)
+            tasks.append(asyncio.create_task(self.reloader.run(stopping)))
             log.info("consumer %s running roles: %s", self.consumer, ", ".join(sorted(roles)))
             self.ready.set()
             await stopping.wait()
             log.info("stopping: no new work taken; finishing in-flight sends")
             if runner is not None:
                 await runner.cleanup()  # refuse new events before the workers wind down
+            self.worker_stop.set()
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, BaseException):
                     log.error("a gateway task ended with %r", result)
+            if self.worker_task is not None:  # the last one a reload started
+                self.worker_stop.set()
+                await asyncio.gather(self.worker_task, return_exceptions=True)
             self.metrics.flush()  # what the last sends counted
 
     def _start_metrics(self) -> None:
@@ -173,10 +195,12 @@ class Gateway:
             sources=tuple(plan.sources),
             channels=tuple(plan.channels),
             scenarios=tuple(s.name for s in plan.scenarios),
+            watches=tuple(plan.conf.watch.watches),
         )
         multiprocess = multiprocess_dir()  # before any sample exists
         self.metrics = Metrics(known)
-        self.metrics.conf_loaded(conf_digest(plan.conf.files or [plan.conf.path]))
+        self.metrics_digest = conf_digest(plan.conf.files or [plan.conf.path])
+        self.metrics.conf_loaded(self.metrics_digest)
         self.exporter = Exporter(self.metrics, multiprocess)
 
     def _poller(self, redis: Redis) -> Poller:
@@ -189,6 +213,21 @@ class Gateway:
             self.consumer,
             every=float(conf.metrics.refresh),
             intake=intake.stats if intake is not None else None,
+        )
+
+    def _watcher(self, redis: Redis) -> Watcher:
+        """``[watch]``: every process runs one; the one holding its lease evaluates."""
+        conf = self.plan.conf
+        history = conf.history
+        keep = history.retention if history.archive == "off" else history.hot_window
+        return Watcher(
+            redis,
+            self.layout,
+            conf.watch,
+            self.plan.windows,
+            self.consumer,
+            metrics=self.metrics,
+            keep=max(float(keep), float(conf.intake.dedupe_window)),
         )
 
     async def _start_metrics_site(self, stack: AsyncExitStack) -> None:
@@ -221,16 +260,21 @@ class Gateway:
         return None
 
     async def _start_channels(self, stack: AsyncExitStack, redis: Redis, wait_aof: bool) -> None:
-        confirmed: Enqueuer | None = None
-        for channel in self.plan.channels.values():
+        self._stack, self._wait_aof = stack, wait_aof
+        self._confirmed: Enqueuer | None = None
+        await self.open_channels(self.plan)
+
+    async def open_channels(self, plan: Plan) -> None:
+        """Start ``plan``'s channels (at start, and for the plan a reload brings)."""
+        for channel in plan.channels.values():
             if isinstance(channel, ConfirmChannel):
-                if confirmed is None:  # what sources confirm is accepted as the intake would
-                    confirmed = self._enqueuer(redis, wait_aof)
-                    confirmed.start()
-                    stack.push_async_callback(confirmed.stop)
-                channel.attach(confirmed.enqueue)
+                if self._confirmed is None:  # what sources confirm is accepted as intake would
+                    self._confirmed = self._enqueuer(self.redis, self._wait_aof)
+                    self._confirmed.start()
+                    self._stack.push_async_callback(self._confirmed.stop)
+                channel.attach(self._confirmed.enqueue)
             await channel.start()
-            stack.push_async_callback(_close_channel, channel)
+            self._stack.push_async_callback(close_channel, channel)
 
     def _enqueuer(self, redis: Redis, wait_aof: bool) -> Enqueuer:
         conf = self.plan.conf
@@ -251,13 +295,15 @@ class Gateway:
             index_retention=float(history.retention) if history.archive == "off" else None,
         )
 
-    async def _archivers(self, stack: AsyncExitStack, redis: Redis) -> list[Archiver]:
+    async def _archivers(
+        self, stack: AsyncExitStack, redis: Redis
+    ) -> tuple[list[Archiver], ArchiveStore | None]:
         """One history archiver per shard, sharing the archive (router role: routers
         already trim the events streams)."""
         history = self.plan.conf.history
         store = await stack.enter_async_context(opened(self.plan.conf.data_dir, history.archive))
         if store is None:
-            return []
+            return [], None
         return [
             Archiver(
                 redis,
@@ -269,7 +315,30 @@ class Gateway:
                 batch=history.archive_batch,
             )
             for shard in self.layout.shards
-        ]
+        ], store
+
+    def _retention(self, redis: Redis, store: ArchiveStore | None) -> RetentionTask:
+        """The retention trim (docs/data-protection.md): one process at a time."""
+        conf = self.plan.conf
+        sweeper = Sweeper(
+            redis,
+            self.layout,
+            Retention.of(conf),
+            archive=store,
+            outbox_roots=outbox_roots(conf),
+        )
+        return RetentionTask(sweeper, self.consumer)
+
+    def _record_privacy(self) -> RecordPrivacy:
+        conf = self.plan.conf
+        channels = self.plan.channels
+
+        def templates(name: str) -> Path | None:
+            channel = channels.get(name)
+            return channel.context.templates.root if channel is not None else None
+
+        key = conf.privacy.key.reveal().encode() if conf.privacy.key is not None else None
+        return RecordPrivacy(key=key, templates=templates)
 
     def _scenarios(self, redis: Redis) -> ScenarioEngine | None:
         if not self.plan.scenarios:
@@ -306,13 +375,13 @@ class Gateway:
             index_ttl=float(conf.history.retention) if conf.history.archive == "off" else 0.0,
         )
 
-    def _worker(self, redis: Redis) -> Worker:
+    def _worker(self, redis: Redis, consumer: str | None = None) -> Worker:
         conf = self.plan.conf
         return Worker(
             redis,
             self.layout,
             self.plan.channels,
-            self.consumer,
+            consumer or self.consumer,
             policies=self.plan.policies,
             visibility={name: self.plan.visibility_timeout(name) for name in self.plan.channels},
             concurrency=conf.worker.concurrency,
@@ -322,6 +391,12 @@ class Gateway:
             dedupe_window=float(conf.intake.dedupe_window),
             windows=self.plan.windows,
             metrics=self.metrics,
+            privacy=self._record_privacy(),
+            bodies=(
+                BodyKeeper(redis, float(conf.privacy.bodies_retention))
+                if conf.privacy.keep_bodies
+                else None
+            ),
         )
 
     async def _start_intake(
@@ -360,7 +435,10 @@ class Gateway:
             store = await stack.enter_async_context(opened(conf.data_dir, conf.history.archive))
             ctx = context_for(self.plan, redis, store)
             mount(app, ctx, self.plan)
+            # Bulk replays, resumed where they stopped; ends once the gateway stops.
             self.admin_jobs = JobRunner(ctx, self.consumer)
+            jobs = asyncio.create_task(self.admin_jobs.run(self.stopping))
+            stack.push_async_callback(_wait_for, jobs)
         app.on_response_prepare.append(_name_process)
         runner = web.AppRunner(
             app,
@@ -390,7 +468,15 @@ async def _name_process(request: web.Request, response: web.StreamResponse) -> N
         response.headers[PROCESS_HEADER] = str(os.getpid())
 
 
-async def _close_channel(channel: Channel[Any]) -> None:
+async def _wait_for(task: asyncio.Task[None]) -> None:
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def close_channel(channel: Channel[Any]) -> None:
+    """Once: at shutdown, or when a reload replaced it and its last send finished."""
+    if getattr(channel, "_tocsin_closed", False):
+        return
+    channel._tocsin_closed = True  # type: ignore[attr-defined]
     try:
         await channel.close()
     except Exception:

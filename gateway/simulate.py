@@ -5,11 +5,16 @@ jumping from one event or due step to the next. Nothing is sent: every delivery 
 would be queued is listed with when it would leave (after its sending window), through
 which channel, to whom, and why. Output is deterministic, so tests and ops diffing a
 conf change can rely on it.
+
+A suppression list given to the run (``--suppressions FILE``, or the deployment's own
+with ``--live-suppressions``) is copied into the scratch Redis, and each message is
+checked against it at the virtual time it would leave, as the worker checks: those it
+rules out are listed as skipped, with the entry's reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,6 +28,7 @@ from .keys import Keys
 from .plan import Plan
 from .router import plan_deliveries
 from .scenarios import ScenarioEngine, moot
+from .suppression import Entry, SuppressionList, address_of, skip_reason
 
 #: Keys of a simulation live under their own prefix, never a deployment's.
 PREFIX = "tocsin-simulate"
@@ -36,6 +42,8 @@ class Notification:
     queued: float
     delivery: Delivery
     window: str | None
+    #: Not sent: its address's suppression entry's reason.
+    skipped: str | None = None
 
     @property
     def deferred(self) -> bool:
@@ -83,9 +91,12 @@ async def simulate(
     events: list[tuple[Event, bytes]],
     *,
     horizon: float = DEFAULT_HORIZON,
+    suppressions: list[Entry] | None = None,
 ) -> list[Notification]:
     keys = Keys(PREFIX)
     await _wipe(redis)
+    listed = SuppressionList(redis, keys)
+    await listed.load(suppressions or [])
     # Arrival order, as recorded: providers do not promise to send in occurred_at order,
     # and that is what cancel-before-trigger is about. The clock never goes back.
     ordered = list(events)
@@ -109,9 +120,28 @@ async def simulate(
             await engine.on_event(event)
             out = await _without_recalled(redis, keys, out, clock.now)
         await _advance(engine, redis, keys, plan, clock, clock.now + horizon, out)
+        out = await _suppressed(plan, listed, out)
     finally:
         await _wipe(redis)
     return sorted(out, key=lambda n: (n.at, n.queued, n.delivery.rule, n.delivery.id))
+
+
+async def _suppressed(
+    plan: Plan, listed: SuppressionList, out: list[Notification]
+) -> list[Notification]:
+    """Mark what the worker would skip: checked when each message would leave."""
+    marked = []
+    for n in out:
+        channel = plan.channels.get(n.delivery.channel)
+        address = address_of(channel, n.delivery) if channel is not None else None
+        if address is not None:
+            listed.clock = _Clock(n.at)
+            why = skip_reason(await listed.get(address), n.delivery.category)
+            if why is not None:
+                marked.append(replace(n, skipped=why))
+                continue
+        marked.append(n)
+    return marked
 
 
 async def _without_recalled(
@@ -163,6 +193,34 @@ def _notification(plan: Plan, delivery: Delivery, now: float) -> Notification:
     return Notification(at=at, queued=now, delivery=delivery, window=delivery.window)
 
 
+def read_suppressions(data: bytes, where: str) -> list[Entry]:
+    """A suppression list for a run: ``tocsin suppress list --json`` output, or lines of
+    ``ADDRESS REASON`` (``#`` comments); ``ValueError`` naming the line and the reason."""
+    from .suppression import REASONS, normalise  # noqa: PLC0415
+    from .suppression.store import decode_entry  # noqa: PLC0415
+
+    entries = []
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        text = line.split("#", 1)[0].strip() if not line.lstrip().startswith("{") else line
+        if not text.strip():
+            continue
+        try:
+            if text.lstrip().startswith("{"):
+                entry = decode_entry(text.encode())
+                entries.append(replace(entry, address=normalise(entry.address)))
+                continue
+            address, _, reason = text.partition(" ")
+            reason = reason.strip() or "manual"
+            if reason not in REASONS:
+                raise ValueError(f"unknown reason {reason!r} (reasons: {', '.join(REASONS)})")
+            entries.append(
+                Entry(address=normalise(address), reason=reason, author="simulate", at=0.0)  # type: ignore[arg-type]
+            )
+        except (ValueError, msgspec.DecodeError) as exc:
+            raise ValueError(f"{where}: line {number}: {exc}") from None
+    return entries
+
+
 async def _wipe(redis: Redis) -> None:
     async for key in redis.scan_iter(match=f"{PREFIX}:*", count=1000):
         await redis.delete(key)
@@ -187,6 +245,8 @@ def format_notifications(plan: Plan, notifications: list[Notification]) -> list[
         tail = f"<- {d.rule}  [{d.event_type} {d.event_id}]"
         if n.deferred:
             tail += f"  (deferred from {when(n.queued)} by window {n.window})"
+        if n.skipped:
+            tail += f"  SKIPPED: suppressed ({n.skipped}; {d.category})"
         rows.append((when(n.at), d.channel, to, what, tail))
     widths = [max((len(row[i]) for row in rows), default=0) for i in range(4)]
     return ["  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[4]]) for r in rows]

@@ -400,6 +400,46 @@ class TwilioStandIn(StandIn):
     ) -> tuple[int, Any]:
         return await self.receipt(message, status, error_code=error_code).send(via)
 
+    def inbound(
+        self, url: str, sender: str, body: str, *, to: str = "+33757000001", advanced: bool = False
+    ) -> ReceiptCall:
+        """A message ``sender`` sends to one of the account's numbers, as Twilio posts it
+        to the number's incoming-message webhook (``url``), signed like status callbacks
+        (https://www.twilio.com/docs/messaging/guides/webhook-request). Twilio's own
+        opt-out handling applies first: after a whole-body STOP word the number is
+        refused with 21610 until it sends START (support.twilio.com, "Twilio support for
+        opt-out keywords"); ``advanced`` adds ``OptOutType`` as Advanced Opt-Out does."""
+        said = body.strip().upper()
+        opt = None
+        if said in {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"}:
+            self.unsubscribed.add(sender)
+            opt = "STOP"
+        elif said in {"START", "UNSTOP", "YES"}:
+            self.unsubscribed.discard(sender)
+            opt = "START"
+        sid = "SM" + secrets.token_hex(16)
+        params = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": "2010-04-01",
+            "Body": body,
+            "From": sender,
+            "MessageSid": sid,
+            "NumMedia": "0",
+            "NumSegments": "1",
+            "SmsMessageSid": sid,
+            "SmsSid": sid,
+            "SmsStatus": "received",
+            "To": to,
+        }
+        if advanced and opt is not None:
+            params["OptOutType"] = opt
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "User-Agent": "TwilioProxy/1.1",
+            "X-Twilio-Signature": twilio_signature(self.auth_token, url, params),
+        }
+        return ReceiptCall("POST", url, params, "form", headers)
+
 
 def delivery_of(message: dict[str, Any]) -> str:
     """The Tocsin delivery id in a Twilio message's ``StatusCallback``."""
@@ -574,6 +614,33 @@ class VonageStandIn(StandIn):
         self, message: dict[str, Any], status: str, *, err_code: int = 0, via: str | None = None
     ) -> list[tuple[int, Any]]:
         return [await call.send(via) for call in self.receipts(message, status, err_code=err_code)]
+
+    def inbound(self, url: str, msisdn: str, text: str, *, to: str = "33757000001") -> ReceiptCall:
+        """An SMS ``msisdn`` (digits, no ``+``) sends to the account's virtual number, as
+        Vonage delivers it to the inbound webhook, the dashboard's method
+        (https://developer.vonage.com/messaging/sms/guides/inbound-sms: ``msisdn``, ``to``,
+        ``messageId``, ``text``, ``type``, ``keyword``, ``message-timestamp``), signed
+        when the account signs webhooks."""
+        now = time.gmtime()
+        params = {
+            "msisdn": msisdn,
+            "to": to,
+            "messageId": secrets.token_hex(8).upper(),
+            "text": text,
+            "type": "text",
+            "keyword": text.split(maxsplit=1)[0].upper() if text.split() else "",
+            "message-timestamp": time.strftime("%Y-%m-%d %H:%M:%S", now),
+            "api-key": self.api_key,
+        }
+        if self.signature_secret is not None:
+            params["timestamp"] = str(int(time.time()))
+            params["nonce"] = str(uuid.uuid4())
+            params["sig"] = vonage_signature(self.signature_secret, self.signature_method, params)
+        if self.dlr_method == "GET":
+            return ReceiptCall("GET", url, params, "query")
+        return ReceiptCall(
+            "POST", url, params, "json" if self.dlr_method == "POST-JSON" else "form"
+        )
 
 
 # -- fixtures: the stand-ins, started on a free port, closed after the test --

@@ -12,6 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -478,7 +479,8 @@ async def test_audit_trail(stack: Stack):
     assert cli_users, "the CLI's retry is audited too"
     assert not any(e["actor"] == "viewer" for e in page["items"]), "reads are not writes"
     retry = next(e for e in page["items"] if e["action"] == "delivery.retry_now")
-    assert retry["target"].startswith("msg_") and retry["at"] > time.time() - 600
+    at = datetime.fromisoformat(retry["at"].replace("Z", "+00:00")).timestamp()
+    assert retry["target"].startswith("msg_") and time.time() - 600 < at <= time.time()
     status, first = await stack.call("GET", "/audit?action=replay.start&limit=1", token=READ)
     status, second = await stack.call(
         "GET", f"/audit?action=replay.start&limit=1&cursor={first['next_cursor']}", token=READ

@@ -76,6 +76,10 @@ BAD_ARGUMENTS: dict[str, tuple[list[str], int, str]] = {
         2,
         "no channel 'nope' in",
     ),
+    "reload": (["reload", "--conf", "nope.toml"], 2, "nope.toml: file not found"),
+    "forget": (["forget", "--conf", "CONF"], 2, "Missing option '--customer'"),
+    "retention": (["retention", "--conf", "nope.toml"], 2, "nope.toml: file not found"),
+    "status": (["status", "--interval", "0", "--conf", "CONF"], 2, "not in the range x>=0.5"),
     "scenarios": (["scenarios", "bogus"], 2, "No such command 'bogus'"),
     "scenarios list": (
         ["scenarios", "list", "--conf", "CONF", "--limit", "-1"],
@@ -104,6 +108,23 @@ BAD_ARGUMENTS: dict[str, tuple[list[str], int, str]] = {
         2,
         "'soon' is not a duration",
     ),
+    "suppress": (["suppress", "bogus"], 2, "No such command 'bogus'"),
+    "suppress add": (
+        ["suppress", "add", "0612345678", "--conf", "CONF"],
+        2,
+        "international format",
+    ),
+    "suppress remove": (
+        ["suppress", "remove", "+33612345678", "--conf", "CONF"],
+        1,
+        "is not on the suppression list",
+    ),
+    "suppress list": (
+        ["suppress", "list", "--reason", "bored", "--conf", "CONF"],
+        2,
+        "'bored' is not one of",
+    ),
+    "suppress check": (["suppress", "check", "bob@", "--conf", "CONF"], 2, "not an email address"),
 }
 
 

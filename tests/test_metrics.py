@@ -328,8 +328,14 @@ async def test_conf_known_label_sets_start_at_zero(traffic: Running):
     after = traffic.scrapes[-1]
     for outcome in ATTEMPT_CLASSES:
         assert after.get("tocsin_attempts_total", channel="idle", outcome=outcome) == 0
-    assert after.get("tocsin_conf_last_reload_successful") == 1
-    assert after.get("tocsin_conf_hash") > 0
+    # Per process (each reloads on its own): one sample per live pid, the same conf.
+    for name, check in (
+        ("tocsin_conf_reload_success", lambda v: v == 1),
+        ("tocsin_conf_hash", lambda v: v > 0),
+    ):
+        values = [v for (n, labels), v in after.samples.items() if n == name]
+        pids = [dict(labels)["pid"] for (n, labels), _ in after.samples.items() if n == name]
+        assert len(values) == 2 and len(set(pids)) == 2 and all(map(check, values)), values
     assert not any('id="' in name for name in after.names)
 
 

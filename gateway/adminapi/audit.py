@@ -1,21 +1,23 @@
-"""The audit trail: every write an operator makes (API, CLI, console), in one stream.
+"""The audit trail: every write an operator makes (API, CLI, console), in the audit
+stream ``<prefix>:audit`` (``gateway.privacy.audit``: the erasures and reloads are
+there too; trimmed by ``[retention] audit``).
 
 One entry per action: who (token name or ``cli:<user>``), what, on what, when, and how
 it ended. Written after the action, with its outcome; an action that raised is recorded
-as ``error`` before the error goes on. The stream is capped (``MAXLEN ~``): old entries
-go first.
+(``refused``, ``not_found``, ``error: ...``) before the error goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from redis.exceptions import RedisError
 
+from ..privacy.audit import audit
 from ..streams import as_text, entry_order
 from .common import (
     AdminContext,
@@ -27,9 +29,6 @@ from .common import (
     encode_cursor,
     page_size,
 )
-
-#: Entries kept (approximately): years of operator actions at any sane rate.
-KEEP = 100_000
 
 
 @dataclass
@@ -44,21 +43,15 @@ class Recorded:
 async def record(
     ctx: AdminContext, action: str, target: str, outcome: str, detail: str = ""
 ) -> str:
-    fields = {
-        "actor": ctx.actor,
-        "action": action,
-        "target": target,
-        "outcome": outcome,
-        "detail": detail[:500],
-        "at": f"{time.time():.3f}",
-    }
-    entry: Any = await ctx.redis.xadd(
-        ctx.layout.audit,
-        fields,  # type: ignore[arg-type]
-        maxlen=KEEP,
-        approximate=True,
+    return await audit(
+        ctx.redis,
+        ctx.layout.prefix,
+        actor=ctx.actor,
+        action=action,
+        target=target,
+        outcome=outcome,
+        detail=detail[:500] or None,
     )
-    return as_text(entry)
 
 
 @contextlib.asynccontextmanager
@@ -69,7 +62,7 @@ async def audited(ctx: AdminContext, action: str, target: str) -> AsyncIterator[
     try:
         yield done
     except BaseException as exc:
-        outcome = "error"
+        outcome = f"error: {type(exc).__name__}"
         if isinstance(exc, NotFound):
             outcome = "not_found"
         elif isinstance(exc, (Conflict, BadRequest)):
@@ -112,7 +105,9 @@ async def audit_entries(
                 more = True
                 break
             item["id"] = as_text(entry_id)
-            item["at"] = float(item.get("at", 0))
+            if "detail" in item:  # JSON, as gateway.privacy.audit writes it
+                with contextlib.suppress(msgspec.DecodeError):
+                    item["detail"] = msgspec.json.decode(item["detail"])
             items.append(item)
         if more or len(chunk) < 200:
             break

@@ -94,6 +94,11 @@ class _DeadJob(msgspec.Struct):
 _dead_job = msgspec.json.Decoder(_DeadJob)
 
 
+def pause_key(keys: Keys) -> str:
+    """Set while something else (an erasure) must be the only one writing the archive."""
+    return f"{keys.archive_lock}:pause"
+
+
 @dataclass
 class PassResult:
     events: int = 0
@@ -182,6 +187,11 @@ class Archiver:
 
     async def _hold_lock(self) -> bool:
         key = self.keys.archive_lock
+        if await self.redis.exists(pause_key(self.keys)):
+            # An erasure (gateway.privacy.forget) is rewriting this shard's history: let
+            # it take the lock, so nothing read before it is archived after it.
+            await self._release_lock()
+            return False
         if await self.redis.set(key, self.owner, nx=True, px=LOCK_MS):
             return True
         holder: Any = await self.redis.get(key)

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from ..history import DeliveryRecord, decode_record, encode_record
+from ..privacy.redact import redact_event, redact_record
 
 T = TypeVar("T")
 
@@ -145,6 +146,13 @@ class ArchiveStore(Protocol):
     async def unclaim_dead_letter(self, shard: int, entry: str) -> None: ...
     async def delete_customer(self, customer_id: str) -> int: ...
     async def drop_before(self, before_ms: int, limit: int) -> int: ...
+    async def erase_customer(
+        self, customer_id: str, event_ids: Sequence[str], needles: Sequence[str]
+    ) -> dict[str, int]: ...
+    async def drop_kind_before(
+        self, kind: str, before_ms: int, limit: int, *, dry_run: bool = False
+    ) -> int: ...
+    async def customer_events(self, customer_id: str) -> list[ArchivedEvent]: ...
     async def close(self) -> None: ...
 
 
@@ -211,6 +219,13 @@ VALUES (:id, :event_id, :updated, :status, :channel,
     (SELECT invoice_ref FROM events WHERE event_id = :event_id ORDER BY accepted DESC LIMIT 1),
     :record)
 """
+
+#: Retention kinds: their table and time column.
+_KINDS = {
+    "events": ("events", "accepted"),
+    "deliveries": ("deliveries", "updated"),
+    "dead_letters": ("dead_letters", "at"),
+}
 
 _EVENT_COLUMNS = "event_id, shard, entry, accepted, type, customer_id, invoice_ref, body"
 _DEAD_COLUMNS = (
@@ -386,6 +401,69 @@ class SqliteArchive:
 
         return await self._call(run)
 
+    async def erase_customer(
+        self, customer_id: str, event_ids: Sequence[str], needles: Sequence[str]
+    ) -> dict[str, int]:
+        """Erasure (``tocsin forget``): the customer's events and delivery records are
+        rewritten with personal fields replaced (gateway.privacy.redact), their dead
+        letters deleted. With ``secure_delete`` the old bytes are zeroed in the file, and
+        the WAL is checkpointed and truncated: no copy is left on disk."""
+
+        def run() -> dict[str, int]:
+            db = self.db
+            db.execute("PRAGMA secure_delete = ON")
+            ids = sorted(set(event_ids))
+            marks = ",".join("?" * len(ids)) or "NULL"
+            where = f"customer_id = ? OR event_id IN ({marks})"
+            args = (customer_id, *ids)
+            counts = {"events": 0, "deliveries": 0, "dead_letters": 0}
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(f"SELECT rowid, body FROM events WHERE {where}", args)
+                for rowid, body in rows.fetchall():
+                    event = msgspec.json.decode(unpack(body))
+                    new = pack(msgspec.json.encode(redact_event(event, needles)))
+                    db.execute("UPDATE events SET body = ? WHERE rowid = ?", (new, rowid))
+                    counts["events"] += 1
+                rows = db.execute(f"SELECT rowid, record FROM deliveries WHERE {where}", args)
+                for rowid, record in rows.fetchall():
+                    scrubbed = redact_record(msgspec.json.decode(unpack(record)), needles)
+                    new = pack(msgspec.json.encode(scrubbed))
+                    db.execute("UPDATE deliveries SET record = ? WHERE rowid = ?", (new, rowid))
+                    counts["deliveries"] += 1
+                gone = db.execute(f"DELETE FROM dead_letters WHERE {where}", args)
+                counts["dead_letters"] = gone.rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return counts
+
+        return await self._call(run)
+
+    async def drop_kind_before(
+        self, kind: str, before_ms: int, limit: int, *, dry_run: bool = False
+    ) -> int:
+        """One kind's rows older than ``before_ms`` (``[retention]`` per kind), at most
+        ``limit``; ``dry_run`` counts them (all of them)."""
+        table, column = _KINDS[kind]
+
+        def run() -> int:
+            if dry_run:
+                sql = f"SELECT COUNT(*) FROM {table} WHERE {column} < ?"
+                return int(self.db.execute(sql, (before_ms,)).fetchone()[0])
+            sql = (
+                f"DELETE FROM {table} WHERE rowid IN "
+                f"(SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)"
+            )
+            count = self._write(sql, [(before_ms, limit)])
+            if count:
+                self.db.execute("PRAGMA incremental_vacuum")
+            return count
+
+        return await self._call(run)
+
     async def drop_before(self, before_ms: int, limit: int) -> int:
         """Rows older than ``before_ms`` (whole days, when given a midnight), at most
         ``limit`` per table: what the retention drops, a bounded step at a time."""
@@ -413,6 +491,11 @@ class SqliteArchive:
 
     def _rows(self, sql: str, args: Sequence[Any]) -> list[Any]:
         return self.db.execute(sql, args).fetchall()
+
+    async def customer_events(self, customer_id: str) -> list[ArchivedEvent]:
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE customer_id = ?"
+        rows = await self._call(self._rows, sql, (customer_id,))
+        return [_event(r) for r in rows]
 
     async def get_event(self, event_id: str) -> ArchivedEvent | None:
         sql = (

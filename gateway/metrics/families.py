@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from ..catalog import TYPES
 from ..errors import DeliveryError
+from ..suppression.store import REASONS as SUPPRESSION_REASONS
 from .snapshot import Snapshot
 
 #: A type outside the catalog, on every metric that has a ``type`` label.
@@ -43,7 +44,7 @@ REFUSAL_REASONS = (
 #: ``tocsin_intake_connections_refused_total`` reasons (refused before any request).
 CONNECTION_REASONS = ("max_connections", "header_timeout")
 #: ``tocsin_deliveries_total`` final statuses (as the delivery history names them).
-FINAL_STATUSES = ("delivered", "dead", "cancelled")
+FINAL_STATUSES = ("delivered", "dead", "cancelled", "suppressed")
 #: ``tocsin_attempts_total`` outcome classes: the receiver's status class (HTTP, SMTP),
 #: or no answer (timeout, connect), or ``error`` (a failure with no status: a template,
 #: an invalid address, a plugin bug).
@@ -84,6 +85,8 @@ class Known:
     sources: tuple[str, ...]
     channels: tuple[str, ...]
     scenarios: tuple[str, ...] = ()
+    #: ``[watch.NAME]`` tables (gateway/watch).
+    watches: tuple[str, ...] = ()
     #: Event types with their own series; others count as ``other``.
     types: frozenset[str] = field(default_factory=lambda: frozenset(TYPES))
 
@@ -127,6 +130,13 @@ class Metrics:
             "tocsin_attempts",
             "Send attempts, by channel and outcome class.",
             ["channel", "outcome"],
+            registry=r,
+        )
+        self.suppressed_total = Counter(
+            "tocsin_suppressed",
+            "Messages not sent because their address is on the suppression list, by the "
+            "entry's reason.",
+            ["reason"],
             registry=r,
         )
         self.send_seconds = Histogram(
@@ -183,6 +193,12 @@ class Metrics:
             ["scenario"],
             **snap,
         )
+        self.watch_breached = Gauge(
+            "tocsin_watch_breached",
+            "1 while a [watch.NAME] is breached (docs/operations.md, Watch).",
+            ["watch"],
+            **snap,
+        )
         self.snapshot_at = Gauge(
             "tocsin_queue_snapshot_timestamp_seconds",
             "When the queue snapshot the gauges above come from was taken.",
@@ -191,21 +207,24 @@ class Metrics:
         self.redis_up = Gauge(
             "tocsin_redis_up", "1 if Redis answered the last metrics refresh.", **snap
         )
+        # Per process (a ``pid`` label under tocsin serve): each reloads on its own, and
+        # two processes running different confs must show apart.
+        own: dict[str, Any] = {"registry": r, "multiprocess_mode": "liveall"}
         self.reload_ok = Gauge(
-            "tocsin_conf_last_reload_successful",
+            "tocsin_conf_reload_success",
             "1 if the last conf (re)load succeeded.",
-            **snap,
+            **own,
         )
         self.reload_at = Gauge(
             "tocsin_conf_last_reload_success_timestamp_seconds",
             "When the conf was last loaded successfully.",
-            **snap,
+            **own,
         )
         self.conf_hash = Gauge(
             "tocsin_conf_hash",
             "Hash of the loaded conf files (52 bits of SHA-256): differs between two "
             "processes running different confs.",
-            **snap,
+            **own,
         )
         self._counts: defaultdict[tuple[Any, tuple[str, ...]], int] = defaultdict(int)
         #: Per channel: sends per bucket (the last one +Inf), then their total seconds.
@@ -224,6 +243,8 @@ class Metrics:
             self.refused.labels(OTHER, reason)  # a path naming no configured source
         for reason in CONNECTION_REASONS:
             self.connections_refused.labels(reason)
+        for reason in SUPPRESSION_REASONS:
+            self.suppressed_total.labels(reason)
         for channel in k.channels:
             for status in FINAL_STATUSES:
                 self.deliveries.labels(channel, status)
@@ -231,6 +252,7 @@ class Metrics:
                 self.attempts.labels(channel, outcome)
             self.send_seconds.labels(channel)
         self.apply(Snapshot.empty(k.channels, k.scenarios))
+        self.watch_breached_set(k.watches, ())
 
     # -- counting: in plain dicts, written out by ``flush`` -------------------------------
     #
@@ -265,6 +287,10 @@ class Metrics:
     def settled(self, channel: str, status: str, count: int = 1) -> None:
         """Deliveries reached a final status (``FINAL_STATUSES``)."""
         self._counts[self.deliveries, (channel, status)] += count
+
+    def suppressed(self, reason: str) -> None:
+        """A message skipped for its address's suppression entry (``reason``)."""
+        self._counts[self.suppressed_total, (reason,)] += 1
 
     def flush(self) -> None:
         """Write what was counted since the last flush into the exported metrics."""
@@ -309,6 +335,16 @@ class Metrics:
             self.scenarios_live.labels(name).set(s.live if s else 0)
             self.steps_due.labels(name).set(s.due if s else 0)
         self.snapshot_at.set(snapshot.at)
+
+    def rezero(self) -> None:
+        """After a reload changed ``known``: the new label sets exported at 0."""
+        self._zero()
+
+    def watch_breached_set(self, watches: Iterable[str], breached: Iterable[str]) -> None:
+        """The watches conf names: 1 for those breached, 0 for the others."""
+        now = set(breached)
+        for name in watches:
+            self.watch_breached.labels(name).set(1 if name in now else 0)
 
     def conf_loaded(self, digest: float, ok: bool = True) -> None:
         self.reload_ok.set(1 if ok else 0)

@@ -10,6 +10,8 @@ import signal
 import socket
 import sys
 
+from ..logs import JsonFormatter
+
 _PR_SET_PDEATHSIG = 1
 
 #: Child log lines carry their pid (``tocsin[1234]``): N processes write to one stderr.
@@ -32,7 +34,8 @@ def bind_to_parent(parent: int) -> None:
 
 def child_logging() -> None:
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(CHILD_LOG_FORMAT))
+        if not isinstance(handler.formatter, JsonFormatter):  # json lines carry "pid"
+            handler.setFormatter(logging.Formatter(CHILD_LOG_FORMAT))
 
 
 def inherited_socket(fd: int) -> socket.socket:

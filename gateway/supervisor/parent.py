@@ -92,6 +92,15 @@ class Supervisor:
                 log.error("supervisor: slot task failed: %r", task.exception())
         return 1 if self.gave_up or killed else 0
 
+    def forward(self, sig: int) -> None:
+        """Pass a signal on to every running child (SIGHUP: each reloads its conf; a
+        child started later reads the conf file as it is then)."""
+        log.info("supervisor: %s to %d gateway process(es)", signal.Signals(sig).name,
+                 len(self.running))  # fmt: skip
+        for child in list(self.running.values()):
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(sig)
+
     async def _spawn(self, spec: ChildSpec) -> asyncio.subprocess.Process:
         fds = () if spec.sock is None else (spec.sock.fileno(),)
         child = await asyncio.create_subprocess_exec(

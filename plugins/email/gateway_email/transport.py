@@ -18,6 +18,7 @@ new connection.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Literal
@@ -61,10 +62,29 @@ def _reply(code: int, text: str) -> str:
 SESSION_CODES = frozenset({530, 534, 535, 538})
 
 
-def by_code(code: int, reason: str) -> DeliveryError:
+#: Enhanced status codes (RFC 3463) of a refused recipient that mean the mailbox does not
+#: exist and never will: bad mailbox (5.1.1), bad domain (5.1.2), bad syntax (5.1.3),
+#: moved (5.1.6), domain accepts no mail (5.1.10, RFC 7505), mailbox disabled (5.2.1).
+#: The address goes to the suppression list as a hard bounce. A full mailbox (5.2.2) or
+#: a policy refusal (5.7.x: spam, reputation) says nothing about the address.
+HARD_BOUNCES = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
+#: Without an enhanced code, these replies to RCPT TO mean "no such mailbox" (RFC 5321).
+HARD_BOUNCE_REPLIES = frozenset({550, 551, 553})
+_ENHANCED = re.compile(r"\s*([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+def hard_bounce(code: int, text: str) -> bool:
+    """Whether a refused recipient's reply proves the address does not exist."""
+    found = _ENHANCED.match(text)
+    if found is not None:
+        return found.group(1) in HARD_BOUNCES
+    return code in HARD_BOUNCE_REPLIES
+
+
+def by_code(code: int, reason: str, *, suppress: str | None = None) -> DeliveryError:
     """4xx: try again later; 5xx: never. Anything else is a broken server: try again."""
     if 500 <= code <= 599 and code not in SESSION_CODES:
-        return PermanentError(reason, status=code)
+        return PermanentError(reason, status=code, suppress=suppress)
     return TransientError(reason, status=code)
 
 
@@ -75,7 +95,12 @@ def transaction_error(exc: BaseException, where: str) -> DeliveryError | None:
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         reply = _reply(exc.code, exc.message)
         if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
-            return by_code(exc.code, f"SMTP {where} refused recipient {exc.recipient}: {reply}")
+            bounced = "hard_bounce" if hard_bounce(exc.code, exc.message) else None
+            return by_code(
+                exc.code,
+                f"SMTP {where} refused recipient {exc.recipient}: {reply}",
+                suppress=bounced,
+            )
         if isinstance(exc, aiosmtplib.SMTPSenderRefused):
             return by_code(exc.code, f"SMTP {where} refused sender {exc.sender}: {reply}")
         if isinstance(exc, aiosmtplib.SMTPDataError):

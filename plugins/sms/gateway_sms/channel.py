@@ -13,6 +13,7 @@ from gateway import (
     PermanentError,
     Receipt,
     ReceiptRequest,
+    Reply,
     template_context,
 )
 
@@ -113,6 +114,14 @@ class SmsChannel(Channel[SmsConfig]):
             raise InvalidNumber(f"no recipient phone number ({whose})")
         return to_e164(raw, self.region, refuse_landlines=self.config.refuse_landlines)
 
+    def suppression_address(self, delivery: Delivery) -> str | None:
+        """The number the suppression list is checked for, E.164 as sent (national
+        numbers read with ``default_region``); ``None`` when it cannot be sent anyway."""
+        try:
+            return self.recipient_number(delivery)
+        except InvalidNumber:
+            return None
+
     def render(self, delivery: Delivery) -> str:
         if delivery.template is None:
             raise PermanentError("the sms channel needs a template (sms.j2)")
@@ -192,7 +201,7 @@ class SmsChannel(Channel[SmsConfig]):
         ids = ",".join(accepted.message_ids) or "?"
         return f"{accepted.provider} {ids}" + (f" ({accepted.status})" if accepted.status else "")
 
-    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
+    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt | Reply]:
         """A provider's status callback to ``/v1/receipts/NAME``, read by its adapter.
 
         Twilio's are always signed (``X-Twilio-Signature``, the auth token); Vonage's when
@@ -200,6 +209,9 @@ class SmsChannel(Channel[SmsConfig]):
         """
         receipts = self.provider.parse_receipt(request)
         for item in receipts:
+            if isinstance(item, Reply):
+                log.info("sms %s: reply from %s (%s)", self.name, mask(item.sender), item.opt)
+                continue
             log.info(
                 "sms %s: receipt for delivery %s: %s (%s)",
                 self.name,

@@ -8,6 +8,7 @@ A number that is not valid fails its delivery for good, with a reason that says 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -55,8 +56,12 @@ def valid_region(region: str) -> bool:
     return region in phonenumbers.SUPPORTED_REGIONS
 
 
+@functools.lru_cache(maxsize=4096)
 def to_e164(raw: str, default_region: str | None, *, refuse_landlines: bool = True) -> str:
-    """The recipient number in E.164, or ``InvalidNumber`` saying what is wrong with it."""
+    """The recipient number in E.164, or ``InvalidNumber`` saying what is wrong with it.
+
+    Remembered (a pure function of its arguments): the suppression check before a send
+    and the send itself each ask, and ~140 µs of phonenumbers is then paid once."""
     shown = mask(raw)
     text = raw.strip()
     if not text:

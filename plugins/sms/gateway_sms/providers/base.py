@@ -17,6 +17,7 @@ from gateway import (
     PermanentError,
     Receipt,
     ReceiptRequest,
+    Reply,
     TransientError,
     outbound_error,
     parse_retry_after,
@@ -75,7 +76,7 @@ class Provider(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
         """Release what ``start`` opened."""
 
-    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
+    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt | Reply]:
         """Verify and read a status callback (see ``gateway.Channel.parse_receipt``).
 
         ``gateway.SignatureError`` when it is not genuine, ``ValueError`` when it cannot be

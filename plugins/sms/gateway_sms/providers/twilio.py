@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Final, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from gateway import (
@@ -38,6 +38,7 @@ from gateway import (
     Receipt,
     ReceiptRequest,
     ReceiptStatus,
+    Reply,
     SignatureError,
     TransientError,
 )
@@ -81,6 +82,14 @@ PERMANENT_CODES: Final = {
     21659: "sender ('From') is not a Twilio number of this account",
     21660: "sender ('From') does not belong to this account",
 }
+#: Codes that prove the recipient cannot or will not get messages: the address goes to
+#: the suppression list with this reason (21610: the number replied STOP to this sender,
+#: and Twilio refuses it until it replies START).
+SUPPRESS_CODES: Final = {
+    21211: "invalid_number",
+    21610: "stop_reply",
+    21614: "invalid_number",
+}
 #: Codes that mean "later": 20429 too many requests, 21611 sender's queue full.
 TRANSIENT_CODES: Final = {
     20429: "too many requests",
@@ -98,6 +107,16 @@ DELIVERY_PARAMETER: Final = "delivery"
 #: ``scheduled``, ``sending``, ``sent``...) are steps on the way.
 DELIVERED_STATUSES: Final = frozenset({"delivered", "read"})
 FAILED_STATUSES: Final = frozenset({"undelivered", "failed"})
+
+#: ``ErrorCode`` values of a status callback that list the recipient (``SUPPRESS_CODES``,
+#: and 30005: the number does not exist).
+RECEIPT_SUPPRESS: Final = {"21610": "stop_reply", "30005": "invalid_number"}
+
+#: Replies opting out and back in: Twilio's default keywords, matched against the whole
+#: body, whatever the case (support.twilio.com, "Twilio support for opt-out keywords");
+#: with Advanced Opt-Out, Twilio says which in ``OptOutType`` instead.
+STOP_WORDS: Final = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+START_WORDS: Final = frozenset({"START", "UNSTOP"})
 
 #: ``ErrorCode`` values of undelivered and failed messages (https://www.twilio.com/docs/api/errors).
 DELIVERY_ERRORS: Final = {
@@ -156,8 +175,9 @@ class Twilio(HttpProvider):
             return Accepted(self.name, ())
         raise error_for(status, headers, answer, body)
 
-    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
-        """A status callback: signature checked against the auth token, then read."""
+    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt | Reply]:
+        """A status callback, or an incoming message: signature checked against the auth
+        token, then read."""
         params: list[tuple[str, str]] = []
         if request.method == "POST" and (
             media_type(request.headers) == "application/x-www-form-urlencoded"
@@ -167,6 +187,8 @@ class Twilio(HttpProvider):
         fields = {**request.query, **dict(params)}  # a GET callback has them in the query
         sid = fields.get("MessageSid") or fields.get("SmsSid")
         state = fields.get("MessageStatus") or fields.get("SmsStatus")
+        if sid and "Body" in fields and "From" in fields and state in (None, "received"):
+            return [incoming(sid, fields)]
         if not sid or not state:
             raise ValueError("not a Twilio message status callback: no MessageSid or MessageStatus")
         delivery_id = delivery_reference(request.query.get(DELIVERY_PARAMETER))
@@ -185,7 +207,31 @@ class Twilio(HttpProvider):
         if code and code != "0":
             meaning = DELIVERY_ERRORS.get(code)
             detail += f" (error {code}: {meaning})" if meaning else f" (error {code})"
-        return [Receipt(delivery_id=delivery_id, status=status, detail=detail, provider_id=sid)]
+        suppress = RECEIPT_SUPPRESS.get(code) if status == "failed" else None
+        return [
+            Receipt(
+                delivery_id=delivery_id,
+                status=status,
+                detail=detail,
+                provider_id=sid,
+                suppress=suppress,
+                address=fields.get("To") if suppress else None,
+            )
+        ]
+
+
+def incoming(sid: str, fields: Mapping[str, str]) -> Reply:
+    """A message the recipient sent to the account's number (the number's or Messaging
+    Service's incoming-message webhook pointed at ``/v1/receipts/NAME``): ``From``,
+    ``Body``, and ``OptOutType`` (``STOP``/``START``/``HELP``) under Advanced Opt-Out."""
+    body = fields.get("Body", "")
+    said = (fields.get("OptOutType") or body).strip().upper()
+    opt: Literal["stop", "start"] | None = None
+    if said in STOP_WORDS:
+        opt = "stop"
+    elif said in START_WORDS:
+        opt = "start"
+    return Reply(sender=fields["From"], text=body, opt=opt, provider_id=sid)
 
 
 def signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
@@ -262,7 +308,11 @@ def error_for(
     meaning = PERMANENT_CODES.get(code or 0) or (
         "authentication failed" if status == 401 else "refused"
     )
-    return PermanentError(f"twilio: HTTP {status}, {meaning} ({said})", status=status)
+    return PermanentError(
+        f"twilio: HTTP {status}, {meaning} ({said})",
+        status=status,
+        suppress=SUPPRESS_CODES.get(code or 0),
+    )
 
 
 def _with_query(url: str, extra: dict[str, str]) -> str:

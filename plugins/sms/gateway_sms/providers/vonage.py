@@ -30,7 +30,7 @@ import hmac
 import json
 import logging
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal
 
 from gateway import (
     OutboundPolicy,
@@ -38,6 +38,7 @@ from gateway import (
     Receipt,
     ReceiptRequest,
     ReceiptStatus,
+    Reply,
     SignatureError,
     TransientError,
 )
@@ -82,6 +83,8 @@ STATUS_CODES: Final[dict[str, tuple[bool, str]]] = {
     "32": (False, "signature and API secret both given"),
     "33": (False, "recipient number de-activated"),
 }
+#: Send statuses that list the recipient on the suppression list.
+SUPPRESS_STATUSES: Final = {"33": "invalid_number"}
 
 
 #: Delivery-receipt ``status`` values and what they mean for the delivery.
@@ -95,6 +98,16 @@ RECEIPT_STATUSES: Final[dict[str, ReceiptStatus]] = {
     "unknown": "pending",
 }
 
+#: ``err-code`` values of a failed receipt that list the recipient.
+RECEIPT_SUPPRESS: Final = {"3": "invalid_number", "9": "stop_reply"}
+#: Replies opting out and back in (the whole text, any case): Vonage passes them on
+#: (https://developer.vonage.com/messaging/sms/guides/inbound-sms: ``msisdn``, ``text``,
+#: ``keyword``); ARRET is the French-language opt-out word carriers also honour.
+STOP_WORDS: Final = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "ARRET", "ARRÊT"}
+)
+START_WORDS: Final = frozenset({"START", "UNSTOP"})
+
 #: Delivery-receipt ``err-code`` values.
 RECEIPT_ERRORS: Final = {
     "1": "unknown",
@@ -105,7 +118,9 @@ RECEIPT_ERRORS: Final = {
     "6": "anti-spam rejection",
     "7": "handset busy",
     "8": "network error",
-    "9": "illegal number",
+    # Vonage, "Messaging Opted-out Numbers": err-code 9 is the recipient having asked not
+    # to get messages from this sender (it replied STOP); the SMS API accepted the send.
+    "9": "illegal number: the recipient opted out (STOP) of this sender",
     "10": "invalid message",
     "11": "unroutable",
     "12": "destination unreachable",
@@ -151,13 +166,15 @@ class Vonage(HttpProvider):
             raise http_error(status, headers, body)
         return accepted_or_error(decode_json(body), body)
 
-    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt]:
+    def parse_receipt(self, request: ReceiptRequest) -> list[Receipt | Reply]:
         """A delivery receipt (one per segment): signature checked when configured, then read."""
         params = receipt_params(request)
         secret = self.options.signature_secret
         if secret is not None:
             verify_signature(secret.reveal(), self.options.signature_method, params)
         message_id, state = params.get("messageId"), params.get("status")
+        if message_id and state is None and "msisdn" in params and "text" in params:
+            return [inbound(message_id, params)]
         if not message_id or not state:
             raise ValueError("not a Vonage delivery receipt: no messageId or status")
         account = params.get("api-key")
@@ -173,14 +190,32 @@ class Vonage(HttpProvider):
         if code and code != "0":
             meaning = RECEIPT_ERRORS.get(code)
             detail += f" (err-code {code}: {meaning})" if meaning else f" (err-code {code})"
+        status = RECEIPT_STATUSES.get(state, "pending")
+        suppress = RECEIPT_SUPPRESS.get(code) if status == "failed" else None
+        msisdn = params.get("msisdn")
         return [
             Receipt(
                 delivery_id=delivery_id,
-                status=RECEIPT_STATUSES.get(state, "pending"),
+                status=status,
                 detail=detail,
                 provider_id=message_id,
+                suppress=suppress,
+                address=f"+{msisdn.lstrip('+')}" if suppress and msisdn else None,
             )
         ]
+
+
+def inbound(message_id: str, params: Mapping[str, str]) -> Reply:
+    """An inbound SMS (the account's inbound webhook pointed at ``/v1/receipts/NAME``)."""
+    text = params.get("text", "")
+    said = text.strip().upper()
+    opt: Literal["stop", "start"] | None = None
+    if said in STOP_WORDS:
+        opt = "stop"
+    elif said in START_WORDS:
+        opt = "start"
+    sender = "+" + params["msisdn"].lstrip("+")
+    return Reply(sender=sender, text=text, opt=opt, provider_id=message_id)
 
 
 def receipt_params(request: ReceiptRequest) -> dict[str, str]:
@@ -285,4 +320,4 @@ def accepted_or_error(answer: object, body: bytes) -> Accepted:
         # Throttling clears within a second; other causes take the normal schedule.
         delay = 1.0 if code == "1" else None
         raise TransientError(f"vonage: {meaning} ({said})", retry_after=delay)
-    raise PermanentError(f"vonage: {meaning} ({said})")
+    raise PermanentError(f"vonage: {meaning} ({said})", suppress=SUPPRESS_STATUSES.get(code))

@@ -14,7 +14,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -23,66 +22,39 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .channel import Channel
-from .delivery import Attempt, Delivery, decode_job, encode_delivery
-from .errors import DeliveryError, EndpointGone, PermanentError, TransientError
-from .event import Event, EventSource, encode_event
-from .history import Status, encode_record, record_of
-from .keys import WORKER_GROUP, Keys, Layout, as_layout
-from .metrics.families import Metrics
-from .policy import ChannelGate, ChannelPolicy
-from .retry import next_delay
-from .scripts import DISABLE, ENQUEUE_MANY, PROMOTE, SETTLE
-from .streams import Backoff, ensure_group, is_nogroup, read_group
-from .windows import SendingWindow
-
-log = logging.getLogger("tocsin.worker")
-
-#: While a channel is at its in-flight limit (its stream left out of the read), the other
-#: streams are read without a server-side BLOCK, which no finished send could cut short;
-#: the loop then waits for a send to finish, or this long before looking at them again.
-HELD_POLL = 0.05
-#: Otherwise, how long one read waits on the server for a new job.
-READ_BLOCK = 0.5
-#: On a Redis Cluster one read covers one shard (one slot): the shards are read one
-#: after another without BLOCK, and a round that found nothing ends with a read blocked
-#: at most this long on the next shard in turn. (One blocked read per shard would each
-#: want the channel's whole in-flight room: either the limit is broken, or a backlog on
-#: one shard waits for a read parked on an idle one.) Costs an idle worker about
-#: (shards / this) reads a second.
-CLUSTER_IDLE_BLOCK = 0.01
-#: The longest the read and acknowledgement loops wait between tries while Redis is
-#: unreachable: delivery resumes within this of Redis answering again. (``Backoff``'s own
-#: cap, 5 s, left workers idle for up to 3 s after a 2 s Redis restart; a few refused
-#: connections a second per loop cost a down Redis nothing.)
-RECONNECT_CAP = 0.25
-#: How often each worker looks for due retries.
-PROMOTE_INTERVAL = 0.25
-#: At low load, how long settled jobs wait for company before their XACK+XDEL is written
-#: (one transaction, and one AOF fsync, for several jobs instead of one each).
-ACK_LINGER = 0.005
-#: ... unless this many are already waiting.
-ACK_BATCH = 64
-#: How often sends past their channel's send timeout are looked for.
-WATCHDOG_INTERVAL = 0.25
-#: How often each worker takes over jobs another consumer read but never settled.
-RECLAIM_INTERVAL = 1.0
-#: How often endpoint health (failing since, disabled) is read back from Redis.
-HEALTH_INTERVAL = 2.0
-#: How often expired history entries and dead letters are trimmed.
-RETENTION_INTERVAL = 60.0
-#: Error text kept per attempt in the history.
-ERROR_CHARS = 500
-
-#: ``source.provider`` of the events Tocsin emits itself (endpoint.disabled...).
-INTERNAL_PROVIDER = "tocsin"
-
-#: A finished send's outcome for the endpoint's health: failed, succeeded, or says
-#: nothing about the endpoint (a template failed, a plugin bug).
-EndpointOutcome = bool | None
+from ..channel import Channel
+from ..delivery import Attempt, Delivery, decode_job
+from ..errors import EndpointGone, PermanentError, TransientError
+from ..keys import WORKER_GROUP, Keys, Layout, as_layout
+from ..logs import OURS, sending
+from ..metrics.families import Metrics
+from ..policy import ChannelGate, ChannelPolicy
+from ..privacy.bodies import BodyKeeper
+from ..privacy.recipients import MASK_ONLY, RecordPrivacy
+from ..scripts import PROMOTE, SETTLE
+from ..streams import Backoff, ensure_group, is_nogroup, read_group
+from ..suppression import SuppressionList
+from ..windows import SendingWindow
+from .base import (
+    CLUSTER_IDLE_FIRST,
+    CLUSTER_IDLE_MAX,
+    ERROR_CHARS,
+    HEALTH_INTERVAL,
+    HELD_POLL,
+    PROMOTE_INTERVAL,
+    READ_BLOCK,
+    RECLAIM_INTERVAL,
+    RECONNECT_CAP,
+    WATCHDOG_INTERVAL,
+    EndpointOutcome,
+    log,
+    outcomes,
+)
+from .health import Health
+from .settling import Settling
 
 
-class Worker:
+class Worker(Settling, Health):
     def __init__(
         self,
         redis: Redis,
@@ -100,8 +72,13 @@ class Worker:
         clock: Callable[[], float] = time.time,
         windows: dict[str, SendingWindow] | None = None,
         metrics: Metrics | None = None,
+        privacy: RecordPrivacy = MASK_ONLY,
+        bodies: BodyKeeper | None = None,
     ) -> None:
         self.metrics = metrics
+        #: How records keep recipients (masked, keyed hash) and whether bodies are kept.
+        self.privacy = privacy
+        self.bodies = bodies
         self.windows = windows or {}
         self.redis = redis
         self.layout = as_layout(keys)
@@ -115,6 +92,8 @@ class Worker:
         #: How long the events this worker emits stay findable by id (as intake's do).
         self._event_keep = max(self.dedupe_window, self.retention)
         self.clock = clock
+        #: Global (one hash for every shard): checked before each send with an address.
+        self.suppressions = SuppressionList(redis, self.layout, clock)
         policies = policies or {}
         self.policies = {name: policies.get(name) or ChannelPolicy() for name in channels}
         self.gates = {name: ChannelGate(policy) for name, policy in self.policies.items()}
@@ -154,6 +133,8 @@ class Worker:
         self._reread = False
         #: Turns streams of a channel short of room for all of them (``_room``).
         self._turn = 0
+        #: How long an empty round on a cluster waits before the next (``_read_round``).
+        self._idle = CLUSTER_IDLE_FIRST
 
     async def run(self, stopping: asyncio.Event) -> None:
         if not self.streams:
@@ -270,25 +251,31 @@ class Worker:
                 await self._wait_for_room()
 
     async def _read_round(self, rounds: int) -> int | None:
-        """One read of each shard (a cluster), the last one blocked briefly if the others
-        found nothing. How many jobs were read; ``None``: no channel had room."""
+        """One read of each shard (a cluster), none blocking on the server; a round that
+        found nothing waits in the gateway (``CLUSTER_IDLE_FIRST``). How many jobs were
+        read; ``None``: no channel had room."""
         groups = self._read_groups
         first = rounds % len(groups)
         total: int | None = None
         for n in range(len(groups)):
-            group = groups[(first + n) % len(groups)]
-            last = n == len(groups) - 1
-            read = await self._read(group, blocking=last and not total, idle=CLUSTER_IDLE_BLOCK)
+            read = await self._read(groups[(first + n) % len(groups)], blocking=False)
             if read is not None:
                 total = (total or 0) + read
+        if total == 0:
+            try:
+                async with asyncio.timeout(self._idle):
+                    await self._slot_free.wait()
+            except TimeoutError:
+                pass
+            self._idle = min(CLUSTER_IDLE_MAX, self._idle * 2)
+        elif total:
+            self._idle = CLUSTER_IDLE_FIRST
         return total
 
-    async def _read(
-        self, streams: list[str], *, blocking: bool, idle: float | None = None
-    ) -> int | None:
+    async def _read(self, streams: list[str], *, blocking: bool) -> int | None:
         """One XREADGROUP over ``streams`` for as many jobs as their channels may take,
         each started; how many. ``None``: no channel had room (nothing was read).
-        ``blocking``: the read may wait on the server (at most ``idle`` if given)."""
+        ``blocking``: the read may wait on the server."""
         free = self.concurrency - len(self._inflight)
         room = self._room(streams) if free > 0 else {}
         if not room:
@@ -301,8 +288,6 @@ class Worker:
         block = None
         if blocking and not pending_pass:
             block = self._block_ms(room, streams)
-            if block is not None and idle is not None:
-                block = min(block, max(1, int(idle * 1000)))
         self._slot_free.clear()  # a send finishing during the read counts
         reply = await read_group(self.redis, WORKER_GROUP, self.consumer, reading, count, block)
         last: dict[str, str] = {}
@@ -372,13 +357,14 @@ class Worker:
             raw = fields.get(b"j", b"")
             await self._dead(stream, entry_id, raw, f"undecodable job: {exc}", None)
             return None
+        sending(delivery)  # its ids on every log line of this task, its customer masked
         name = self.streams[stream]
         channel = self.channels[name]
         if recheck and await self._already_delivered(stream, entry_id, delivery):
             return None
         if delivery.scenario is not None and await self._recalled(stream, entry_id, delivery):
             return None
-        if delivery.window is not None and await self._outside_window(stream, entry_id, delivery):
+        if await self._held(stream, entry_id, delivery, channel):
             return None
         started_at = self.clock()
         started = time.monotonic()
@@ -391,10 +377,8 @@ class Worker:
             await self._dead(stream, entry_id, delivery, exc.reason, exc.status)
             return True
         except PermanentError as exc:
-            log.info("delivery %s to %s failed: %s", delivery.id, name, exc.reason)
             self._record(delivery, started_at, started, "failed", exc.reason, exc.status)
-            notice = self._failure_notice(delivery, exc) if exc.notify else None
-            await self._dead(stream, entry_id, delivery, exc.reason, exc.status, notice)
+            await self._refused(stream, entry_id, delivery, channel, exc)
             return None
         except TransientError as exc:
             reason, status, retry_after, outcome = exc.reason, exc.status, exc.retry_after, True
@@ -411,9 +395,16 @@ class Worker:
         else:
             self.delivered += 1
             self._record(delivery, started_at, started, "delivered", None, None, note)
-            log.debug("delivered %s via %s in %.1f ms", delivery.id, name, delivery.history[-1].ms)
-            record = record_of(delivery, "delivered", now=self.clock())
-            self._acks[stream].append((entry_id, delivery.id, encode_record(record)))
+            if outcomes.isEnabledFor(logging.INFO):
+                outcomes.info(
+                    "delivered %s via %s in %.1f ms",  # tests/test_processes.py reads it
+                    delivery.id,
+                    name,
+                    delivery.history[-1].ms,
+                    extra=OURS,
+                )
+            record = await self._delivered_record(stream, channel, delivery)
+            self._acks[stream].append((entry_id, delivery.id, record))
             self._settling.add((stream, entry_id))
             self._ack_wakeup.set()
             if self._failing[name] is not False:
@@ -483,232 +474,6 @@ class Worker:
                 note=note[:ERROR_CHARS] if isinstance(note, str) and note else None,
             )
         )
-
-    async def _recalled(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
-        """A scenario step's message whose scenario was cancelled meanwhile (paid while
-        the reminder waited for its sending window): settled without a send."""
-        from .scenarios import moot  # noqa: PLC0415 - scenarios build on the router
-
-        why = await moot(self.redis, self.layout, delivery.scenario or "")
-        if why is None:
-            return False
-        now = self.clock()
-        delivery.history.append(
-            Attempt(n=delivery.attempt, at=round(now, 3), outcome="cancelled", ms=0, note=why)
-        )
-        log.info("delivery %s not sent: %s", delivery.id, why)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(stream, WORKER_GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            self._write_record(pipe, self.shard_of[stream], delivery, "cancelled")
-            await pipe.execute()
-        if self.metrics is not None:
-            self.metrics.settled(self.streams[stream], "cancelled")
-        return True
-
-    async def _outside_window(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
-        """Defer a message outside its sending window to the window's next opening."""
-        window = self.windows.get(delivery.window or "")
-        if window is None:
-            return False
-        now = self.clock()
-        opens = window.next_open(datetime.fromtimestamp(now, UTC))
-        if opens is None:
-            return False
-        due = opens.timestamp()
-        delivery.history.append(
-            Attempt(
-                n=delivery.attempt,
-                at=round(now, 3),
-                outcome="deferred",
-                ms=0,
-                error=f"outside sending window {window.name!r}; deferred to {opens.isoformat()}",
-            )
-        )
-        log.info("delivery %s deferred to %s (window %s)", delivery.id, opens, window.name)
-        await self._park(stream, entry_id, delivery, due, "deferred")
-        return True
-
-    async def _park(
-        self, stream: str, entry_id: bytes, delivery: Delivery, due: float, status: Status
-    ) -> None:
-        """Move a job to the retries sorted set until ``due``, recording why, atomically."""
-        member = stream.encode() + b"\n" + encode_delivery(delivery)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            shard = self.shard_of[stream]
-            pipe.zadd(shard.retries, {member: due * 1000})
-            pipe.xack(stream, WORKER_GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            self._write_record(pipe, shard, delivery, status, next_at=round(due, 3))
-            await pipe.execute()
-
-    async def _already_delivered(self, stream: str, entry_id: bytes, delivery: Delivery) -> bool:
-        """A job taken over after its sender recorded it delivered: acknowledge, don't send."""
-        data = await self.redis.get(self.shard_of[stream].record(delivery.id))
-        if data is None or b'"status":"delivered"' not in data:
-            return False
-        log.info("delivery %s was already delivered: not sent again", delivery.id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(stream, WORKER_GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            await pipe.execute()
-        return True
-
-    def _write_record(
-        self, pipe: Any, shard: Keys, delivery: Delivery, status: Status, **kw: Any
-    ) -> None:
-        """In the job's shard: a record is written in the transaction that settles it."""
-        now = self.clock()
-        record = record_of(delivery, status, now=now, **kw)
-        pipe.set(shard.record(delivery.id), encode_record(record), ex=self.retention)
-        pipe.zadd(shard.history, {delivery.id: now * 1000})
-
-    async def _retry(
-        self,
-        stream: str,
-        entry_id: bytes,
-        delivery: Delivery,
-        reason: str,
-        retry_after: float | None,
-        error: TransientError | None = None,
-    ) -> None:
-        policy = self.policies[delivery.channel]
-        schedule = [float(d) for d in policy.retry_schedule]
-        delay = next_delay(schedule, delivery.attempt, retry_after, jitter=policy.jitter)
-        if delay is None:
-            final = f"gave up after {delivery.attempt} attempts; last error: {reason}"
-            notice = None
-            if error is not None and error.notify:
-                error.reason = final
-                notice = self._failure_notice(delivery, error)
-            await self._dead(stream, entry_id, delivery, final, None, notice)
-            return
-        log.info(
-            "delivery %s attempt %d failed (%s); next in %.0fs",
-            delivery.id,
-            delivery.attempt,
-            reason,
-            delay,
-        )
-        delivery.attempt += 1
-        await self._park(stream, entry_id, delivery, self.clock() + delay, "retrying")
-
-    async def _dead(
-        self,
-        stream: str,
-        entry_id: bytes,
-        job: Delivery | bytes,
-        reason: str,
-        status: int | None,
-        notice: Event | None = None,
-    ) -> None:
-        """Dead-letter a job; ``notice`` is an internal event accepted in the same step."""
-        record = {
-            "kind": "delivery",
-            "channel": self.streams[stream],
-            "j": job if isinstance(job, bytes) else encode_delivery(job),
-            "reason": reason,
-            "at": f"{self.clock():.3f}",
-        }
-        if status is not None:
-            record["status"] = str(status)
-        if notice is not None:
-            await ENQUEUE_MANY.load(self.redis)  # used inside the transaction below
-        shard = self.shard_of[stream]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(shard.dead, record)  # type: ignore[arg-type]
-            pipe.xack(stream, WORKER_GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            if isinstance(job, Delivery):
-                self._write_record(pipe, shard, job, "dead")
-            if notice is not None:
-                # Accepted as the intake accepts an event: found by its id for replay.
-                # In the job's shard, as one transaction needs: its customer's as a
-                # rule's job is, possibly not a scenario step's (order matters little
-                # for a notice, and lookups by id search every shard).
-                ENQUEUE_MANY.add_to(
-                    pipe,
-                    [shard.events],
-                    [
-                        self.dedupe_window,
-                        self._event_keep,
-                        shard.dedupe(""),
-                        notice.id,
-                        encode_event(notice),
-                    ],
-                )
-            await pipe.execute()
-        if self.metrics is not None:
-            self.metrics.settled(self.streams[stream], "dead")
-
-    def _failure_notice(self, delivery: Delivery, exc: DeliveryError) -> Event | None:
-        """The internal event a plugin asked for (``PermanentError(notify=...)``)."""
-        try:
-            source = delivery.decode_event()
-        except msgspec.DecodeError:
-            return None
-        if source.source.provider == INTERNAL_PROVIDER:
-            return None  # a notice about a notice could loop
-        now = self.clock()
-        return Event(
-            id=f"{delivery.id}_{int(now * 1000)}",
-            type=exc.notify or "delivery.failed",
-            occurred_at=datetime.fromtimestamp(now, UTC),
-            source=EventSource(provider=INTERNAL_PROVIDER, event_type=exc.notify),
-            customer=source.customer,
-            refs=source.refs,
-            data={
-                **exc.details,
-                "reason": exc.reason,
-                "delivery_id": delivery.id,
-                "channel": delivery.channel,
-                "rule": delivery.rule,
-                "event_id": delivery.event_id,
-                "event_type": delivery.event_type,
-            },
-        )
-
-    async def _ack_loop(self, stopping: asyncio.Event) -> None:
-        backoff = Backoff(cap=RECONNECT_CAP)
-        while not stopping.is_set() or self._inflight:
-            await self._ack_wakeup.wait()
-            if not stopping.is_set() and sum(map(len, self._acks.values())) < ACK_BATCH:
-                await asyncio.sleep(ACK_LINGER)
-            self._ack_wakeup.clear()
-            try:
-                await self._flush_acks()
-                backoff.reset()
-            except (RedisError, OSError) as exc:
-                await backoff.wait("acks", exc)
-                self._ack_wakeup.set()
-
-    async def _flush_acks(self) -> None:
-        if not self._acks:
-            return
-        acks, self._acks = self._acks, defaultdict(list)
-        now_ms = int(self.clock() * 1000)
-        try:
-            # Not a MULTI: each script is atomic on its own, and on a cluster the streams
-            # of several shards are in several slots.
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for stream, jobs in acks.items():
-                    shard = self.shard_of[stream]
-                    args: list[Any] = [WORKER_GROUP, self.retention, now_ms, shard.record("")]
-                    for job in jobs:
-                        args.extend(job)
-                    SETTLE.add_to(pipe, [stream, shard.history], args)
-                results = await pipe.execute(raise_on_error=False)
-            if any(isinstance(r, Exception) for r in results):
-                await SETTLE.load(self.redis)  # NOSCRIPT after a Redis restart: retry
-                raise RedisError(f"settling delivered jobs failed: {results}")
-        except BaseException:
-            for stream, jobs in acks.items():  # keep them for the next flush
-                self._acks[stream].extend(jobs)
-            raise
-        for stream, jobs in acks.items():
-            self._settling.difference_update((stream, job[0]) for job in jobs)
-            if self.metrics is not None:
-                self.metrics.settled(self.streams[stream], "delivered", len(jobs))
 
     # -- retries and takeovers ---------------------------------------------------------
 
@@ -800,105 +565,6 @@ class Worker:
             pass
         await self._dead(stream, entry_id, job, reason, None)
         return True
-
-    # -- endpoint health ---------------------------------------------------------------
-
-    async def _healthy(self, name: str) -> None:
-        self._failing[name] = False
-        try:
-            await self.redis.hdel(self.layout.endpoint(name), "failing_since")
-        except (RedisError, OSError):
-            self._failing[name] = None  # try again on the next success
-
-    async def _failing_now(self, name: str) -> None:
-        self._failing[name] = True
-        try:
-            await self.redis.hsetnx(
-                self.layout.endpoint(name), "failing_since", f"{self.clock():.3f}"
-            )
-        except (RedisError, OSError):
-            self._failing[name] = None
-
-    async def _health_loop(self, stopping: asyncio.Event) -> None:
-        """Read endpoint health back (other workers write it too); disable dead endpoints."""
-        backoff = Backoff()
-        next_trim = 0.0
-        while not stopping.is_set():
-            try:
-                await self._check_health()
-                if time.monotonic() >= next_trim:
-                    await self._trim()
-                    next_trim = time.monotonic() + RETENTION_INTERVAL
-                backoff.reset()
-            except (RedisError, OSError) as exc:
-                await backoff.wait("endpoint health", exc)
-                continue
-            await asyncio.sleep(HEALTH_INTERVAL)
-
-    async def _check_health(self) -> None:
-        names = list(self.channels)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hmget(self.layout.endpoint(name), "failing_since", "disabled_at")
-            states = await pipe.execute()
-        now = self.clock()
-        for name, (failing_since, disabled_at) in zip(names, states, strict=True):
-            was_disabled = name in self.disabled
-            if disabled_at is not None:
-                if not was_disabled:
-                    log.warning("channel %s is disabled: its jobs wait until enabled", name)
-                self.disabled.add(name)
-            else:
-                if was_disabled:
-                    log.info("channel %s enabled again", name)
-                self.disabled.discard(name)
-            self._failing[name] = failing_since is not None
-            limit = float(self.policies[name].disable_after)
-            if failing_since is not None and disabled_at is None and limit > 0:
-                since = float(failing_since)
-                if now - since >= limit:
-                    stamp = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
-                    await self._disable(name, f"failing without a success since {stamp}")
-        self._slot_free.set()
-
-    async def _disable(self, name: str, reason: str) -> None:
-        now = self.clock()
-        when = datetime.fromtimestamp(now, UTC)
-        hash_ = await self.redis.hmget(self.layout.endpoint(name), "failing_since")
-        event = Event(
-            id=f"endpoint_disabled_{name}_{int(now)}",
-            type="endpoint.disabled",
-            occurred_at=when,
-            source=EventSource(provider=INTERNAL_PROVIDER, event_type="endpoint.disabled"),
-            data={
-                "channel": name,
-                "reason": reason,
-                "failing_since": (
-                    datetime.fromtimestamp(float(hash_[0]), UTC).isoformat()
-                    if hash_ and hash_[0] is not None
-                    else None
-                ),
-                "disabled_at": when.isoformat(),
-                "enable_with": f"tocsin endpoints enable {name}",
-            },
-        )
-        home = self.layout.shard(name)
-        done = await DISABLE(
-            self.redis,
-            # The endpoint's hash, and the events stream of its shard (one slot).
-            [home.endpoint(name), home.events, home.dedupe(event.id)],
-            [f"{now:.3f}", reason, encode_event(event), self._event_keep],
-        )
-        self.disabled.add(name)
-        if done:
-            log.error("channel %s disabled: %s (tocsin endpoints enable %s)", name, reason, name)
-
-    async def _trim(self) -> None:
-        """Enforce the retention: history index and dead letters older than it go."""
-        cutoff = self.clock() - self.retention
-        for shard in self.layout.shards:
-            await self.redis.zremrangebyscore(shard.history, "-inf", cutoff * 1000)
-            await self.redis.xtrim(shard.dead, minid=int(cutoff * 1000), approximate=False)
 
     async def _drain(self) -> None:
         """Give in-flight sends the grace period; what is left stays pending for others."""
