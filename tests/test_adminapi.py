@@ -25,7 +25,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from gateway.archive import Archiver, SqliteArchive, archive_path
 from gateway.cli import main
-from gateway.conf import load_conf
+from gateway.conf import load_conf, read_conf
 from gateway.intake import Enqueuer
 from gateway.keys import Keys, Layout
 from gateway.redis_server import RedisServer, free_port
@@ -578,3 +578,24 @@ async def test_indexes_follow_routing_then_archiving(stack: Stack):
     event_id = page["items"][0]["event_id"]
     _, story = await stack.call("GET", f"/events/{event_id}/timeline", token=READ)
     assert [d["status"] for d in story["deliveries"]] == ["delivered"]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "expected"),
+    [
+        ('{ name = "a", scope = "read", token = "short" }', "admin.tokens[0].token: at least 32"),
+        (
+            f'{{ name = "a", scope = "read", token = "{READ}" }}, '
+            f'{{ name = "a", scope = "operate", token = "{OPERATE}" }}',
+            "admin.tokens[1].name: 'a' is used twice",
+        ),
+        (f'{{ name = "a", scope = "admin", token = "{READ}" }}', "admin.tokens[0].scope"),
+        ('{ name = "a", scope = "read", token = "${NOT_SET_42}" }', "NOT_SET_42 is not set"),
+    ],
+)
+async def test_token_mistakes_are_conf_errors(tmp_path: Path, tokens: str, expected: str):
+    conf = write_conf(
+        tmp_path, redis_url="redis://127.0.0.1:9", extra=f"[admin]\ntokens = [{tokens}]\n"
+    )
+    _, problems = read_conf(conf)
+    assert any(expected in p and "tocsin.toml:" in p for p in problems), problems
