@@ -19,6 +19,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .adminapi import JobRunner, context_for, mount
 from .archive import Archiver, ArchiveStore, opened
 from .channel import Channel
 from .confirm import ConfirmChannel
@@ -127,6 +128,8 @@ class Gateway:
     #: Filled once serving: the port actually bound (useful with port 0).
     bound_port: int | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Runs bulk replay jobs where the admin API is served.
+    admin_jobs: JobRunner | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         roles = set(self.roles)
@@ -156,6 +159,8 @@ class Gateway:
             if "worker" in roles:
                 tasks.append(asyncio.create_task(self._worker(redis).run(stopping)))
             runner = await self._start_intake(stack, redis, wait_aof) if "intake" in roles else None
+            if self.admin_jobs is not None:  # bulk replays, resumed where they stopped
+                tasks.append(asyncio.create_task(self.admin_jobs.run(stopping)))
             tasks.append(asyncio.create_task(self._poller(redis).run(stopping)))
             tasks.append(asyncio.create_task(self.metrics.flushing(stopping)))
             tasks.append(asyncio.create_task(self._watcher(redis).run(stopping)))
@@ -266,6 +271,9 @@ class Gateway:
             retention=float(keep),
             wait_aof=wait_aof,
             wait_replicas=conf.redis.wait_replicas,
+            # Search indexes: the archiver drops an event's entries as it archives it;
+            # the retention only bounds what an index keeps were nothing archived.
+            index_retention=float(history.retention),
         )
 
     async def _archivers(
@@ -402,6 +410,12 @@ class Gateway:
         app = intake.app(guard.middleware, refusal_counter(self.metrics, EVENTS_SOURCE))
         if conf.metrics.intake:
             app.router.add_get("/metrics", self.exporter.handle)
+        if conf.admin.tokens:
+            # The API reads both history tiers (archive created here if it is not yet).
+            store = await stack.enter_async_context(opened(conf.data_dir, conf.history.archive))
+            ctx = context_for(self.plan, redis, store)
+            mount(app, ctx, self.plan)
+            self.admin_jobs = JobRunner(ctx, self.consumer)
         app.on_response_prepare.append(_name_process)
         runner = web.AppRunner(
             app,

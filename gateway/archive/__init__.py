@@ -20,6 +20,7 @@ from .store import (
     ArchivedEvent,
     ArchiveStore,
     DeliveryQuery,
+    EventQuery,
     SqliteArchive,
     archive_path,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ArchivedEvent",
     "Archiver",
     "DeliveryQuery",
+    "EventQuery",
     "PassResult",
     "SqliteArchive",
     "archive_path",

@@ -107,6 +107,21 @@ class DeliveryQuery:
     limit: int = 50
 
 
+@dataclass(frozen=True)
+class EventQuery:
+    """Archived events, newest first: by customer or invoice ref (each has an index),
+    type glob, acceptance time (epoch s), and strictly before ``before`` (accepted ms,
+    entry id): where the previous page ended."""
+
+    customer_id: str | None = None
+    invoice_ref: str | None = None
+    type_glob: str | None = None
+    since: float | None = None
+    until: float | None = None
+    before: tuple[int, str] | None = None
+    limit: int = 50
+
+
 class ArchiveStore(Protocol):
     """What the archiver writes and the admin commands read. A server-backed store
     (PostgreSQL) implements the same calls; every write is idempotent (keyed by event
@@ -120,6 +135,7 @@ class ArchiveStore(Protocol):
     async def list_events(
         self, *, type_glob: str | None, since: float | None, limit: int
     ) -> list[ArchivedEvent]: ...
+    async def find_events(self, query: EventQuery) -> list[ArchivedEvent]: ...
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None: ...
     async def get_deliveries(self, delivery_ids: Sequence[str]) -> dict[str, DeliveryRecord]: ...
     async def find_deliveries(self, query: DeliveryQuery) -> list[DeliveryRecord]: ...
@@ -504,6 +520,32 @@ class SqliteArchive:
             "ORDER BY accepted DESC LIMIT ?"
         )
         rows = await self._call(self._rows, sql, (*args, limit))
+        return [_event(r) for r in rows]
+
+    async def find_events(self, query: EventQuery) -> list[ArchivedEvent]:
+        where, args = ["1"], list[Any]()
+        indexed = (("customer_id", query.customer_id), ("invoice_ref", query.invoice_ref))
+        for column, value in indexed:
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.type_glob is not None:
+            where.append("type GLOB ?")
+            args.append(query.type_glob)
+        if query.since is not None:
+            where.append("accepted >= ?")
+            args.append(int(query.since * 1000))
+        if query.until is not None:
+            where.append("accepted < ?")
+            args.append(int(query.until * 1000))
+        if query.before is not None:
+            where.append("(accepted < ? OR (accepted = ? AND entry < ?))")
+            args += [query.before[0], query.before[0], query.before[1]]
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+            "ORDER BY accepted DESC, entry DESC LIMIT ?"
+        )
+        rows = await self._call(self._rows, sql, (*args, query.limit))
         return [_event(r) for r in rows]
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
