@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from .adminapi import JobRunner, context_for, mount
 from .archive import Archiver, ArchiveStore, opened
 from .channel import Channel
+from .console import mount as mount_console
 from .confirm import ConfirmChannel
 from .errors import LayoutError
 from .intake import Enqueuer, Intake
@@ -415,6 +416,7 @@ class Gateway:
             store = await stack.enter_async_context(opened(conf.data_dir, conf.history.archive))
             ctx = context_for(self.plan, redis, store)
             mount(app, ctx, self.plan)
+            mount_console(app, ctx, self.plan)
             self.admin_jobs = JobRunner(ctx, self.consumer)
         app.on_response_prepare.append(_name_process)
         runner = web.AppRunner(
