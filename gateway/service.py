@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 from .adminapi import JobRunner, context_for, mount
 from .archive import Archiver, ArchiveStore, opened
 from .channel import Channel
-from .console import mount as mount_console
 from .confirm import ConfirmChannel
+from .console import mount as mount_console
 from .errors import LayoutError
 from .intake import Enqueuer, Intake
 from .intake_guard import ConnectionGuard, GuardedSite, IntakeStats

@@ -12,9 +12,9 @@ import asyncio
 import html
 import re
 import time
-from urllib.parse import unquote
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
