@@ -5,10 +5,12 @@ what the console tests log in to, over HTTP and in a browser."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from redis.asyncio import Redis
 
 from gateway.conf import load_conf
 from gateway.keys import Keys
+from gateway.redis_server import RedisServer, free_port
 from gateway.service import Gateway
 
 from .conftest import load_plan, signed_headers
@@ -147,6 +150,32 @@ class Stack:
                 return records
             assert time.monotonic() < deadline, f"{event_id}: {status}, want {want}"
             await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(tmp: Path) -> AsyncIterator[Stack]:
+    """Redis, the merchant's receiver and the gateway, for one test module."""
+    server = RedisServer(tmp / "redis", port=free_port())
+    url = server.start()
+    merchant = Merchant()
+    app = web.Application()
+    app.router.add_post("/webhook", merchant.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    conf = write_default_conf(tmp, url, f"http://127.0.0.1:{port}/webhook")
+    client = Redis.from_url(url)
+    stack = Stack(conf, merchant, client)
+    try:
+        await stack.start()
+        yield stack
+    finally:
+        if stack.task is not None:
+            await stack.stop()
+        await client.aclose()
+        await runner.cleanup()
+        server.stop()
 
 
 async def login(session: aiohttp.ClientSession, stack: Stack, token: str) -> None:

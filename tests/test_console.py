@@ -19,44 +19,20 @@ from urllib.parse import unquote
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import web
-from redis.asyncio import Redis
 
 from gateway.keys import Keys
-from gateway.redis_server import RedisServer, free_port
 from gateway.render import render_template
 
 from .conftest import load_plan
-from .console_stack import OPERATE, READ, Merchant, Stack, csrf_of, login, write_default_conf
+from .console_stack import OPERATE, READ, Stack, csrf_of, login, running_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"), port=free_port())
-    url = server.start()
-    merchant = Merchant()
-    app = web.Application()
-    app.router.add_post("/webhook", merchant.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    conf = write_default_conf(
-        tmp_path_factory.mktemp("console"), url, f"http://127.0.0.1:{port}/webhook"
-    )
-    client = Redis.from_url(url)
-    stack = Stack(conf, merchant, client)
-    try:
-        await stack.start()
-        yield stack
-    finally:
-        if stack.task is not None:
-            await stack.stop()
-        await client.aclose()
-        await runner.cleanup()
-        server.stop()
+    async with running_stack(tmp_path_factory.mktemp("console")) as running:
+        yield running
 
 
 def session() -> aiohttp.ClientSession:
