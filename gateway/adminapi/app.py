@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from ..durations import Duration
 from ..history import STATUSES
 from . import audit, bulk, ops, search
-from .common import AdminContext, BadRequest, Conflict, NotFound
+from .common import AdminContext, BadRequest, Conflict, NotFound, page_size
 
 CONTEXT = web.AppKey("admin_context", AdminContext)
 TOKENS = web.AppKey("admin_tokens", tuple)
@@ -109,7 +109,8 @@ def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
     query: dict[str, str] = {}
     for name, value in request.query.items():
         if name not in allowed:
-            raise BadRequest(name, f"unknown parameter; this listing takes {', '.join(allowed)}")
+            takes = ", ".join(allowed) or "none"
+            raise BadRequest(name or "(empty name)", f"unknown parameter; this takes {takes}")
         if name in query:
             raise BadRequest(name, "given twice")
         query[name] = value
@@ -121,6 +122,8 @@ def _when(query: dict[str, str], name: str) -> float | None:
     text = query.get(name)
     if text is None:
         return None
+    if not 1 <= len(text) <= 64:
+        raise BadRequest(name, "1 to 64 characters")
     try:
         value = float(text)
         if math.isfinite(value) and 0 <= value < 1e11:
@@ -138,6 +141,13 @@ def _when(query: dict[str, str], name: str) -> float | None:
             name, "epoch seconds, an ISO 8601 date-time, or a duration ago (2h)"
         ) from None
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _cursor(query: dict[str, str]) -> str | None:
+    value = query.get("cursor")
+    if value is not None and not 1 <= len(value) <= 512:
+        raise BadRequest("cursor", "malformed: pass the next_cursor a page returned")
+    return value
 
 
 def _limit(query: dict[str, str]) -> int | None:
@@ -187,7 +197,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         invoice_ref=_text(q, "invoice_ref"),
         since=_when(q, "since"),
         until=_when(q, "until"),
-        cursor=q.get("cursor"),
+        cursor=_cursor(q),
         limit=_limit(q),
     )
     return _answer(200, page.as_dict())
@@ -228,7 +238,7 @@ async def deliveries(request: web.Request) -> web.StreamResponse:
         status=_text(q, "status"),
         since=_when(q, "since"),
         until=_when(q, "until"),
-        cursor=q.get("cursor"),
+        cursor=_cursor(q),
         limit=_limit(q),
     )
     return _answer(200, page.as_dict())
@@ -255,7 +265,7 @@ async def dead_letters(request: web.Request) -> web.StreamResponse:
         _ctx(request),
         channel=_text(q, "channel"),
         since=_when(q, "since"),
-        cursor=q.get("cursor"),
+        cursor=_cursor(q),
         limit=_limit(q),
     )
     return _answer(200, page.as_dict())
@@ -302,7 +312,7 @@ async def scenarios(request: web.Request) -> web.StreamResponse:
         key=_text(q, "key"),
         scenario=_text(q, "scenario"),
         status=_text(q, "status"),
-        cursor=q.get("cursor"),
+        cursor=_cursor(q),
         limit=_limit(q),
     )
     return _answer(200, page.as_dict())
@@ -324,12 +334,12 @@ async def scenarios_cancel(request: web.Request) -> web.StreamResponse:
 class ReplayBody(msgspec.Struct, forbid_unknown_fields=True):
     filter: bulk.ReplayFilter
     dry_run: bool = True
-    rate: float = 100.0
+    rate: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 100.0
 
 
 async def replays(request: web.Request) -> web.StreamResponse:
     q = _query(request, ("limit",))
-    return _answer(200, {"items": await bulk.list_jobs(_ctx(request), _limit(q) or 50)})
+    return _answer(200, {"items": await bulk.list_jobs(_ctx(request), page_size(_limit(q)))})
 
 
 async def replay_start(request: web.Request) -> web.StreamResponse:
@@ -360,7 +370,7 @@ async def audit_log(request: web.Request) -> web.StreamResponse:
         _ctx(request),
         actor=_text(q, "actor"),
         action=_text(q, "action"),
-        cursor=q.get("cursor"),
+        cursor=_cursor(q),
         limit=_limit(q),
     )
     return _answer(200, page.as_dict())

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from redis.exceptions import RedisError
@@ -51,14 +51,18 @@ FILTER_FIELDS = ("event_id", "customer_id", "invoice_ref", "channel", "status", 
 _event_decoder = msgspec.json.Decoder(Event)
 
 
+#: Epoch seconds, within the years a history can span.
+Epoch = Annotated[float, msgspec.Meta(ge=0, lt=1e11)]
+
+
 class ReplayFilter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     event_id: str | None = None
     customer_id: str | None = None
     invoice_ref: str | None = None
     channel: str | None = None
     status: str | None = None
-    since: float | None = None
-    until: float | None = None
+    since: Epoch | None = None
+    until: Epoch | None = None
 
     def is_empty(self) -> bool:
         return not any(getattr(self, f) is not None for f in FILTER_FIELDS)
@@ -102,6 +106,7 @@ async def start_job(ctx: AdminContext, flt: ReplayFilter, *, rate: float = 100.0
         raise BadRequest("filter", "a bulk replay needs at least one filter")
     if not 0 < rate <= 10_000:
         raise BadRequest("rate", "deliveries per second, between 0 and 10000")
+    await search_deliveries(ctx, **msgspec.to_builtins(flt), limit=1)  # refuses a bad filter
     now = time.time()
     job_id = f"job_{int(now * 1000):013d}_{secrets.token_hex(4)}"
     async with audited(ctx, "replay.start", job_id) as done:
@@ -228,7 +233,12 @@ class JobRunner:
         ctx = self.ctx.acting(status["actor"] or "replay-job")
         if status["state"] == "planning":
             flt = msgspec.convert(status["filter"], ReplayFilter)
-            found = await matching(ctx, flt, MAX_ITEMS)
+            try:
+                found = await matching(ctx, flt, MAX_ITEMS)
+            except BadRequest as exc:  # the conf changed since: a channel went
+                await ctx.redis.hset(layout.job(job_id), "error", str(exc))
+                await self._finish(job_id, "failed")
+                return
             async with ctx.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(layout.job_todo(job_id))  # a planning cut short starts over
                 for start in range(0, len(found), 1000):

@@ -129,6 +129,8 @@ def replays_start(
         since=since,
         until=until,
     )
+    if flt.is_empty():
+        raise click.UsageError("a bulk replay needs at least one filter (--status, --channel...)")
     if dry_run:
         found = with_admin(conf, lambda ctx: bulk.dry_run(ctx, flt), plan)
         if as_json:
