@@ -58,6 +58,12 @@ def browser_path() -> str:
     return found
 
 
+@pytest.fixture(scope="module")
+def executable() -> str:
+    """Checked before the gateway starts: no browser, nothing to start."""
+    return browser_path()
+
+
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     async with running_stack(tmp_path_factory.mktemp("console-browser")) as running:
@@ -86,8 +92,9 @@ async def shown_statuses(page: Any) -> dict[str, str]:
     return out
 
 
-async def test_log_in_find_retry_and_check_against_redis(stack: Stack, tmp_path: Path):
-    executable = browser_path()
+async def test_log_in_find_retry_and_check_against_redis(
+    executable: str, stack: Stack, tmp_path: Path
+):
     from playwright.async_api import async_playwright  # noqa: PLC0415
 
     customer = f"cus_browser_{time.monotonic_ns()}"
