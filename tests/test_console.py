@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -297,3 +298,45 @@ async def test_template_preview_is_tocsin_render(stack: Stack):
         ) as resp:
             page = await resp.text()
     assert re.search(r'class="sms-facts">SMS: (GSM-7|UCS-2)[^,]*, \d+ segment', page), page
+
+
+async def test_cancel_a_scenario_from_its_event(stack: Stack):
+    ref = f"pr_console_{time.monotonic_ns()}"
+    event = await stack.post_event("payment_request_created.json", refs={"payment_request_id": ref})
+    key = f"payment_request:{ref}"
+    async with session() as s:
+        await login(s, stack, OPERATE)
+        # The scenario engine starts the instance after routing: wait for the page to say so.
+        for _ in range(100):
+            async with s.get(f"{stack.console}/events/{event['id']}") as resp:
+                page = html.unescape(await resp.text())
+            if "Cancel scenario" in page:
+                break
+            await asyncio.sleep(0.05)
+        found = re.search(r'href="(/console/confirm/cancel-scenario\?[^"]+)"', page)
+        assert found is not None, page
+        assert "started by this event" in page and "<strong>active</strong>" in page
+        async with s.get(stack.url + found.group(1)) as resp:
+            page = await resp.text()
+            assert resp.status == 200 and key in html.unescape(page)
+        form = {
+            "csrf": csrf_of(page),
+            "target": key,
+            "scenario": re.search(r'name="scenario" value="([^"]*)"', page).group(1),  # type: ignore[union-attr]
+        }
+        async with s.post(stack.console + "/do/cancel-scenario", data=form) as resp:
+            result = html.unescape(await resp.text())
+            assert resp.status == 200 and '"cancelled": [' in result
+        async with s.get(f"{stack.console}/events/{event['id']}") as resp:
+            page = html.unescape(await resp.text())
+        # The one cancelled says so and offers no cancel; the other instance the event
+        # started (payment-request-expiring) is untouched.
+        states = dict(re.findall(r"<header>([\w-]+) · key .*?<strong>(\w+)</strong>", page))
+        assert states[form["scenario"]] == "cancelled"
+        assert page.count("Cancel scenario…") == len([v for v in states.values() if v == "active"])
+    doc = await stack.redis.hget(Keys().scenario(form["scenario"], key), "doc")
+    assert json.loads(doc)["status"] == "cancelled"
+    entries = await stack.redis.xrange("tocsin:audit")
+    assert (b"oncall", b"scenario.cancel", b"ok") in [
+        (e[b"actor"], e[b"action"], e[b"outcome"]) for _, e in entries
+    ]
