@@ -107,7 +107,8 @@ async def fill_hot(redis: Redis, plan: Any, ids: list[int], now: float) -> float
     layout = plan.conf.redis.layout()
     keys = layout.shards[0]
     started = time.perf_counter()
-    enqueuer = Enqueuer(redis, layout, 86400, retention=86400, index_retention=30 * 86400)
+    # As a gateway with the archive on (the default) writes them: no TTL, no trimming.
+    enqueuer = Enqueuer(redis, layout, 86400, retention=86400)
     enqueuer.start()
     try:
         for low in range(0, len(ids), 2000):

@@ -85,12 +85,13 @@ class Enqueuer:
         """``retention``: how long accepted events are kept (for replay); an event's
         dedupe key is kept as long, since replay finds the event through it.
         ``index_retention``: how long the search indexes (customer, invoice ref) keep an
-        entry at most (the archiver drops it sooner); default ``retention``."""
+        entry; ``None``: until the archiver archives its event (no TTL, no trimming
+        here: the cheapest write)."""
         self.redis = redis
         self.layout = as_layout(keys)
         self.window = max(1, int(dedupe_window))
         self.keep = max(self.window, int(retention))
-        self.index_keep = max(1, int(index_retention if index_retention else retention))
+        self.index_keep = max(1, int(index_retention)) if index_retention else 0
         self.wait_aof = wait_aof
         self.wait_replicas = wait_replicas
         self._pending: list[Waiter] = []

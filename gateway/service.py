@@ -273,8 +273,8 @@ class Gateway:
             wait_aof=wait_aof,
             wait_replicas=conf.redis.wait_replicas,
             # Search indexes: the archiver drops an event's entries as it archives it;
-            # the retention only bounds what an index keeps were nothing archived.
-            index_retention=float(history.retention),
+            # without an archive they keep the retention, as the events do.
+            index_retention=float(history.retention) if history.archive == "off" else None,
         )
 
     async def _archivers(
@@ -354,6 +354,7 @@ class Gateway:
             reclaim_idle_ms=int(self._reclaim_after() * 1000),
             retention=float(conf.history.retention),
             scenarios=scenarios,
+            index_ttl=float(conf.history.retention) if conf.history.archive == "off" else 0.0,
         )
 
     def _worker(self, redis: Redis) -> Worker:

@@ -25,6 +25,7 @@ from redis.asyncio import Redis as AsyncRedis
 from gateway.archive import Archiver, SqliteArchive, archive_path
 from gateway.cli import main
 from gateway.conf import load_conf
+from gateway.intake import Enqueuer
 from gateway.keys import Keys
 from gateway.redis_server import RedisServer, free_port
 from gateway.service import Gateway
@@ -486,6 +487,31 @@ async def test_audit_trail(stack: Stack):
 
 
 # -- the hot-tier indexes -----------------------------------------------------------------
+
+
+async def test_without_an_archive_the_intake_trims_the_indexes(stack: Stack):
+    """``history.archive = "off"``: nothing archives, so an index keeps the retention
+    (members older go as a new one comes) and expires once idle that long."""
+    keys = Keys("trimtest")
+    enqueuer = Enqueuer(stack.redis, keys, 60, retention=3600, index_retention=3600)
+    await stack.redis.zadd(keys.by_customer("cus_t"), {"1-0": 1})  # from long ago
+    enqueuer.start()
+    try:
+        assert await enqueuer.enqueue("evt_t1", b"{}", "cus_t", "FA-T")
+    finally:
+        await enqueuer.stop()
+    members = await stack.redis.zrange(keys.by_customer("cus_t"), 0, -1)
+    assert len(members) == 1 and members[0] != b"1-0"
+    assert 3500 < await stack.redis.ttl(keys.by_customer("cus_t")) <= 3600
+    assert 3500 < await stack.redis.ttl(keys.by_invoice("FA-T")) <= 3600
+    # With the archive (no index retention), neither: the archiver trims.
+    plain = Enqueuer(stack.redis, keys, 60, retention=3600)
+    plain.start()
+    try:
+        assert await plain.enqueue("evt_t2", b"{}", "cus_u", None)
+    finally:
+        await plain.stop()
+    assert await stack.redis.ttl(keys.by_customer("cus_u")) == -1
 
 
 async def test_indexes_follow_routing_then_archiving(stack: Stack):

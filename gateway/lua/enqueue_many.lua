@@ -6,11 +6,13 @@
 -- whose first part is the time Redis accepted the event (ms).
 -- In the same step the event's entry joins the search indexes of its customer and its
 -- invoice ref (sorted sets scored by acceptance ms): the archiver removes it when it
--- archives the event; older members are dropped here, and the TTL reaps an idle index.
+-- archives the event. Without an archive (index retention > 0), members older than the
+-- retention are dropped here instead, and a TTL reaps an idle index.
 -- KEYS[1] events stream, KEYS[2] (optional) index key prefix
 -- ARGV[1] dedupe window (s), ARGV[2] how long the key is kept (s, >= the window),
 -- ARGV[3] dedupe key prefix, then per event: event id, encoded event.
--- With KEYS[2]: ARGV[4] index retention (s), and per event also customer id ('' none)
+-- With KEYS[2]: ARGV[4] index retention (s; 0: the archiver trims), and per event also
+-- customer id ('' none)
 -- and invoice ref ('' none) after the encoded event.
 -- Returns, per event, its stream entry id, or false for a duplicate.
 local window_ms, keep, prefix = tonumber(ARGV[1]) * 1000, ARGV[2], ARGV[3]
@@ -24,8 +26,10 @@ local since = now_ms - window_ms
 local out = {}
 local function indexed(key, id)
   redis.call('ZADD', key, now_ms, id)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now_ms - index_keep * 1000))
-  redis.call('EXPIRE', key, index_keep)
+  if index_keep > 0 then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now_ms - index_keep * 1000))
+    redis.call('EXPIRE', key, index_keep)
+  end
 end
 for i = first, #ARGV, stride do
   local key = prefix .. ARGV[i]

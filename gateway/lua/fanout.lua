@@ -8,7 +8,7 @@
 -- ``ix:d:<event id>``), which the archiver empties as it archives the records.
 -- KEYS[1] events stream, KEYS[2] routed-through mark, KEYS[3..] delivery streams
 -- ARGV[1] group, ARGV[2] number of events, ARGV[3] index key prefix ('' for none),
--- ARGV[4] index retention (s), then per event:
+-- ARGV[4] index TTL (s; 0: none, the archiver empties it), then per event:
 --   entry id, encoded event, number of jobs, then per job:
 --   index into KEYS, encoded job without its event (appended beside it, field 'e')
 -- Returns the number of events routed.
@@ -35,7 +35,7 @@ for _ = 1, count do
       end
       i = i + 2
     end
-    if indexed then
+    if indexed and index_keep ~= '0' then
       redis.call('EXPIRE', indexed, index_keep)
     end
     routed = routed + 1
