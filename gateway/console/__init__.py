@@ -54,7 +54,9 @@ def mount(app: web.Application, ctx: AdminContext, plan: Plan) -> bool:
     )
     if not tokens:
         return False
-    app.add_subapp(PREFIX, console_app(ctx, tokens, plan))
+    # Behind a TLS-terminating proxy the request says http: the public URL says https.
+    secure = plan.conf.intake.public_url.startswith("https://")
+    app.add_subapp(PREFIX, console_app(ctx, tokens, plan, secure=secure))
     # ``/console`` without its slash: where people type it.
     app.router.add_get(PREFIX, _to_console)
     return True
