@@ -22,13 +22,18 @@ def _next_target(value: str | None) -> str:
     return PREFIX + "/"
 
 
-def _cookie_flags(request: web.Request) -> dict[str, object]:
-    return {
-        "httponly": True,
-        "samesite": "Strict",
-        "secure": state(request).secure or request.secure,
-        "path": PREFIX + "/",
-    }
+def _set_cookie(
+    request: web.Request, response: web.Response, name: str, value: str, max_age: int
+) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        httponly=True,
+        samesite="Strict",
+        secure=state(request).secure or request.secure,
+        path=PREFIX + "/",
+    )
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
@@ -38,7 +43,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
     response = page(
         request, "login.html", next=_next_target(q.get("next")), csrf=token, failed=False
     )
-    response.set_cookie(auth.LOGIN_COOKIE, token, max_age=3600, **_cookie_flags(request))  # type: ignore[arg-type]
+    _set_cookie(request, response, auth.LOGIN_COOKIE, token, 3600)
     return response
 
 
@@ -51,16 +56,10 @@ async def login(request: web.Request) -> web.StreamResponse:
     target = _next_target(field(request, "next", required=False))
     token = auth.match_token(field(request, "token", required=False), console.tokens)
     if token is None:
-        response = page(request, "login.html", 401, next=target, csrf=expected, failed=True)
-        return response
+        return page(request, "login.html", 401, next=target, csrf=expected, failed=True)
     session = await auth.open_session(console.ctx.redis, console.prefix, token)
     response = web.Response(status=303, headers={"Location": target})
-    response.set_cookie(
-        auth.COOKIE,
-        session.sid,
-        max_age=auth.SESSION_TTL,
-        **_cookie_flags(request),  # type: ignore[arg-type]
-    )
+    _set_cookie(request, response, auth.COOKIE, session.sid, auth.SESSION_TTL)
     response.del_cookie(auth.LOGIN_COOKIE, path=PREFIX + "/")
     return response
 
