@@ -267,6 +267,9 @@ async def test_overview_matches_redis(stack: Stack):
     shown = int(re.search(r'id="deliveries-hour">(\d+)<', page).group(1))  # type: ignore[union-attr]
     assert 0 < shown <= updated  # read just before: nothing was settled since, or more
     assert '<svg class="chart"' in page and page.count("<polyline") == 3
+    # Nothing is fetched from elsewhere: every script, style and link is the console's.
+    assert not re.findall(r'(?:src|href)="(?:https?:)?//', page)
+    assert re.findall(r'(?:src|href)="(/console/static/[^"]+)"', page)
     assert re.search(r'<tr data-channel="merchant_webhook">', page)
     assert "No watch breached." in page
 
