@@ -220,16 +220,17 @@ class Layout:
         return f"{self.prefix}:adminjobs"
 
     def job(self, job_id: str) -> str:
-        """Hash of one bulk replay job: filter, state, progress."""
-        return f"{self.prefix}:adminjob:{job_id}"
+        """Hash of one bulk replay job: filter, state, progress. A job's keys share a
+        hash tag (its id): one transaction updates them on a cluster."""
+        return f"{self.prefix}:adminjob:{{{job_id}}}"
 
     def job_todo(self, job_id: str) -> str:
         """List of what a job replays, fixed when it is planned (JSON items)."""
-        return f"{self.prefix}:adminjob:{job_id}:todo"
+        return f"{self.prefix}:adminjob:{{{job_id}}}:todo"
 
     def job_lease(self, job_id: str) -> str:
         """Which gateway process runs a job (expires: another resumes it)."""
-        return f"{self.prefix}:adminjob:{job_id}:lease"
+        return f"{self.prefix}:adminjob:{{{job_id}}}:lease"
 
     @property
     def marker(self) -> str:

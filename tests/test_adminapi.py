@@ -26,7 +26,7 @@ from gateway.archive import Archiver, SqliteArchive, archive_path
 from gateway.cli import main
 from gateway.conf import load_conf
 from gateway.intake import Enqueuer
-from gateway.keys import Keys
+from gateway.keys import Keys, Layout
 from gateway.redis_server import RedisServer, free_port
 from gateway.service import Gateway
 
@@ -446,7 +446,7 @@ async def test_bulk_replay(stack: Stack):
     # As if it had crashed before saving any progress: run again from the start, it
     # skips what it already replayed (recorded in the same step as each queueing).
     stack.hook.accept_all = True
-    key = f"tocsin:adminjob:{job['id']}"
+    key = Layout().job(job["id"])
     for record_id in dead:  # make them replayable again, so only the job's set stops it
         assert (await stack.record(record_id))["status"] == "delivered"
     await stack.redis.hset(key, mapping={"state": "running", "position": 0, "queued": 0})
