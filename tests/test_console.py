@@ -257,6 +257,8 @@ async def test_bulk_replay_counts_then_runs(stack: Stack):
 
 
 async def test_overview_matches_redis(stack: Stack):
+    event = await stack.post_event()
+    await stack.records_of(event["id"], merchant_webhook="delivered")
     async with session() as s:
         await login(s, stack, READ)
         async with s.get(stack.console + "/") as resp:
