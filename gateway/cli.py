@@ -412,6 +412,7 @@ for _command in (
     *ADMIN_COMMANDS,
     *SCENARIO_COMMANDS,
     *PRIVACY_COMMANDS,
+    *ADMINAPI_COMMANDS,
     status_command,
     reload_command,
     *SUPPRESSION_COMMANDS,

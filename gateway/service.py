@@ -23,6 +23,7 @@ from .adminapi import JobRunner, context_for, mount
 from .archive import Archiver, ArchiveStore, opened
 from .channel import Channel
 from .confirm import ConfirmChannel
+from .console import mount as mount_console
 from .errors import LayoutError
 from .intake import Enqueuer, Intake
 from .intake_guard import ConnectionGuard, GuardedSite, IntakeStats
@@ -435,6 +436,7 @@ class Gateway:
             store = await stack.enter_async_context(opened(conf.data_dir, conf.history.archive))
             ctx = context_for(self.plan, redis, store)
             mount(app, ctx, self.plan)
+            mount_console(app, ctx, self.plan)
             # Bulk replays, resumed where they stopped; ends once the gateway stops.
             self.admin_jobs = JobRunner(ctx, self.consumer)
             jobs = asyncio.create_task(self.admin_jobs.run(self.stopping))
