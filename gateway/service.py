@@ -44,6 +44,7 @@ from .privacy.recipients import RecordPrivacy
 from .privacy.retention import Retention, RetentionTask, Sweeper
 from .redis_client import connect
 from .reload.swap import Reloader
+from .reload.swap import reload as reload_gateway
 from .router import Router, default_reclaim_after
 from .scenarios import ScenarioEngine
 from .streams import Backoff
@@ -435,7 +436,7 @@ class Gateway:
             # The API reads both history tiers (archive created here if it is not yet).
             store = await stack.enter_async_context(opened(conf.data_dir, conf.history.archive))
             ctx = context_for(self.plan, redis, store)
-            mount(app, ctx, self.plan)
+            mount(app, ctx, self.plan, reload=lambda: reload_gateway(self))
             mount_console(app, ctx, self.plan)
             # Bulk replays, resumed where they stopped; ends once the gateway stops.
             self.admin_jobs = JobRunner(ctx, self.consumer)

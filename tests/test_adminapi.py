@@ -599,3 +599,36 @@ async def test_token_mistakes_are_conf_errors(tmp_path: Path, tokens: str, expec
     )
     _, problems = read_conf(conf)
     assert any(expected in p and "tocsin.toml:" in p for p in problems), problems
+
+
+# -- the conf ----------------------------------------------------------------------------
+
+
+async def test_reload_through_the_api_refuses_a_broken_conf_and_is_audited(stack: Stack):
+    """``POST /reload``: operate only; a conf with a problem is refused with it (409) and
+    the old one keeps running; a good one is swapped in; both are in the audit trail;
+    ``GET /processes`` shows this process with the conf it runs."""
+    assert (await stack.call("POST", "/reload", token=READ, json={}))[0] == 403
+    assert (await stack.call("POST", "/reload", json={"now": True}))[0] == 400
+    good = stack.conf.read_text()
+    stack.conf.write_text(good.replace('type = "json_hook"', 'type = "json_hookk"'))
+    try:
+        status, body = await stack.call("POST", "/reload", json={})
+    finally:
+        stack.conf.write_text(good)
+    assert status == 409 and body["ok"] is False, body
+    assert any("json_hookk" in problem for problem in body["problems"]), body
+    status, body = await stack.call("POST", "/reload")
+    assert status == 200 and body["ok"] is True and body["problems"] == [], body
+    running = body["conf_hash"]
+    status, listing = await stack.call("GET", "/processes", token=READ)
+    assert status == 200
+    assert stack.gateway is not None
+    mine = [p for p in listing["items"] if p["consumer"] == stack.gateway.consumer]
+    assert [p["conf_hash"] for p in mine] == [running], listing
+    status, audit = await stack.call("GET", "/audit?action=conf.reload", token=READ)
+    outcomes = [entry["outcome"] for entry in audit["items"]]
+    assert status == 200 and sorted(outcomes) == ["ok", "refused"], audit
+    # The pipeline still runs under the conf it reloaded.
+    event = await stack.post_event()
+    await stack.deliveries_of(event["id"], "delivered")

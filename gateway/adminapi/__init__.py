@@ -16,6 +16,7 @@ from ..plan import Plan
 from .app import PREFIX, Token, admin_app, document, document_bytes
 from .bulk import JobRunner, ReplayFilter
 from .common import AdminContext, BadRequest, Conflict, NotFound, Page
+from .ops import Reload
 
 
 def context_for(
@@ -40,14 +41,16 @@ def context_for(
     )
 
 
-def mount(app: web.Application, ctx: AdminContext, plan: Plan) -> bool:
+def mount(
+    app: web.Application, ctx: AdminContext, plan: Plan, reload: Reload | None = None
+) -> bool:
     """Add ``/admin/v1/`` to the intake's app, if ``[admin] tokens`` names any."""
     tokens = tuple(
         Token(t.name, t.scope, t.token.reveal().encode()) for t in plan.conf.admin.tokens
     )
     if not tokens:
         return False
-    app.add_subapp(PREFIX, admin_app(ctx, tokens))
+    app.add_subapp(PREFIX, admin_app(ctx, tokens, reload))
     return True
 
 

@@ -30,6 +30,7 @@ from .common import AdminContext, BadRequest, Conflict, NotFound, page_size
 
 CONTEXT = web.AppKey("admin_context", AdminContext)
 TOKENS = web.AppKey("admin_tokens", tuple)
+RELOAD: web.AppKey[ops.Reload | None] = web.AppKey("admin_reload")
 #: The token name of the request being handled (set by ``guard``, in the handler's task).
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("admin_actor", default="anonymous")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -180,6 +181,10 @@ async def _body(request: web.Request, type_: type[Any]) -> Any:
         raise BadRequest("body", f"not JSON: {exc}") from None
 
 
+class NoBody(msgspec.Struct, forbid_unknown_fields=True):
+    """An action that takes nothing: ``{}`` or no body, and no unknown field."""
+
+
 # -- handlers -----------------------------------------------------------------------------
 
 EVENT_FILTERS = ("id", "type", "customer_id", "invoice_ref", "since", "until", "cursor", "limit")
@@ -255,7 +260,7 @@ async def delivery(request: web.Request) -> web.StreamResponse:
 
 async def delivery_retry(request: web.Request) -> web.StreamResponse:
     _query(request, ())
-    await _body(request, msgspec.Struct)
+    await _body(request, NoBody)
     return _answer(200, await ops.retry_now(_ctx(request), request.match_info["delivery_id"]))
 
 
@@ -301,7 +306,7 @@ async def endpoint_disable(request: web.Request) -> web.StreamResponse:
 
 async def endpoint_enable(request: web.Request) -> web.StreamResponse:
     _query(request, ())
-    await _body(request, msgspec.Struct)
+    await _body(request, NoBody)
     return _answer(200, await ops.enable_endpoint(_ctx(request), request.match_info["channel"]))
 
 
@@ -360,7 +365,7 @@ async def replay(request: web.Request) -> web.StreamResponse:
 
 async def replay_cancel(request: web.Request) -> web.StreamResponse:
     _query(request, ())
-    await _body(request, msgspec.Struct)
+    await _body(request, NoBody)
     return _answer(200, await bulk.cancel_job(_ctx(request), request.match_info["job_id"]))
 
 
@@ -389,6 +394,21 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return web.Response(body=document_bytes(), content_type="application/json")
 
 
+async def reload_conf(request: web.Request) -> web.StreamResponse:
+    _query(request, ())
+    await _body(request, NoBody)
+    reload = request.app[RELOAD]
+    if reload is None:
+        raise Conflict("this process runs no reloader (it is starting or stopping)")
+    answer = await ops.reload_conf(_ctx(request), reload)
+    return _answer(200 if answer["ok"] else 409, answer)
+
+
+async def processes(request: web.Request) -> web.StreamResponse:
+    _query(request, ())
+    return _answer(200, await ops.processes(_ctx(request)))
+
+
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/openapi.json", openapi),
     ("GET", "/events", events),
@@ -410,15 +430,20 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/replays/{job_id}", replay),
     ("POST", "/replays/{job_id}/cancel", replay_cancel),
     ("GET", "/audit", audit_log),
+    ("POST", "/reload", reload_conf),
+    ("GET", "/processes", processes),
 )
 PREFIX = "/admin/v1"
 
 
-def admin_app(ctx: AdminContext, tokens: tuple[Token, ...]) -> web.Application:
+def admin_app(
+    ctx: AdminContext, tokens: tuple[Token, ...], reload: ops.Reload | None = None
+) -> web.Application:
     """The sub-application; mount it with ``app.add_subapp(PREFIX, admin_app(...))``."""
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     app[CONTEXT] = ctx
     app[TOKENS] = tokens
+    app[RELOAD] = reload
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app

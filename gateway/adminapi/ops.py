@@ -5,8 +5,10 @@ these. Every write is audited (``audit.audited``) under ``ctx.actor``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jinja2
@@ -18,6 +20,8 @@ from ..archive import DeliveryQuery
 from ..delivery import Attempt, decode_delivery, encode_delivery
 from ..event import Event
 from ..history import DeliveryRecord, decode_record, encode_record, record_of
+from ..reload.bus import read_processes
+from ..reload.swap import ReloadResult
 from ..scenario_model import SEP, Instance, doc_decoder
 from ..scripts import Script
 from ..streams import as_text
@@ -350,3 +354,26 @@ async def cancel_instances(
         if not cancelled:
             done.outcome = "unchanged"
         return {"key": key, "cancelled": cancelled, "active": active}
+
+
+# -- the conf ------------------------------------------------------------------------------
+
+#: What reloads this process's conf (``gateway.reload.reload`` bound to its gateway).
+Reload = Callable[[], Awaitable[ReloadResult]]
+
+
+async def reload_conf(ctx: AdminContext, reload: Reload) -> dict[str, Any]:
+    """Reload the conf (``gateway.reload``): this process at once, the others nudged.
+    A refused conf changes nothing; its problems are in the answer and the audit."""
+    async with audited(ctx, "conf.reload", "conf") as done:
+        result = await reload()
+        done.outcome = "ok" if result.ok else "refused"
+        if result.problems:
+            done.detail = f"{len(result.problems)} problem(s): {result.problems[0]}"[:500]
+        return dataclasses.asdict(result)
+
+
+async def processes(ctx: AdminContext) -> dict[str, Any]:
+    """Every gateway process sharing this Redis, with the conf it runs (its hash)."""
+    found = await read_processes(ctx.redis, ctx.layout.prefix)
+    return {"items": [msgspec.structs.asdict(p) for p in found]}
