@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -274,6 +275,10 @@ async def test_overview_matches_redis(stack: Stack):
     assert re.findall(r'(?:src|href)="(/console/static/[^"]+)"', page)
     assert re.search(r'<tr data-channel="merchant_webhook">', page)
     assert "No watch breached." in page
+    # Each process and the conf it runs (tocsin_conf_hash): here the one gateway.
+    running = re.findall(r"<tr[^>]*><td>[^<]*</td><td>(\d+)</td><td><code>([0-9a-f]+)</code>", page)
+    assert [pid for pid, _ in running] == [str(os.getpid())], running
+    assert 'id="conf-mismatch"' not in page
 
 
 async def test_template_preview_is_tocsin_render(stack: Stack):

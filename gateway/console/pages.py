@@ -82,7 +82,8 @@ async def overview(request: web.Request) -> web.StreamResponse:
         ctx.redis, ctx.layout, list(ctx.channels), console.plan.conf.gateway.timezone
     )
     jobs = await bulk.list_jobs(ctx, 5)
-    return page(request, "overview.html", data=data, jobs=jobs)
+    running = (await ops.processes(ctx))["items"]
+    return page(request, "overview.html", data=data, jobs=jobs, processes=running)
 
 
 SEARCH_BY = {"id": "event id", "customer": "customer id", "invoice": "invoice ref"}
