@@ -83,6 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--events, --concurrency, --reps, --delivery-procs, --rate must be positive")
     if args.fault_rate <= 0 or args.fault_seconds < 4:
         parser.error("--fault-rate must be positive, --fault-seconds at least 4")
+    if args.pipeline_cluster and not (args.pipeline or args.pipeline_only):
+        parser.error("--pipeline-cluster adds to the full pipeline: with --pipeline[-only]")
+    if not args.cluster_replicas or min(args.cluster_replicas) < 0:
+        parser.error("--cluster-replicas: replicas per master, 0 or more, comma-separated")
     if args.profile is not None and find_py_spy() is None:
         parser.error("--profile needs py-spy: pip install py-spy")
     return args

@@ -25,6 +25,7 @@ with ``--verify``; the detail says so), nothing left in Redis.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import signal
@@ -37,6 +38,7 @@ from gateway.redis_server import free_port
 from gateway.signing import Signer
 from gateway.supervisor.cores import usable_cores
 
+from . import fullpipe_cluster
 from .common import HOST, box_busy_seconds, encode, make_event
 from .procs import cpu_seconds, tail, wait_http
 
@@ -96,6 +98,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "wrk", "python"],
         default="auto",
         help="full pipeline's saturating load: wrk if installed (auto), or bench.loadgen",
+    )
+    parser.add_argument(
+        "--pipeline-cluster",
+        action="store_true",
+        help="full pipeline: also run tocsin serve on a local 3-master Redis Cluster "
+        "(bench/fullpipe_cluster.py), and measure its idle polling",
+    )
+    parser.add_argument(
+        "--cluster-replicas",
+        type=lambda text: [int(r) for r in text.split(",") if r.strip()],
+        default=[0],
+        help="--pipeline-cluster: replicas per master, comma-separated, one cluster each "
+        "(default 0; R > 0 also sets wait_replicas = R)",
     )
 
 
@@ -166,10 +181,17 @@ def wrk_load(bench: Any, url: str, prefix: str, n: int) -> dict[str, Any]:
 
 
 class Side:
-    """One pipeline under test: Tocsin with P processes, or the bare reference."""
+    """One pipeline under test: Tocsin with P processes, or the bare reference; on the
+    single Redis, or on a local cluster (``store``)."""
 
-    def __init__(self, bench: Any, name: str, processes: str | None) -> None:
-        self.bench, self.name, self.processes = bench, name, processes
+    def __init__(
+        self,
+        bench: Any,
+        name: str,
+        processes: str | None,
+        store: fullpipe_cluster.ClusterStore | None = None,
+    ) -> None:
+        self.bench, self.name, self.processes, self.store = bench, name, processes, store
         self.started: list[Any] = []
         self.url = ""
 
@@ -178,7 +200,8 @@ class Side:
         port = free_port()
         log = bench.tmp / f"{tag}.log"
         if self.processes is not None:
-            argv = ["serve", "--conf", str(bench.conf), "--port", str(port)]
+            conf = bench.conf if self.store is None else self.store.conf
+            argv = ["serve", "--conf", str(conf), "--port", str(port)]
             argv += ["--log-level", "info", "--processes", self.processes]
             proc = bench.procs.python(tag, "gateway.cli", *argv, log=log)
             expected = usable_cores() if self.processes == "auto" else int(self.processes)
@@ -209,11 +232,29 @@ class Side:
             self.started = [intake, worker]
         self.url = f"http://{HOST}:{port}/v1/events"
 
+    def pids(self) -> dict[str, list[int]]:
+        """Every process of this side's run: its own (with a supervisor's role
+        processes), its Redis's (one, or every cluster node), the sink's, the bench's
+        (it signs wrk's requests)."""
+        bench = self.bench
+        own = [proc.pid for proc in self.started]
+        own += [c for pid in own for c in fullpipe_cluster.children(pid)]
+        redis = self.store.pids() if self.store is not None else [bench.redis_pid()]
+        return {"server": own, "redis": redis, "sink": [bench.sink.pid], "bench": [os.getpid()]}
+
+    def command_counts(self) -> dict[str, int]:
+        """Calls per Redis command so far, over every master this side writes to."""
+        if self.store is not None:
+            return self.store.command_counts()
+        return fullpipe_cluster.command_counts([self.bench.redis])
+
     def stop(self) -> None:
         for proc in self.started:
             self.bench.procs.stop(proc, timeout=30.0)
 
     def left_in_redis(self) -> dict[str, int]:
+        if self.store is not None:
+            return self.store.left_in_redis()
         redis = self.bench.redis
         if self.processes is not None:
             return {
@@ -234,9 +275,12 @@ class Side:
 
 
 def run_one(bench: Any, side: Side, load: str, tag: str, use_wrk: bool) -> dict[str, Any]:
-    bench.compact_aof()
+    (side.store or bench).compact_aof()
     bench.sink_reset()
     side.start(tag)
+    commands0 = side.command_counts()
+    pids = side.pids()
+    cpu0 = {pid: cpu_seconds(pid) for group in pids.values() for pid in group}
     box0, wall0 = box_busy_seconds(), time.time()
     try:
         if load == "saturating" and use_wrk:
@@ -257,7 +301,15 @@ def run_one(bench: Any, side: Side, load: str, tag: str, use_wrk: bool) -> dict[
                 break
             time.sleep(0.02)
         box_busy, wall = box_busy_seconds() - box0, time.time() - wall0
+        cpu = {"load": sent.get("cpu_loop_s") or 0.0}
+        for group, members in pids.items():
+            cpu[group] = 0.0
+            for pid in members:
+                start_cpu, end_cpu = cpu0[pid], cpu_seconds(pid)
+                if start_cpu is not None and end_cpu is not None:
+                    cpu[group] += end_cpu - start_cpu
         stats = bench.settle(accepted)
+        commands = fullpipe_cluster.per_event(commands0, side.command_counts(), accepted)
     finally:
         side.stop()
     # Paced: no first-request time from the generator; the sink's first receipt instead.
@@ -275,8 +327,17 @@ def run_one(bench: Any, side: Side, load: str, tag: str, use_wrk: bool) -> dict[
         "latency_ms": stats["latency_ms"],
         "sink": stats,
         "left_in_redis": side.left_in_redis(),
+        # Redis commands per accepted event, most frequent first (INFO commandstats).
+        "redis_commands_per_event": commands,
         # The whole box (ours and anyone else's), from first request to last receipt.
         "busy_cores": round(box_busy / wall, 2),
+        # Cores the box spent on anything but this run (other users of the machine).
+        "others_cores": round(max(0.0, box_busy - sum(cpu.values())) / wall, 2),
+        "cores": {group: round(seconds / wall, 2) for group, seconds in cpu.items()},
+        # Per accepted event: what survives a busy box better than the rates above.
+        "cpu_us_per_event": {
+            group: round(seconds / max(1, accepted) * 1e6, 1) for group, seconds in cpu.items()
+        },
         # The load generator's share of the two cores it loads (its timed loop only).
         "loadgen_cores": _share(sent.get("cpu_loop_s"), sent.get("elapsed_s")),
     }
@@ -300,12 +361,16 @@ def phase_pipeline(bench: Any) -> dict[str, Any]:
     for load in ("saturating", "paced"):
         for i, side in enumerate(sides):
             runs.append(run_one(bench, side, load, f"pipe{load[0]}{i}", use_wrk))
-    return {
+    result = {
         "load_generator": {"saturating": generator, "paced": "bench.loadgen paced (Python)"},
         "cores": usable_cores(),
         "verified_signatures": bool(bench.args.verify),
         "runs": runs,
     }
+    if bench.args.pipeline_cluster:
+        cluster, result["cluster"] = fullpipe_cluster.cluster_runs(bench, use_wrk)
+        runs += cluster
+    return result
 
 
 def _share(cpu_s: float | None, seconds: float | None) -> float | None:
@@ -386,8 +451,8 @@ def table(result: dict[str, Any], tg: dict[str, dict[str, Any]]) -> str:
         f"full pipeline (intake + router + worker + sink at once, {result['cores']} cores):",
         f"  saturating load: {result['load_generator']['saturating']}",
         f"  paced load: {result['load_generator']['paced']}",
-        f"  {'side':18} {'load':11} {'accepted/s':>10} {'delivered/s':>11} {'x ref':>6} "
-        f"{'x saq':>6} {'p50 / p99 ms':>16} {'busy cores':>10} {'load gen':>8}",
+        f"  {'side':20} {'load':11} {'accepted/s':>10} {'delivered/s':>11} {'x ref':>6} "
+        f"{'x saq':>6} {'p50 / p99 ms':>16} {'busy cores':>10} {'others':>6} {'load gen':>8}",
     ]
     for run in result["runs"]:
         rate = run["delivered_per_s"]
@@ -396,17 +461,19 @@ def table(result: dict[str, Any], tg: dict[str, dict[str, Any]]) -> str:
         lat = run["latency_ms"]
         ms = f"{_n(lat.get('p50'), 2)} / {_n(lat.get('p99'), 2)}"
         lines.append(
-            f"  {run['side']:18} {run['load']:11} {_n(run['accepted_per_s']):>10} "
+            f"  {run['side']:20} {run['load']:11} {_n(run['accepted_per_s']):>10} "
             f"{_n(rate):>11} {vs_ref if run['load'] == 'saturating' else '':>6} "
             f"{vs_saq:>6} {ms:>16} {_n(run['busy_cores'], 2):>10} "
-            f"{_n(run['loadgen_cores'], 2):>8}"
+            f"{_n(run['others_cores'], 2):>6} {_n(run['loadgen_cores'], 2):>8}"
         )
+    lines += fullpipe_cluster.table_lines(result)
     for name, t in tg.items():
         verdict = "met" if t["met"] else "MISSED"
         lines.append(f"  target {name}: {t['value']} ({t['target']}) {verdict}")
     lines.append(f"  saq figure: {SAQ_SOURCE} (another run, same box; not re-measured)")
     lines.append(
         "  saturating p50/p99 is intake->receipt under a backlog (queueing), not latency at a load;"
-        " busy cores: the whole box; load gen: the generator's cores while it sent"
+        " busy cores: the whole box; others: its cores not spent on this run (other users);"
+        " load gen: the generator's cores while it sent"
     )
     return "\n".join(lines)

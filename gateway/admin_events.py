@@ -181,3 +181,32 @@ async def show_event(
             return _stored(found[0][0], found[0][1], await _progress(redis, shard))
     older = await archive.get_event(event_id) if archive is not None else None
     return _archived(older) if older is not None else None
+
+
+async def events_at(redis: Redis, keys: Keys, entries: list[str]) -> list[StoredEvent]:
+    """The events at these entry ids of one shard's stream (one round trip), in order;
+    entries trimmed meanwhile are left out (a search index read just before)."""
+    if not entries:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for entry in entries:
+            pipe.xrange(keys.events, entry, entry)
+        found: list[Any] = await pipe.execute()
+    progress = await _progress(redis, keys)
+    return [_stored(hit[0][0], hit[0][1], progress) for hit in found if hit]
+
+
+def archived_event(event: ArchivedEvent) -> StoredEvent:
+    """An archived event as the stream listing shows one."""
+    return _archived(event)
+
+
+async def stream_page(
+    redis: Redis, keys: Keys, *, high: str = "+", low: str = "-", count: int = PAGE
+) -> list[StoredEvent]:
+    """One shard's events from entry ``high`` down to ``low`` (inclusive), newest first."""
+    page: Any = await redis.xrevrange(keys.events, max=high, min=low, count=count)
+    if not page:
+        return []
+    progress = await _progress(redis, keys)
+    return [_stored(entry_id, fields, progress) for entry_id, fields in page]

@@ -15,6 +15,7 @@ from typing import Any
 import click
 import msgspec
 
+from .adminapi.cli import COMMANDS as ADMINAPI_COMMANDS
 from .cli_admin import COMMANDS as ADMIN_COMMANDS
 from .cli_common import CliError, listen_socket, setup_logging
 from .cli_common import fail as _fail
@@ -411,9 +412,11 @@ for _command in (
     *ADMIN_COMMANDS,
     *SCENARIO_COMMANDS,
     *PRIVACY_COMMANDS,
+    *ADMINAPI_COMMANDS,
     status_command,
     reload_command,
     *SUPPRESSION_COMMANDS,
+    *ADMINAPI_COMMANDS,
 ):
     main.add_command(_command)
 

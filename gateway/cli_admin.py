@@ -11,6 +11,8 @@ import msgspec
 from redis.asyncio import Redis
 
 from . import admin, admin_events
+from .adminapi import ops
+from .adminapi.cli import deliveries_retry, with_admin
 from .archive import ArchiveStore
 from .cli_common import (
     conf_only,
@@ -353,20 +355,18 @@ def events_replay(event_id: str, force: bool, conf_path: Path | None) -> None:
     receivers see the same webhook-id and can dedupe.
     """
     conf, _registry, plan = load(conf_path)
-    result = with_tiers(
-        conf,
-        lambda r, k, a: admin.replay_event(r, k, plan.rules, event_id, force=force, archive=a),
-    )
-    if result is None:
+    try:
+        result = with_admin(conf, lambda ctx: ops.replay_event(ctx, event_id, force=force), plan)
+    except click.ClickException:
         raise click.ClickException(
             f"no routed event {event_id} "
             "(never accepted, not routed yet, or older than history.retention)"
-        )
-    for delivery in result.queued:
-        click.echo(f"queued   {delivery.id}  rule {delivery.rule} -> {delivery.channel}")
-    for delivery, why in result.skipped:
-        click.echo(f"skipped  {delivery.id}  rule {delivery.rule} -> {delivery.channel}: {why}")
-    click.echo(f"{len(result.queued)} queued, {len(result.skipped)} skipped")
+        ) from None
+    for d in result["queued"]:
+        click.echo(f"queued   {d['id']}  rule {d['rule']} -> {d['channel']}")
+    for d in result["skipped"]:
+        click.echo(f"skipped  {d['id']}  rule {d['rule']} -> {d['channel']}: {d['reason']}")
+    click.echo(f"{len(result['queued'])} queued, {len(result['skipped'])} skipped")
 
 
 @events.command("catalog")
@@ -427,8 +427,22 @@ def endpoints_enable(channel: str, conf_path: Path | None) -> None:
     """Enable a disabled endpoint: its waiting jobs are sent, its failure clock restarts."""
     conf = conf_only(conf_path)
     known_channel(conf, channel)
-    was = with_redis(conf, lambda r, k: admin.enable_endpoint(r, k, channel))
+    result = with_admin(conf, lambda ctx: ops.enable_endpoint(ctx, channel))
+    was = result["was_disabled"]
     click.echo(f"{channel}: enabled" if was else f"{channel}: was not disabled (clock reset)")
 
 
+@endpoints.command("disable")
+@click.argument("channel")
+@click.option("--reason", default="", help="Why, for whoever enables it again.")
+@conf_option
+def endpoints_disable(channel: str, reason: str, conf_path: Path | None) -> None:
+    """Hold a channel's jobs: workers stop sending on it until `endpoints enable`."""
+    conf = conf_only(conf_path)
+    known_channel(conf, channel)
+    result = with_admin(conf, lambda ctx: ops.disable_endpoint(ctx, channel, reason))
+    click.echo(f"{channel}: " + ("was already disabled" if result["was_disabled"] else "disabled"))
+
+
+deliveries.add_command(deliveries_retry)
 COMMANDS = (deliveries, dlq, events, endpoints)

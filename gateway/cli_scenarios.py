@@ -101,20 +101,11 @@ def scenarios_show(key: str, as_json: bool, conf_path: Path | None) -> None:
 def scenarios_cancel(key: str, name: str | None, conf_path: Path | None) -> None:
     """Cancel the active instances for KEY: their pending steps will not fire."""
     conf = conf_only(conf_path)
+    from .adminapi import ops  # noqa: PLC0415 - only this command needs them
+    from .adminapi.cli import with_admin  # noqa: PLC0415
 
-    async def cancel(redis: Redis, keys: Layout) -> tuple[list[str], list[str]]:
-        engine = _engine(conf, redis, keys)
-        done, active = [], []
-        for instance in await engine.list(key=key):
-            if instance.status != "active":
-                continue
-            active.append(instance.scenario)
-            if name in (None, instance.scenario):
-                await engine.cancel(instance.scenario, key, "cancelled by an operator")
-                done.append(instance.scenario)
-        return done, active
-
-    cancelled, active = with_redis(conf, cancel)
+    result = with_admin(conf, lambda ctx: ops.cancel_instances(ctx, key, name))
+    cancelled, active = result["cancelled"], result["active"]
     if not cancelled:
         if name is not None and name not in conf.scenarios and name not in active:
             known = ", ".join(sorted(conf.scenarios)) or "none"

@@ -223,6 +223,19 @@ class MetricsSection(_Section):
     refresh: Duration = Duration(5)
 
 
+class AdminToken(_Section, kw_only=True):
+    #: Who acts, as the audit trail names them.
+    name: str
+    #: ``read``: search and look; ``operate``: also retry, replay, cancel, disable.
+    scope: Literal["read", "operate"]
+    token: Secret
+
+
+class AdminSection(_Section):
+    #: Bearer tokens of the admin API (``/admin/v1/``, docs/operations.md); none: it is off.
+    tokens: list[AdminToken] = msgspec.field(default_factory=list)
+
+
 class OutboundSection(_Section):
     #: Networks outbound HTTP may reach although private (ERPs on a LAN...), e.g.
     #: ``["10.0.0.0/8"]``. Cloud metadata addresses stay refused even when listed.
@@ -346,6 +359,7 @@ class Conf:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
     retention: RetentionSection = field(default_factory=RetentionSection)
+    admin: AdminSection = field(default_factory=AdminSection)
     #: Every file the conf was read from (the main file and its includes).
     files: list[Path] = field(default_factory=list)
     #: ``[brand]``: who sends customer emails, as templates see it (gateway/brand.py).
@@ -392,6 +406,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "metrics": MetricsSection,
     "privacy": PrivacySection,
     "retention": RetentionSection,
+    "admin": AdminSection,
 }
 #: Tables an included file may add to (the core sections live in the main file only).
 _MERGEABLE = ("channels", "sources", "rules", "scenarios", "windows", "audiences")
@@ -670,7 +685,7 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
         if found:
             del conf.windows[name]
     _check_numbers(conf, main, problems)
-    _check_redis(conf.redis, main, problems)
+    _check_sections(conf, main, problems)
     _check_retention(conf, main, problems)
     _check_archive(conf.history, main, problems)
     return conf, with_lines(_read_watch(conf, raw.get("watch", {}), main, window_files, problems))
@@ -687,6 +702,30 @@ def _read_watch(
     for where, reason in found:
         problems.add(main, where, reason)
     return problems.items
+
+
+def _check_sections(conf: Conf, main: Path, problems: _Problems) -> None:
+    _check_redis(conf.redis, main, problems)
+    _check_admin(conf.admin, main, problems)
+
+
+#: Shortest admin token accepted: 128 bits as hex (``openssl rand -hex 16``).
+MIN_TOKEN = 32
+
+
+def _check_admin(admin: AdminSection, main: Path, problems: _Problems) -> None:
+    names: set[str] = set()
+    for n, token in enumerate(admin.tokens):
+        where = f"admin.tokens[{n}]"
+        if not _NAME.match(token.name):
+            problems.add(main, f"{where}.name", "letters, digits, '_' and '-' (64 at most)")
+        if token.name in names:
+            problems.add(main, f"{where}.name", f"{token.name!r} is used twice")
+        names.add(token.name)
+        if len(token.token.reveal()) < MIN_TOKEN:
+            problems.add(
+                main, f"{where}.token", f"at least {MIN_TOKEN} characters (openssl rand -hex 16)"
+            )
 
 
 def _check_redis(redis: RedisSection, main: Path, problems: _Problems) -> None:

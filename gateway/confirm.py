@@ -30,8 +30,8 @@ PREFIX = "source."
 #: The rule name a confirmation job carries in history and dead letters.
 RULE = "confirm"
 
-#: ``Enqueuer.enqueue``: event id, encoded event, ordering key (the customer id).
-Enqueue = Callable[[str, bytes, str | None], Awaitable[str | None]]
+#: ``Enqueuer.enqueue``: event id, encoded event, ordering key (the customer id), invoice ref.
+Enqueue = Callable[[str, bytes, str | None, str | None], Awaitable[str | None]]
 
 
 def channel_name(source: str) -> str:
@@ -88,7 +88,8 @@ class ConfirmChannel(Channel[_NoConfig]):
         for event in confirmed:
             self._check(posted, event)
             order = event.customer.id if event.customer is not None else None
-            entry = await self._enqueue(event.id, encode_event(event), order)
+            invoice = event.refs.get("invoice_ref")  # for the search indexes
+            entry = await self._enqueue(event.id, encode_event(event), order, invoice)
             accepted.append(event.id if entry is not None else f"{event.id} (duplicate)")
         if not accepted:
             return "confirmed: nothing to route"

@@ -56,7 +56,9 @@ class NotDurable(RedisError):
     replicas ``[redis] wait_replicas`` asks for)."""
 
 
-Waiter = tuple[str, bytes, str, "asyncio.Future[str | None]"]
+#: event id, encoded event, ordering key, the future, then what the search indexes take:
+#: customer id and invoice ref ('' for none).
+Waiter = tuple[str, bytes, str, "asyncio.Future[str | None]", str, str]
 
 
 class Enqueuer:
@@ -79,13 +81,18 @@ class Enqueuer:
         retention: float = 30 * 86400,
         wait_aof: bool = False,
         wait_replicas: int = 0,
+        index_retention: float | None = None,
     ) -> None:
         """``retention``: how long accepted events are kept (for replay); an event's
-        dedupe key is kept as long, since replay finds the event through it."""
+        dedupe key is kept as long, since replay finds the event through it.
+        ``index_retention``: how long the search indexes (customer, invoice ref) keep an
+        entry; ``None``: until the archiver archives its event (no TTL, no trimming
+        here: the cheapest write)."""
         self.redis = redis
         self.layout = as_layout(keys)
         self.window = max(1, int(dedupe_window))
         self.keep = max(self.window, int(retention))
+        self.index_keep = max(1, int(index_retention)) if index_retention else 0
         self.wait_aof = wait_aof
         self.wait_replicas = wait_replicas
         self._pending: list[Waiter] = []
@@ -108,14 +115,18 @@ class Enqueuer:
         self._tasks = []
         if self._waiting:  # batches being confirmed: their requests get their answer
             await asyncio.gather(*self._waiting, return_exceptions=True)
-        _fail([fut for *_, fut in self._pending], RedisError("gateway shutting down"))
+        _fail([w[3] for w in self._pending], RedisError("gateway shutting down"))
         self._pending.clear()
 
-    async def enqueue(self, event_id: str, payload: bytes, order: str | None = None) -> str | None:
+    async def enqueue(
+        self, event_id: str, payload: bytes, order: str | None = None, invoice: str | None = None
+    ) -> str | None:
         """The stream entry id, or ``None`` if the id was seen within the dedupe window.
-        ``order``: the event's ordering key (its customer id), which picks its shard."""
+        ``order``: the event's ordering key (its customer id), which picks its shard;
+        with ``invoice`` (its ``refs.invoice_ref``), what the search indexes take."""
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending.append((event_id, payload, ordering_key(order, event_id), fut))
+        key = ordering_key(order, event_id)
+        self._pending.append((event_id, payload, key, fut, order or "", invoice or ""))
         self._wakeup.set()
         return await fut
 
@@ -145,25 +156,26 @@ class Enqueuer:
         try:
             entries = await self._flush(batch)
         except Exception as exc:  # RedisError, OSError...: every waiter gets a 503
-            _fail([fut for *_, fut in batch], exc)
+            _fail([w[3] for w in batch], exc)
             return
-        for (*_, fut), entry in zip(batch, entries, strict=True):
+        for (_, _, _, fut, *_), entry in zip(batch, entries, strict=True):
             if not fut.done():
                 fut.set_result(entry)
 
     async def _flush(self, batch: list[Waiter]) -> list[str | None]:
         """Each event's new entry id, or ``None`` for a duplicate."""
         by_shard: dict[int, list[int]] = {}
-        for i, (_, _, order, _) in enumerate(batch):
+        for i, (_, _, order, *_) in enumerate(batch):
             by_shard.setdefault(self.layout.shard(order).index, []).append(i)
         for attempt in range(2):  # a second pass only after NOSCRIPT (Redis restarted)
             pipe = self.redis.pipeline(transaction=False)
             for index, members in by_shard.items():
                 shard = self.layout.shards[index]
-                args: list[Any] = [self.window, self.keep, shard.dedupe("")]
+                args: list[Any] = [self.window, self.keep, shard.dedupe(""), self.index_keep]
                 for i in members:
-                    args += [batch[i][0], batch[i][1]]
-                ENQUEUE_MANY.add_to(pipe, [shard.events], args)
+                    event_id, payload, _, _, customer, invoice = batch[i]
+                    args += [event_id, payload, customer, invoice]
+                ENQUEUE_MANY.add_to(pipe, [shard.events, shard.search_index], args)
             where = self._written_nodes(by_shard)
             if self.wait_aof:
                 pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS, **where)
@@ -217,6 +229,10 @@ class Enqueuer:
 def _order(event: Event) -> str | None:
     """The event's ordering key (``gateway.keys.ordering_key``): its customer."""
     return event.customer.id if event.customer is not None else None
+
+
+def _invoice(event: Event) -> str | None:
+    return event.refs.get("invoice_ref")
 
 
 def _fail(futures: list[asyncio.Future[str | None]], exc: BaseException) -> None:
@@ -438,12 +454,15 @@ class Intake:
         try:
             if len(events) == 1:  # the usual case: no Task and no gather per request
                 event = events[0]
-                results = [
-                    await self.enqueuer.enqueue(event.id, encode_event(event), _order(event))
-                ]
+                payload = encode_event(event)
+                order, invoice = _order(event), _invoice(event)
+                results = [await self.enqueuer.enqueue(event.id, payload, order, invoice)]
             else:
                 results = await asyncio.gather(
-                    *(self.enqueuer.enqueue(e.id, encode_event(e), _order(e)) for e in events)
+                    *(
+                        self.enqueuer.enqueue(e.id, encode_event(e), _order(e), _invoice(e))
+                        for e in events
+                    )
                 )
         except RedisError as exc:
             log.warning("intake: Redis unavailable, answering 503: %s", exc)

@@ -148,6 +148,30 @@ class Keys:
         """Stream of due scenario steps, read by group ``scenarios``."""
         return f"{self.base}:steps"
 
+    # Search indexes of the hot window (Redis has no secondary indexes): written in the
+    # steps that write events (intake) and jobs (fan-out), trimmed by the archiver.
+
+    @property
+    def search_index(self) -> str:
+        """Prefix of the search indexes: ``ix:c:<customer>`` and ``ix:i:<invoice ref>``
+        (sorted sets of events stream entry ids by acceptance ms), ``ix:d:<event id>``
+        (set of the event's delivery ids)."""
+        return f"{self.base}:ix:"
+
+    def by_customer(self, customer_id: str) -> str:
+        return f"{self.search_index}c:{customer_id}"
+
+    def by_invoice(self, invoice_ref: str) -> str:
+        return f"{self.search_index}i:{invoice_ref}"
+
+    def event_deliveries(self, event_id: str) -> str:
+        return f"{self.search_index}d:{event_id}"
+
+    def replayed_by(self, job_id: str) -> str:
+        """Set of the delivery ids a bulk replay job has queued in this shard: written in
+        the step that queues each, so a job resumed after a crash sends none twice."""
+        return f"{self.base}:adminjob:{job_id}:done"
+
 
 def ordering_key(customer_id: str | None, event_id: str) -> str:
     """What keeps events in order: one customer's events go to one shard. An event with
@@ -184,6 +208,29 @@ class Layout:
     def endpoint(self, channel: str) -> str:
         """An endpoint's health hash, in the shard its ``endpoint.disabled`` event goes to."""
         return self.shard(channel).endpoint(channel)
+
+    @property
+    def audit(self) -> str:
+        """Stream of operators' writes (who, what, on what, when, outcome)."""
+        return f"{self.prefix}:audit"
+
+    @property
+    def jobs(self) -> str:
+        """Sorted set of bulk replay job ids by creation (ms)."""
+        return f"{self.prefix}:adminjobs"
+
+    def job(self, job_id: str) -> str:
+        """Hash of one bulk replay job: filter, state, progress. A job's keys share a
+        hash tag (its id): one transaction updates them on a cluster."""
+        return f"{self.prefix}:adminjob:{{{job_id}}}"
+
+    def job_todo(self, job_id: str) -> str:
+        """List of what a job replays, fixed when it is planned (JSON items)."""
+        return f"{self.prefix}:adminjob:{{{job_id}}}:todo"
+
+    def job_lease(self, job_id: str) -> str:
+        """Which gateway process runs a job (expires: another resumes it)."""
+        return f"{self.prefix}:adminjob:{{{job_id}}}:lease"
 
     @property
     def marker(self) -> str:

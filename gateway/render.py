@@ -209,6 +209,23 @@ def render_template(
     channel: str | None = None,
 ) -> RenderResult:
     """What ``tocsin render`` prints; ``RenderError`` when nothing could be rendered."""
+    previews, failures = preview_template(
+        plan, template, event_path, locale=locale, channel=channel
+    )
+    texts = [format_preview(p, plan.templates.default_locale) for p in previews]
+    return RenderResult("\n".join(texts), failures)
+
+
+def preview_template(
+    plan: Plan,
+    template: str,
+    event_path: Path,
+    *,
+    locale: str | None = None,
+    channel: str | None = None,
+) -> tuple[list[Preview], list[str]]:
+    """Each channel's preview and each failure, as ``tocsin render`` and the console's
+    template preview show them."""
     folder = plan.templates.root / template
     if not template or not folder.is_dir():
         raise RenderError([f"no template {template!r}: no folder {relative(folder)}"])
@@ -222,7 +239,8 @@ def render_template(
     if not names:
         reasons = [f"  {line}" for line in skipped] or ["  (the conf has no channel)"]
         raise RenderError([f"no channel can render template {template!r}:", *reasons])
-    texts, failures = [], []
+    previews: list[Preview] = []
+    failures: list[str] = []
     for name in names:
         instance = plan.channels[name]
         delivery = make_delivery(event, raw, template, name, locale)
@@ -231,9 +249,8 @@ def render_template(
         except Exception as exc:
             failures.append(f"{name} ({instance.type_name}): {describe_failure(exc, plan)}")
             continue
-        preview = Preview(name, instance.type_name, template, delivery.locale, parts)
-        texts.append(format_preview(preview, plan.templates.default_locale))
-    return RenderResult("\n".join(texts), failures)
+        previews.append(Preview(name, instance.type_name, template, delivery.locale, parts))
+    return previews, failures
 
 
 # -- tocsin check: sample events ---------------------------------------------------------

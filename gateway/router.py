@@ -191,11 +191,17 @@ class Router:
         reclaim_idle_ms: int | None = None,
         retention: float = 30 * 86400,
         scenarios: EventHook | None = None,
+        index: bool = True,
+        index_ttl: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.clock = clock
         self.scenarios = scenarios
         self.retention = max(1, int(retention))
+        #: Write the event -> deliveries search index (``Keys.event_deliveries``).
+        self.index = keys.search_index if index else ""
+        #: Its TTL (s): only without an archive, which otherwise empties it.
+        self.index_ttl = int(index_ttl)
         if reclaim_idle_ms is None:
             reclaim_idle_ms = int(default_reclaim_after(batch) * 1000)
         self.reclaim_idle_ms = reclaim_idle_ms
@@ -296,7 +302,7 @@ class Router:
     async def _route(self, entries: list[Entry]) -> None:
         stream_index: dict[str, int] = {}
         keys = [self.keys.events, self.keys.routed_through]
-        args: list[Any] = [ROUTER_GROUP, len(entries)]
+        args: list[Any] = [ROUTER_GROUP, len(entries), self.index, self.index_ttl]
         for entry_id, fields in entries:
             raw = fields.get(b"e", b"")
             event: Event | RoutingHead

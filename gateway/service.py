@@ -19,9 +19,11 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .adminapi import JobRunner, context_for, mount
 from .archive import Archiver, ArchiveStore, opened
 from .channel import Channel
 from .confirm import ConfirmChannel
+from .console import mount as mount_console
 from .errors import LayoutError
 from .intake import Enqueuer, Intake
 from .intake_guard import ConnectionGuard, GuardedSite, IntakeStats
@@ -42,6 +44,7 @@ from .privacy.recipients import RecordPrivacy
 from .privacy.retention import Retention, RetentionTask, Sweeper
 from .redis_client import connect
 from .reload.swap import Reloader
+from .reload.swap import reload as reload_gateway
 from .router import Router, default_reclaim_after
 from .scenarios import ScenarioEngine
 from .streams import Backoff
@@ -128,6 +131,8 @@ class Gateway:
     #: Filled once serving: the port actually bound (useful with port 0).
     bound_port: int | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Runs bulk replay jobs where the admin API is served.
+    admin_jobs: JobRunner | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         roles = set(self.roles)
@@ -287,6 +292,9 @@ class Gateway:
             retention=float(keep),
             wait_aof=wait_aof,
             wait_replicas=conf.redis.wait_replicas,
+            # Search indexes: the archiver drops an event's entries as it archives it;
+            # without an archive they keep the retention, as the events do.
+            index_retention=float(history.retention) if history.archive == "off" else None,
         )
 
     async def _archivers(
@@ -366,6 +374,7 @@ class Gateway:
             reclaim_idle_ms=int(self._reclaim_after() * 1000),
             retention=float(conf.history.retention),
             scenarios=scenarios,
+            index_ttl=float(conf.history.retention) if conf.history.archive == "off" else 0.0,
         )
 
     def _worker(self, redis: Redis, consumer: str | None = None) -> Worker:
@@ -423,6 +432,16 @@ class Gateway:
         app = intake.app(guard.middleware, refusal_counter(self.metrics, EVENTS_SOURCE))
         if conf.metrics.intake:
             app.router.add_get("/metrics", self.exporter.handle)
+        if conf.admin.tokens:
+            # The API reads both history tiers (archive created here if it is not yet).
+            store = await stack.enter_async_context(opened(conf.data_dir, conf.history))
+            ctx = context_for(self.plan, redis, store)
+            mount(app, ctx, self.plan, reload=lambda: reload_gateway(self))
+            mount_console(app, ctx, self.plan)
+            # Bulk replays, resumed where they stopped; ends once the gateway stops.
+            self.admin_jobs = JobRunner(ctx, self.consumer)
+            jobs = asyncio.create_task(self.admin_jobs.run(self.stopping))
+            stack.push_async_callback(_wait_for, jobs)
         app.on_response_prepare.append(_name_process)
         runner = web.AppRunner(
             app,
@@ -450,6 +469,10 @@ async def _name_process(request: web.Request, response: web.StreamResponse) -> N
     # can tell which one answered.
     if request.path in ("/healthz", "/metrics"):
         response.headers[PROCESS_HEADER] = str(os.getpid())
+
+
+async def _wait_for(task: asyncio.Task[None]) -> None:
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def close_channel(channel: Channel[Any]) -> None:

@@ -34,13 +34,34 @@ async def read_group(
     count: int,
     block_ms: int | None,
 ) -> list[tuple[str, list[Entry]]]:
-    """XREADGROUP with its reply typed: ``[(stream, [(entry_id, fields), ...]), ...]``."""
-    streams: dict[Any, Any] = dict(cursors)
-    reply: Any = await redis.xreadgroup(group, consumer, streams, count=count, block=block_ms)
+    """XREADGROUP with its reply typed: ``[(stream, [(entry_id, fields), ...]), ...]``.
+
+    On a cluster the read goes straight to the node of its streams' slot (they share
+    one): redis-py's cluster client does not find XREADGROUP's keys itself and asks the
+    server first (``COMMAND GETKEYS``), a second round trip per read. After a failover
+    the node may be stale: the MOVED it answers makes the client learn the new owner."""
+    reply: Any
+    node = _cluster_node(redis, next(iter(cursors)))
+    if node is None:
+        streams: dict[Any, Any] = dict(cursors)
+        reply = await redis.xreadgroup(group, consumer, streams, count=count, block=block_ms)
+    else:
+        args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        args += ["STREAMS", *cursors, *cursors.values()]
+        cluster: Any = redis  # a RedisCluster: its execute_command takes target_nodes
+        reply = await cluster.execute_command(*args, target_nodes=node)
     out: list[tuple[str, list[Entry]]] = []
     for stream, entries in reply or []:
         out.append((as_text(stream), entries))
     return out
+
+
+def _cluster_node(redis: Redis, key: str) -> Any:
+    """The cluster node serving ``key``, or ``None`` on a single Redis."""
+    finder = getattr(redis, "get_node_from_key", None)
+    return finder(key) if finder is not None else None
 
 
 def as_text(value: bytes | str) -> str:

@@ -92,6 +92,17 @@ BAD_ARGUMENTS: dict[str, tuple[list[str], int, str]] = {
         2,
         "no scenario 'nope' in",
     ),
+    "deliveries retry": (["deliveries", "retry", "msg_nope", "--conf", "CONF"], 1, "no delivery"),
+    "endpoints disable": (
+        ["endpoints", "disable", "nope", "--conf", "CONF"],
+        2,
+        "no channel 'nope' in",
+    ),
+    "replays": (["replays", "bogus"], 2, "No such command 'bogus'"),
+    "replays start": (["replays", "start", "--conf", "CONF"], 2, "at least one filter"),
+    "replays list": (["replays", "list", "--conf", "nope.toml"], 2, "nope.toml: file not found"),
+    "replays show": (["replays", "show", "job_x", "--conf", "CONF"], 1, "no replay job job_x"),
+    "replays cancel": (["replays", "cancel", "job_x", "--conf", "CONF"], 1, "no replay job job_x"),
     "simulate": (
         ["simulate", str(EXAMPLES / "payment_succeeded.json"), "--until", "soon"],
         2,

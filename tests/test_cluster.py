@@ -1,5 +1,5 @@
 """Tocsin on a real Redis Cluster: 3 masters and 3 replicas on loopback
-(tests/redis_cluster.py), real ``tocsin serve`` processes, a ledger receiver.
+(bench/cluster.py), real ``tocsin serve`` processes, a ledger receiver.
 
 The failover test kills a master and leaves the cluster changed, so it comes last and
 the cluster is this module's alone.
@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import redis
 
+from bench.cluster import LocalCluster
 from gateway.keys import ROUTER_GROUP, Layout
 from gateway.redis_server import free_port
 
 from .conftest import make_event
 from .procs import Ledger, gateways, ledger_receiver, produce, run_to_end
-from .redis_cluster import LocalCluster
 from .test_chaos import Hook, chaos_conf, ledger_figures, log_problems, wait_for
 
 SHARDS = 3

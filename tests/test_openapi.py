@@ -497,7 +497,9 @@ def matches(expected: Any, actual: Any) -> bool:
 class Sent:
     body: bytes | Callable[[], AsyncIterator[bytes]] = b""
     #: ``None``: signed with the intake secret, with ``Content-Type: application/json``.
-    headers: dict[str, str] | None = None
+    #: A callable is called when the request is sent: a signature made when the module
+    #: was imported is past ``intake.tolerance`` once the suite has run five minutes.
+    headers: dict[str, str] | Callable[[], dict[str, str]] | None = None
     method: str = "POST"
     path: str = "/v1/events"
     #: Fields of this request's answer that differ from the row's example.
@@ -608,10 +610,13 @@ BAD_INPUT: dict[str, list[Sent]] = {
     "no matching signature: wrong secret, body changed after signing, only non-`v1` signatures": [
         Sent(
             PLAIN,
-            {**Signer([OTHER_SECRET]).headers("msg_1", PLAIN), "Content-Type": "application/json"},
+            lambda: {
+                **Signer([OTHER_SECRET]).headers("msg_1", PLAIN),
+                "Content-Type": "application/json",
+            },
         ),
-        Sent(PLAIN, sign(PLAIN.replace(b"1250", b"1251"))),
-        Sent(PLAIN, other_versions(PLAIN)),
+        Sent(PLAIN, lambda: sign(PLAIN.replace(b"1250", b"1251"))),
+        Sent(PLAIN, lambda: other_versions(PLAIN)),
     ],
     "`webhook-timestamp` older than `intake.tolerance` (5 min)": [
         Sent(PLAIN, {**sign(PLAIN), "webhook-timestamp": "1000000000"}),
@@ -625,7 +630,7 @@ BAD_INPUT: dict[str, list[Sent]] = {
     "`Content-Length` over `intake.max_body` (refused before reading)": [Sent(BIG)],
     "a chunked body that grows over `intake.max_body`": [Sent(in_chunks(BIG), sign(BIG))],
     "`Content-Type` missing or not `application/json` (`; charset=utf-8` is fine)": [
-        Sent(PLAIN, {**sign(PLAIN), "Content-Type": "text/plain"}),
+        Sent(PLAIN, lambda: {**sign(PLAIN), "Content-Type": "text/plain"}),
         Sent(PLAIN, {k: v for k, v in sign(PLAIN).items() if k != "Content-Type"}),
     ],
     "`POST /v1/sources/NAME` with no `[sources.NAME]` (`events` included)": [
@@ -650,7 +655,7 @@ async def test_bad_input_row(gateway: RunningGateway, redis_client: redis.Redis,
     status, headers, example = bad_input_rows()[row]
     for sent in BAD_INPUT[row]:
         data = sent.body() if callable(sent.body) else sent.body
-        request_headers = sent.headers
+        request_headers = sent.headers() if callable(sent.headers) else sent.headers
         if request_headers is None:
             assert isinstance(sent.body, bytes)
             request_headers = sign(sent.body)

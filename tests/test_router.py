@@ -62,7 +62,7 @@ async def test_fanout_of_an_event_already_routed_does_nothing(tmp_path, redis_ur
         entry = await client.xadd(keys.events, {"e": b"{}"})
         await client.xreadgroup(ROUTER_GROUP, "a", {keys.events: ">"})
         stream = keys.deliveries("hook")
-        args = [ROUTER_GROUP, 1, entry, b"{}", 1, 3, b'{"job": 1}']
+        args = [ROUTER_GROUP, 1, "", 0, entry, b"{}", 1, 3, b'{"job": 1}']
         fanout_keys = [keys.events, keys.routed_through, stream]
         assert await FANOUT(client, fanout_keys, args) == 1
         assert await FANOUT(client, fanout_keys, args) == 0
@@ -176,9 +176,9 @@ async def test_the_mark_stops_below_an_event_read_but_not_routed(tmp_path, redis
         routed = await client.xadd(keys.events, {"e": b"{}"}, id="1000-5")
         await client.xreadgroup(ROUTER_GROUP, "fast", {keys.events: ">"}, count=1)
         fanout_keys = [keys.events, keys.routed_through]
-        assert await FANOUT(client, fanout_keys, [ROUTER_GROUP, 1, routed, b"{}", 0]) == 1
+        assert await FANOUT(client, fanout_keys, [ROUTER_GROUP, 1, "", 0, routed, b"{}", 0]) == 1
         assert await client.get(keys.routed_through) == b"999-18446744073709551615"
-        assert await FANOUT(client, fanout_keys, [ROUTER_GROUP, 1, held, b"{}", 0]) == 1
+        assert await FANOUT(client, fanout_keys, [ROUTER_GROUP, 1, "", 0, held, b"{}", 0]) == 1
         assert await client.get(keys.routed_through) == routed
     finally:
         await client.aclose()
@@ -220,7 +220,7 @@ async def test_trim_drops_routed_events_past_the_retention_and_keeps_unrouted_on
         await client.xreadgroup(ROUTER_GROUP, "r", {keys.events: ">"}, count=400)
         router = Router(client, keys, [], "r", retention=3600, clock=lambda: now[0])
         # Routed up to entry 200 only: the rest is read but not routed.
-        args: list = [ROUTER_GROUP, 200]
+        args: list = [ROUTER_GROUP, 200, "", 0]
         for entry in old[:200]:
             args += [entry, b"{}", 0]
         assert await FANOUT(client, [keys.events, keys.routed_through], args) == 200

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from gateway.keys import Layout
 from gateway.watch import current_breaches
+from gateway.watch.status import overview
 
 from .conftest import make_event, write_conf
 from .procs import run_tocsin, tocsin_env
@@ -84,7 +85,13 @@ async def _check(gateway: Any, redis: Redis, receiver: Any, conf: Path, tmp_path
     async def breached() -> bool:
         return [b.watch for b in await current_breaches(redis, layout)] == ["refused-dlq"]
 
+    async def counted() -> bool:
+        # The watcher counts events at its rounds: the status below must see all four.
+        view = await overview(redis, layout, ["hook", "refused"], "Europe/Paris")
+        return (view.events_last_hour or 0) >= 4
+
     await _until(breached)
+    await _until(counted)
     env = tocsin_env()
     done = await asyncio.to_thread(
         run_tocsin, "status", "--json", "--conf", str(conf), env=env, cwd=tmp_path

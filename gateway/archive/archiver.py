@@ -254,7 +254,16 @@ class Archiver:
             )
         await self.store.put_events(rows)
         ms, seq = entry_order(entries[-1][0])
-        await self.redis.xtrim(self.keys.events, minid=f"{ms}-{seq + 1}", approximate=False)
+        # The search indexes leave the hot window with the events (one step: a search
+        # never finds an index entry whose event is gone from both tiers).
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xtrim(self.keys.events, minid=f"{ms}-{seq + 1}", approximate=False)
+            for row in rows:
+                if row.customer_id:
+                    pipe.zrem(self.keys.by_customer(row.customer_id), row.entry)
+                if row.invoice_ref:
+                    pipe.zrem(self.keys.by_invoice(row.invoice_ref), row.entry)
+            await pipe.execute()
         return len(rows)
 
     async def _deliveries(self, cutoff_ms: int) -> int:
@@ -270,8 +279,9 @@ class Archiver:
         ids = [as_text(member) for member, _ in scored]
         values: Any = await self.redis.mget([self.keys.record(i) for i in ids])
         records: list[ArchivedDelivery] = []
-        args: list[Any] = [self.keys.record("")]
+        args: list[Any] = [self.keys.record(""), self.keys.event_deliveries("")]
         for (member, score), value in zip(scored, values, strict=True):
+            event_id = ""
             if value is not None:  # else expired after the retention: only its index entry
                 try:
                     r = _record_head.decode(value)
@@ -282,7 +292,8 @@ class Archiver:
                 records.append(
                     ArchivedDelivery(r.id, r.event_id, updated, r.status, r.channel, value)
                 )
-            args += [member, repr(float(score))]
+                event_id = r.event_id
+            args += [member, repr(float(score)), event_id]
         if records:
             await self.store.put_deliveries(records)
         await ARCHIVE_DROP(self.redis, [self.keys.history], args)

@@ -175,8 +175,15 @@ class _Shard:
         if archive is not None and rows:
             # Insert-or-ignore: then the rewrite below replaces a copy archived earlier.
             await archive.put_events(rows)
-        if gone:
-            await self.redis.xdel(self.keys.events, *[e for e, _ in gone])
+        # The search indexes go with the events (the customer's is named after them).
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if gone:
+                pipe.xdel(self.keys.events, *[e for e, _ in gone])
+            pipe.delete(self.keys.by_customer(self.customer))
+            for row in rows:
+                if row.invoice_ref:
+                    pipe.zrem(self.keys.by_invoice(row.invoice_ref), row.entry)
+            await pipe.execute()
         self.report.add("events_redacted" if archive is not None else "events_deleted", len(gone))
 
     async def _jobs(self, needles: Sequence[str]) -> None:

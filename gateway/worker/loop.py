@@ -36,7 +36,8 @@ from ..streams import Backoff, ensure_group, is_nogroup, read_group
 from ..suppression import SuppressionList
 from ..windows import SendingWindow
 from .base import (
-    CLUSTER_IDLE_BLOCK,
+    CLUSTER_IDLE_FIRST,
+    CLUSTER_IDLE_MAX,
     ERROR_CHARS,
     HEALTH_INTERVAL,
     HELD_POLL,
@@ -132,6 +133,8 @@ class Worker(Settling, Health):
         self._reread = False
         #: Turns streams of a channel short of room for all of them (``_room``).
         self._turn = 0
+        #: How long an empty round on a cluster waits before the next (``_read_round``).
+        self._idle = CLUSTER_IDLE_FIRST
 
     async def run(self, stopping: asyncio.Event) -> None:
         if not self.streams:
@@ -248,25 +251,31 @@ class Worker(Settling, Health):
                 await self._wait_for_room()
 
     async def _read_round(self, rounds: int) -> int | None:
-        """One read of each shard (a cluster), the last one blocked briefly if the others
-        found nothing. How many jobs were read; ``None``: no channel had room."""
+        """One read of each shard (a cluster), none blocking on the server; a round that
+        found nothing waits in the gateway (``CLUSTER_IDLE_FIRST``). How many jobs were
+        read; ``None``: no channel had room."""
         groups = self._read_groups
         first = rounds % len(groups)
         total: int | None = None
         for n in range(len(groups)):
-            group = groups[(first + n) % len(groups)]
-            last = n == len(groups) - 1
-            read = await self._read(group, blocking=last and not total, idle=CLUSTER_IDLE_BLOCK)
+            read = await self._read(groups[(first + n) % len(groups)], blocking=False)
             if read is not None:
                 total = (total or 0) + read
+        if total == 0:
+            try:
+                async with asyncio.timeout(self._idle):
+                    await self._slot_free.wait()
+            except TimeoutError:
+                pass
+            self._idle = min(CLUSTER_IDLE_MAX, self._idle * 2)
+        elif total:
+            self._idle = CLUSTER_IDLE_FIRST
         return total
 
-    async def _read(
-        self, streams: list[str], *, blocking: bool, idle: float | None = None
-    ) -> int | None:
+    async def _read(self, streams: list[str], *, blocking: bool) -> int | None:
         """One XREADGROUP over ``streams`` for as many jobs as their channels may take,
         each started; how many. ``None``: no channel had room (nothing was read).
-        ``blocking``: the read may wait on the server (at most ``idle`` if given)."""
+        ``blocking``: the read may wait on the server."""
         free = self.concurrency - len(self._inflight)
         room = self._room(streams) if free > 0 else {}
         if not room:
@@ -279,8 +288,6 @@ class Worker(Settling, Health):
         block = None
         if blocking and not pending_pass:
             block = self._block_ms(room, streams)
-            if block is not None and idle is not None:
-                block = min(block, max(1, int(idle * 1000)))
         self._slot_free.clear()  # a send finishing during the read counts
         reply = await read_group(self.redis, WORKER_GROUP, self.consumer, reading, count, block)
         last: dict[str, str] = {}

