@@ -70,7 +70,7 @@ async def open_archive(conf: Conf) -> AsyncIterator[ArchiveStore | None]:
     """The deployment's history archive (``None`` with ``[history] archive = "off"``, or
     before anything was archived): what commands read beside Redis. SQLite's WAL lets
     them read while a gateway writes."""
-    async with opened(conf.data_dir, conf.history.archive, create=False) as store:
+    async with opened(conf.data_dir, conf.history, create=False) as store:
         yield store
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,7 +23,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .archive import ArchiveStore
+from .archive import ArchiveStore, archive_errors
 from .conf import Conf, default_conf_path, read_conf
 from .conf_lines import with_lines
 from .confirm import PREFIX as CONFIRM_PREFIX
@@ -122,8 +121,11 @@ def with_tiers(
 
     try:
         return with_redis(conf, run)
-    except sqlite3.Error as exc:
-        raise CliError(f"history archive in {conf.data_dir / 'archive'}: {exc}") from None
+    except archive_errors() as exc:
+        where = f"in {conf.data_dir / 'archive'}"
+        if conf.history.archive == "postgresql":  # not the URL: it holds the password
+            where = f"on PostgreSQL (schema {conf.history.archive_schema})"
+        raise CliError(f"history archive {where}: {exc}") from None
 
 
 # -- arguments ---------------------------------------------------------------------------

@@ -9,10 +9,12 @@ Relative paths in a conf file are resolved against that file's folder.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 import tomllib
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -164,9 +166,17 @@ class HistorySection(_Section):
     #: How long history stays in Redis before the archiver moves it to ``archive``
     #: (docs/delivery.md, "Two tiers").
     hot_window: Duration = Duration(72 * 3600)
-    #: Where older history goes: ``sqlite`` (``<data_dir>/archive/history.sqlite3``), or
-    #: ``off``: everything stays in Redis for the whole retention.
-    archive: Literal["sqlite", "off"] = "sqlite"
+    #: Where older history goes: ``sqlite`` (``<data_dir>/archive/history.sqlite3``),
+    #: ``postgresql`` (a server at ``archive_url``, shared by several boxes), or ``off``:
+    #: everything stays in Redis for the whole retention.
+    archive: Literal["sqlite", "postgresql", "off"] = "sqlite"
+    #: With ``postgresql``: ``postgresql://user:password@host:port/database`` (libpq
+    #: parameters such as ``?sslmode=require`` allowed); a secret: write the password as
+    #: ``${ENV_VAR}``, it is never printed.
+    archive_url: Secret | None = None
+    #: With ``postgresql``: the schema the archive's tables live in (created if missing),
+    #: so several deployments can share one database.
+    archive_schema: str = "tocsin"
     #: Records of each kind (events, delivery records, dead letters) moved per pass.
     archive_batch: Annotated[int, msgspec.Meta(ge=1)] = 1000
 
@@ -677,6 +687,7 @@ def read_conf(path: Path | str) -> tuple[Conf | None, list[str]]:
     _check_numbers(conf, main, problems)
     _check_sections(conf, main, problems)
     _check_retention(conf, main, problems)
+    _check_archive(conf.history, main, problems)
     return conf, with_lines(_read_watch(conf, raw.get("watch", {}), main, window_files, problems))
 
 
@@ -733,6 +744,50 @@ def _check_redis(redis: RedisSection, main: Path, problems: _Problems) -> None:
             "no braces: Tocsin adds its own hash tags to keys, and a brace in the prefix "
             "would put every shard in one cluster slot",
         )
+
+
+_SQL_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _check_archive(history: HistorySection, main: Path, problems: _Problems) -> None:
+    """``[history] archive_url`` / ``archive_schema``; the URL's text never goes in an
+    error (it holds a password)."""
+    if history.archive != "postgresql":
+        if history.archive_url is not None:
+            problems.add(main, "history.archive_url", 'only read with archive = "postgresql"')
+        return
+    if importlib.util.find_spec("psycopg_pool") is None:
+        problems.add(
+            main,
+            "history.archive",
+            "PostgreSQL needs the psycopg driver: pip install 'tocsin[postgresql]'",
+        )
+    if not _SQL_NAME.match(history.archive_schema):
+        problems.add(
+            main,
+            "history.archive_schema",
+            "a lower-case SQL name: letters, digits and '_', 63 at most, not a digit first",
+        )
+    if history.archive_url is None:
+        problems.add(
+            main,
+            "history.archive_url",
+            'required with archive = "postgresql": postgresql://user:password@host:port/db '
+            "(the password as ${ENV_VAR})",
+        )
+        return
+    url = urllib.parse.urlsplit(history.archive_url.reveal())
+    if url.scheme not in ("postgresql", "postgres"):
+        problems.add(
+            main,
+            "history.archive_url",
+            "not a postgresql:// URL (postgresql://user:password@host:port/database)",
+        )
+        return
+    try:
+        url.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        problems.add(main, "history.archive_url", "its port is not a number from 1 to 65535")
 
 
 def _check_numbers(conf: Conf, main: Path, problems: _Problems) -> None:

@@ -303,7 +303,7 @@ class Gateway:
         """One history archiver per shard, sharing the archive (router role: routers
         already trim the events streams)."""
         history = self.plan.conf.history
-        store = await stack.enter_async_context(opened(self.plan.conf.data_dir, history.archive))
+        store = await stack.enter_async_context(opened(self.plan.conf.data_dir, history))
         if store is None:
             return [], None
         return [
@@ -434,7 +434,7 @@ class Gateway:
             app.router.add_get("/metrics", self.exporter.handle)
         if conf.admin.tokens:
             # The API reads both history tiers (archive created here if it is not yet).
-            store = await stack.enter_async_context(opened(conf.data_dir, conf.history.archive))
+            store = await stack.enter_async_context(opened(conf.data_dir, conf.history))
             ctx = context_for(self.plan, redis, store)
             mount(app, ctx, self.plan, reload=lambda: reload_gateway(self))
             mount_console(app, ctx, self.plan)

@@ -32,6 +32,7 @@ from gateway.redis_server import RedisServer, free_port
 from gateway.service import Gateway
 from gateway.signing import Signer
 
+from .postgres_server import archive_backend, postgres_server  # noqa: F401 - archive tests'
 from .sms_standins import twilio, vonage  # noqa: F401 - the SMS stand-ins' fixtures
 
 INTAKE_SECRET = "whsec_" + "dGVzdC1pbnRha2Utc2VjcmV0LTAxMjM0NTY3ODk="

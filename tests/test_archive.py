@@ -1,6 +1,7 @@
 """History archive: what leaves Redis past the hot window is still found, replayed, and
-resent with the same webhook-id. Real gateway, real receiver, real Redis, real SQLite;
-time moves past the hot window through the archiver's clock, not by sleeping."""
+resent with the same webhook-id. Real gateway, real receiver, real Redis, and each archive
+backend in turn (SQLite; a real PostgreSQL server); time moves past the hot window
+through the archiver's clock, not by sleeping."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import redis.asyncio as aredis
 from click.testing import CliRunner
 
 from gateway import admin, admin_events
-from gateway.archive import Archiver, DeliveryQuery, SqliteArchive, archive_path
+from gateway.archive import Archiver, DeliveryQuery
 from gateway.cli import main as cli
 from gateway.conf import load_conf
 from gateway.keys import Keys
 
 from .conftest import load_plan, make_event, write_conf
+from .postgres_server import Backend
 
 HOT = 72 * 3600.0
 
@@ -37,14 +39,19 @@ def _cli(conf: Path, *args: str) -> Any:
 
 
 async def test_history_past_the_hot_window_is_read_replayed_and_resent_with_the_same_webhook_id(
-    tmp_path: Path, redis_url: str, receiver: Any, start_gateway: Any
+    tmp_path: Path, redis_url: str, receiver: Any, start_gateway: Any, archive_backend: Backend
 ) -> None:
-    conf_path = write_conf(tmp_path, redis_url=redis_url, hook_url=receiver.url)
+    conf_path = write_conf(
+        tmp_path,
+        redis_url=redis_url,
+        hook_url=receiver.url,
+        extra=f"[history]\n{archive_backend.conf_lines()}",
+    )
     # The first send is refused for good: that delivery becomes a dead letter.
     receiver.status = lambda n: 400 if n == 1 else 204
     gw = await start_gateway(conf_path)
     client = aredis.Redis.from_url(redis_url)
-    store = await SqliteArchive.open(archive_path(load_conf(conf_path).data_dir))
+    store = await archive_backend.open(load_conf(conf_path).data_dir)
     try:
         dead_event = make_event(customer={"id": "cus_dead"}, refs={"invoice_ref": "FA-9"})
         assert (await gw.post(dead_event))[0] == 202
@@ -137,7 +144,7 @@ async def test_history_past_the_hot_window_is_read_replayed_and_resent_with_the_
 
 
 async def test_replay_of_an_archived_event_uses_todays_rules(
-    tmp_path: Path, redis_url: str, receiver: Any, start_gateway: Any
+    tmp_path: Path, redis_url: str, receiver: Any, start_gateway: Any, archive_backend: Backend
 ) -> None:
     """An event archived before a rule existed is routed by it when replayed."""
     conf_path = write_conf(
@@ -150,10 +157,11 @@ async def test_replay_of_an_archived_event_uses_todays_rules(
         [[rules.refunds.actions]]
         channel = "hook"
         """,
+        extra=f"[history]\n{archive_backend.conf_lines()}",
     )
     gw = await start_gateway(conf_path)
     client = aredis.Redis.from_url(redis_url)
-    store = await SqliteArchive.open(archive_path(load_conf(conf_path).data_dir))
+    store = await archive_backend.open(load_conf(conf_path).data_dir)
     try:
         event = make_event()  # payment.succeeded: no rule yet, nothing sent
         assert (await gw.post(event))[0] == 202

@@ -1,14 +1,14 @@
 """A gateway SIGKILLed in the middle of archiving loses and duplicates nothing: every
 event and delivery record is readable from one tier or the other at the moment of the
 kill, and once a new process has finished the job, each is in the archive exactly once,
-unchanged. Real ``tocsin serve`` processes, real Redis, real SQLite."""
+unchanged. Real ``tocsin serve`` processes, real Redis, and each archive backend in turn
+(SQLite; a real PostgreSQL server)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import signal
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,13 @@ from typing import Any
 import msgspec
 import redis
 
-from gateway.archive import archive_path
 from gateway.archive.store import unpack
 from gateway.conf import load_conf
 from gateway.history import DeliveryRecord, decode_record, encode_record
 from gateway.keys import Keys
 
 from .conftest import make_event, write_conf
+from .postgres_server import Backend
 from .procs import running
 
 N = 6000
@@ -56,19 +56,6 @@ def _preload(client: redis.Redis) -> tuple[list[str], dict[str, DeliveryRecord]]
     return ids, records
 
 
-def _archived(db: Path) -> tuple[list[str], list[bytes]]:
-    """Event ids and record blobs in the archive (a reader beside the writer: WAL)."""
-    if not db.exists():
-        return [], []
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-        try:
-            events = [r[0] for r in conn.execute("SELECT event_id FROM events")]
-            records = [r[0] for r in conn.execute("SELECT record FROM deliveries")]
-        except sqlite3.OperationalError:  # schema not created yet
-            return [], []
-    return events, records
-
-
 def _in_redis(client: redis.Redis, record_ids: list[str]) -> tuple[set[str], set[str]]:
     keys = Keys()
     events = {
@@ -80,14 +67,18 @@ def _in_redis(client: redis.Redis, record_ids: list[str]) -> tuple[set[str], set
 
 
 async def test_sigkill_mid_pass_loses_and_duplicates_nothing(
-    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, archive_backend: Backend
 ) -> None:
     conf = write_conf(
         tmp_path,
         redis_url=redis_url,
-        extra='[history]\nhot_window = "1s"\narchive_batch = 50\n',
+        extra='[history]\nhot_window = "1s"\narchive_batch = 50\n' + archive_backend.conf_lines(),
     )
-    db = archive_path(load_conf(conf).data_dir)
+    data_dir = load_conf(conf).data_dir
+
+    def _archived() -> tuple[list[str], list[bytes]]:
+        return archive_backend.rows(data_dir)
+
     event_ids, records = _preload(redis_client)
     args = ["serve", "--conf", str(conf), "--role", "router", "--processes", "1"]
 
@@ -96,14 +87,14 @@ async def test_sigkill_mid_pass_loses_and_duplicates_nothing(
     for kill in range(1, 4):
         async with running(args, tmp_path, f"archiver-{kill}") as proc:
             deadline = time.monotonic() + 30
-            while len(_archived(db)[1]) < kill * N // 5:
+            while len(_archived()[1]) < kill * N // 5:
                 assert time.monotonic() < deadline, proc.stderr[-2000:]
                 await asyncio.sleep(0.005)
             await asyncio.sleep(random.uniform(0, 0.03))
             proc.signal(signal.SIGKILL)
             await proc.wait()
 
-        archived_events, archived_records = _archived(db)
+        archived_events, archived_records = _archived()
         hot_events, hot_records = _in_redis(redis_client, list(records))
         cold_records = {decode_record(unpack(r)).id for r in archived_records}
         # Killed mid-way: some moved, some not...
@@ -125,7 +116,7 @@ async def test_sigkill_mid_pass_loses_and_duplicates_nothing(
         proc.signal(signal.SIGTERM)
         await proc.wait()
 
-    archived_events, archived_records = _archived(db)
+    archived_events, archived_records = _archived()
     assert sorted(archived_events) == event_ids
     final = [decode_record(unpack(r)) for r in archived_records]
     assert sorted(final, key=lambda r: r.id) == [records[i] for i in sorted(records)]

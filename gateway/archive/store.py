@@ -1,4 +1,5 @@
-"""The archive's contract, and its embedded implementation: SQLite in the data dir.
+"""The archive's contract, and its embedded implementation: SQLite in the data dir (the
+server one, PostgreSQL, is gateway.archive.postgres).
 
 One database file, not one per day: searches by event id, customer or invoice ref must
 answer from one index probe each, where a file per day would probe every day's file
@@ -233,6 +234,19 @@ _DEAD_COLUMNS = (
 )
 
 
+def job_customer(job: bytes) -> str | None:
+    """A dead job's customer, from the event it carries (erasure finds it by that)."""
+    try:
+        event: Any = msgspec.json.decode(job).get("event")
+    except (msgspec.DecodeError, AttributeError):
+        return None
+    if not isinstance(event, dict):
+        return None
+    customer = event.get("customer")
+    found = customer.get("id") if isinstance(customer, dict) else None
+    return found if isinstance(found, str) else None
+
+
 def _event(row: Sequence[Any]) -> ArchivedEvent:
     event_id, shard, entry, accepted, type_, customer, invoice, body = row
     return ArchivedEvent(event_id, shard, entry, accepted, type_, customer, invoice, unpack(body))
@@ -340,7 +354,7 @@ class SqliteArchive:
         for r in rows:
             customer = None
             if r.kind == "delivery" and r.event_id is not None:
-                customer = self._customer_column(r.payload)
+                customer = job_customer(r.payload)
             values.append(
                 (
                     r.shard,
@@ -363,19 +377,6 @@ class SqliteArchive:
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
         )
         await self._call(self._write, sql, values)
-
-    @staticmethod
-    def _customer_column(job: bytes) -> str | None:
-        """A dead job's customer, from the event it carries (erasure finds it by that)."""
-        try:
-            event: Any = msgspec.json.decode(job).get("event")
-        except (msgspec.DecodeError, AttributeError):
-            return None
-        if not isinstance(event, dict):
-            return None
-        customer = event.get("customer")
-        found = customer.get("id") if isinstance(customer, dict) else None
-        return found if isinstance(found, str) else None
 
     async def claim_dead_letter(self, shard: int, entry: str, now_ms: int) -> bool:
         """Mark an archived dead letter replayed, once: whoever marks it queues it."""
