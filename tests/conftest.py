@@ -282,38 +282,34 @@ async def start_gateway() -> AsyncIterator[Callable[..., Any]]:
 # --- figures: real-process tests print what they measured, again at the end of the run ---
 
 
-@dataclass
-class ChaosReport:
-    """Collects each test's figures and prints them again at the end of the run."""
-
-    lines: list[str] = field(default_factory=list)
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.lines:
-            terminalreporter.section("chaos figures")
-            for line in self.lines:
-                terminalreporter.write_line(line)
+#: Where real-process tests write what they measured: under pytest-xdist (the README's
+#: test command) a worker's output is not shown, so the controller prints this file at
+#: the end of the run (``pytest_terminal_summary`` below).
+FIGURES = Path(__file__).resolve().parent.parent / "var" / "test-artifacts" / "figures.txt"
 
 
-@pytest.fixture(scope="session")
-def chaos_report(pytestconfig: pytest.Config) -> ChaosReport:
-    report = ChaosReport()
-    pytestconfig.pluginmanager.register(report, "tocsin-chaos-report")
-    return report
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a plain run): start afresh
+        FIGURES.parent.mkdir(parents=True, exist_ok=True)
+        FIGURES.write_text("")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lines = FIGURES.read_text().splitlines() if FIGURES.exists() else []
+    if lines and not hasattr(config, "workerinput"):
+        terminalreporter.section("chaos figures")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture
-def figures(
-    chaos_report: ChaosReport, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
-) -> Callable[..., None]:
+def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
     def record(**values: Any) -> None:
         text = ", ".join(
             f"{k}={v:.2f}s" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
         )
-        line = f"{request.node.name}: {text}"
-        chaos_report.lines.append(line)
-        with capsys.disabled():
-            print(f"\n[chaos] {line}")
+        with FIGURES.open("a") as out:  # one short line per write: appends don't interleave
+            out.write(f"{request.node.name}: {text}\n")
 
     return record
 

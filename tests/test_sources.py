@@ -333,7 +333,9 @@ async def _raw_post(gw: RunningGateway, path: str, headers: dict[str, str], body
     return answer
 
 
-@pytest.mark.parametrize("provider", [PROVIDERS["stripe"], PROVIDERS["centralpay"]], ids=str)
+@pytest.mark.parametrize(
+    "provider", [PROVIDERS["stripe"], PROVIDERS["centralpay"]], ids=["stripe", "centralpay"]
+)
 async def test_non_utf8_signature_header_is_401_not_500(gw, redis_client, provider):
     body = encode(provider.sample())
     headers = provider.sign(body)
@@ -345,7 +347,9 @@ async def test_non_utf8_signature_header_is_401_not_500(gw, redis_client, provid
     assert_nothing_enqueued(redis_client)
 
 
-@pytest.mark.parametrize("provider", [PROVIDERS["stripe"], PROVIDERS["centralpay"]], ids=str)
+@pytest.mark.parametrize(
+    "provider", [PROVIDERS["stripe"], PROVIDERS["centralpay"]], ids=["stripe", "centralpay"]
+)
 async def test_deeply_nested_signed_body_is_400_not_500(gw, redis_client, provider):
     body = b'{"id": "evt_deep", "data": {"a": ' + b"[" * 2000 + b"]" * 2000 + b"}}"
     error = assert_error(
