@@ -336,6 +336,15 @@ class MailBench:
             "emails_per_s": _rate(self.n, stats, posted["t_start"]),
             "intake_per_s": posted["rate"],
             "accepted": posted["accepted"],
+            # Every answer the intake gave (a status, or the client error): what was
+            # refused, when not all were accepted.
+            "answers": posted["statuses"],
+            # Why, when something was refused: the gateway's own words.
+            "gateway_warnings": [
+                line
+                for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
+                if " WARNING " in line or " ERROR " in line
+            ][-5:],
             "cpu_us_per_email": _per(cpu, self.n),
             "sink_cpu_us_per_email": _per(sink_cpu, self.n),
             "redis_cpu_us_per_email": _per(redis_cpu, self.n),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import (
     AbstractConnection,
@@ -25,6 +25,8 @@ from redis.asyncio.connection import (
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+#: The longest a command waits for a free connection of the (single Redis) pool.
+POOL_WAIT = 10.0
 #: Arguments packed per hiredis call. One buffer for a whole fan-out (~300 KB) cost
 #: more than the packing itself (fresh pages on every call): long commands go as pieces.
 PACK_CHUNK = 64
@@ -86,7 +88,11 @@ def connect(url: str, *, cluster: bool = False) -> Redis:
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=30,
-            max_connections=64,
+            # Per node. Its pool cannot make a command wait for a free connection (it
+            # raises "Too many connections"), so the cap sits above what one process
+            # may have in flight at once: [worker] concurrency sends (256 by default),
+            # each settling on its own, plus every loop's reads.
+            max_connections=1024,
             decode_responses=False,
             # A failover takes the cluster's node timeout plus an election (~2 s with a
             # 1 s node timeout): commands retry through it (about 5 s in all) rather
@@ -94,12 +100,17 @@ def connect(url: str, *, cluster: bool = False) -> Redis:
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=10),
         )
         return cast(Redis, client)
-    pool = ConnectionPool.from_url(
+    # Blocking: past 64 connections a command waits for one to come free (up to
+    # POOL_WAIT) instead of failing at once with "Too many connections". With up to
+    # [worker] concurrency sends each settling on its own, a loaded box did exceed 64
+    # (a job's settlement failed and an intake batch was answered 503).
+    pool = BlockingConnectionPool.from_url(
         url,
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
         max_connections=64,
+        timeout=POOL_WAIT,
         decode_responses=False,
     )
     pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)

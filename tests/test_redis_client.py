@@ -3,6 +3,7 @@ errors, for every argument type redis-py accepts, over TCP and unix sockets alik
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,17 @@ async def test_unix_socket_urls_keep_their_connection_kind(tmp_path: Path) -> No
     finally:
         await redis.aclose()
         server.stop()
+
+
+async def test_more_commands_at_once_than_connections_wait_for_one(redis_url: str) -> None:
+    """Past the pool's 64 connections a command waits for a free one: 200 blocked reads
+    at once all answer (the plain pool raised "Too many connections" at the 65th, which
+    a loaded worker hit while settling its sends)."""
+    client = connect(redis_url)
+    try:
+        replies = await asyncio.gather(
+            *(client.blpop([f"tocsin:test:empty:{i}"], timeout=0.2) for i in range(200))
+        )
+    finally:
+        await client.aclose()
+    assert replies == [None] * 200
