@@ -22,7 +22,10 @@ from typing import Any
 
 import msgspec
 import redis as sync_redis
+from redis.asyncio import Redis as AsyncRedis
 
+from gateway.adminapi import AdminContext
+from gateway.adminapi.search import search_deliveries
 from gateway.archive import Archiver, SqliteArchive, archive_path
 from gateway.conf import load_conf
 from gateway.keys import Layout
@@ -296,6 +299,30 @@ async def test_forget_leaves_no_trace_in_any_store(
         seen = " ".join(scan_files(data_dir))
         for where in ("appendonlydir", "history.sqlite3", "outbox/email", "sms.jsonl"):
             assert where in seen, f"the file scan must see the data in {where} first: {seen}"
+
+        # Support finds the customer's deliveries, both tiers, by the full address (any
+        # case): the CLI and the API's operation match the records' keyed hash.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "deliveries", "--to", EMAIL.upper(),
+            "--json", "--conf", str(conf_path),
+            env=tocsin_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        found = [json.loads(line) for line in out.decode().splitlines()]
+        assert {r["vars"]["refs"]["invoice_ref"] for r in found} == {"FA-OLD-1", "FA-NEW-2"}
+        assert {r["to"] for r in found} == {mask(EMAIL)}, found
+        api_client = AsyncRedis.from_url(url)
+        api_store = await SqliteArchive.open(archive_path(data_dir))
+        try:
+            key = b"test-privacy-key-0123456789"
+            ctx = AdminContext(api_client, layout, api_store, 86400.0, privacy_key=key)
+            page = await search_deliveries(ctx, to=f" {EMAIL.upper()} ", limit=500)
+            assert sorted(i["id"] for i in page.items) == sorted(r["id"] for r in found)
+            assert not (await search_deliveries(ctx, to="nobody@example.com")).items
+        finally:
+            await api_store.close()
+            await api_client.aclose()
 
         # 3. Erase, with the gateway running, as an operator does.
         proc = await asyncio.create_subprocess_exec(
