@@ -26,8 +26,16 @@ from redis.asyncio import Redis as AsyncRedis
 
 from gateway.adminapi import AdminContext
 from gateway.adminapi.search import search_deliveries
-from gateway.archive import Archiver, SqliteArchive, archive_path
+from gateway.archive import (
+    ArchivedDelivery,
+    Archiver,
+    DeliveryQuery,
+    SqliteArchive,
+    archive_path,
+    archived_deliveries,
+)
 from gateway.conf import load_conf
+from gateway.history import DeliveryRecord
 from gateway.keys import Layout
 from gateway.privacy.recipients import mask, recipient_hash
 from gateway.privacy.redact import needles_of
@@ -407,3 +415,41 @@ def test_masks_and_hash():
         key, "jeanne@example.com"
     )
     assert load_conf  # the conf module loads [privacy] (checked end to end above)
+
+
+async def test_archive_search_by_address_pages_through_ties(tmp_path: Path):
+    """The archive has no hash column: ``archived_deliveries`` pages through the time
+    index in 1,000-row pages; 30 records share each millisecond, so pages end amid
+    ties, and every match is still found once, newest first, within ``since``."""
+    key = b"k" * 32
+    wanted = recipient_hash(key, EMAIL)
+    base = 1_700_000_000_000
+    records = [
+        DeliveryRecord(
+            id=f"d{i:05}",
+            event_id=f"e{i}",
+            event_type="payment.succeeded",
+            rule="paid",
+            channel="box",
+            status="delivered",
+            updated=(base + i // 30) / 1000,
+            to_hash=wanted if i % 7 == 0 else recipient_hash(key, f"other{i}@example.org"),
+        )
+        for i in range(2500)
+    ]
+    store = await SqliteArchive.open(tmp_path / "history.sqlite3")
+    try:
+        await store.put_deliveries([ArchivedDelivery.of(r) for r in records])
+        found = await archived_deliveries(store, DeliveryQuery(to_hash=wanted, limit=1000))
+        expected = sorted((r for r in records if r.to_hash == wanted), key=lambda r: -r.updated)
+        assert sorted(r.id for r in found) == sorted(r.id for r in expected)
+        assert [r.updated for r in found] == [r.updated for r in expected]
+        newest = await archived_deliveries(store, DeliveryQuery(to_hash=wanted, limit=3))
+        assert [r.updated for r in newest] == [r.updated for r in expected[:3]]
+        since = (base + 70) / 1000  # records 2100 and up
+        late = await archived_deliveries(
+            store, DeliveryQuery(to_hash=wanted, since=since, limit=1000)
+        )
+        assert sorted(r.id for r in late) == [r.id for r in records[2100:] if r.to_hash == wanted]
+    finally:
+        await store.close()
