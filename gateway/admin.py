@@ -88,13 +88,17 @@ async def find_deliveries(
     until: float | None = None,
     limit: int = 50,
     archive: ArchiveStore | None = None,
+    to_hash: str | None = None,
 ) -> list[DeliveryRecord]:
     """Newest first, filtered; scans the time index (bounded by ``since``/``until``),
     then the archive's indexes for what is older than the hot window (the archive holds
-    every shard's: one query)."""
+    every shard's: one query). ``to_hash``: the recipient's keyed hash (no index: the
+    scan reads every record in the time bound)."""
     found: list[DeliveryRecord] = []
     async for record in iter_records(redis, keys, since=since, until=until):
         if event_id is not None and record.event_id != event_id:
+            continue
+        if to_hash is not None and record.to_hash != to_hash:
             continue
         if channel is not None and record.channel != channel:
             continue
@@ -104,7 +108,13 @@ async def find_deliveries(
         if len(found) >= limit:
             break
     query = DeliveryQuery(
-        event_id=event_id, channel=channel, status=status, since=since, until=until, limit=limit
+        event_id=event_id,
+        channel=channel,
+        status=status,
+        since=since,
+        until=until,
+        limit=limit,
+        to_hash=to_hash,
     )
     return await find_archived(archive, found, query)
 

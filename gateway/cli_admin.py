@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from . import admin, admin_events
 from .adminapi import ops
 from .adminapi.cli import deliveries_retry, with_admin
+from .adminapi.search import NO_KEY
 from .archive import ArchiveStore
 from .cli_common import (
     conf_only,
@@ -28,6 +29,7 @@ from .cli_common import (
 from .cli_options import conf_option, json_option
 from .history import SENDS, STATUSES, DeliveryRecord
 from .keys import Layout
+from .privacy.recipients import recipient_hash
 from .receipts import receipts_of
 
 # -- tocsin deliveries -------------------------------------------------------------------
@@ -37,6 +39,13 @@ from .receipts import receipts_of
 @click.option("--event", "event_id", default=None, help="Only this event's deliveries.")
 @click.option("--channel", default=None, help="Only this channel's.")
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only this status.")
+@click.option(
+    "--to",
+    "to",
+    default=None,
+    help="Only those sent to this full address (matched by [privacy] key's hash; "
+    "scans the time window: narrow it with --since).",
+)
 @click.option(
     "--since", default=None, callback=when_param, help="Updated since: 2h, 3d or an ISO date."
 )
@@ -58,6 +67,7 @@ def deliveries(
     event_id: str | None,
     channel: str | None,
     status: str | None,
+    to: str | None,
     since: float | None,
     until: float | None,
     limit: int,
@@ -69,6 +79,13 @@ def deliveries(
         return
     conf = conf_only(conf_path)
     known_channel(conf, channel)
+    to_hash = None
+    if to is not None:
+        if conf.privacy.key is None:
+            raise click.BadParameter(NO_KEY, param_hint="--to")
+        if not to.strip():
+            raise click.BadParameter("an email address or a phone number", param_hint="--to")
+        to_hash = recipient_hash(conf.privacy.key.reveal().encode(), to)
     records = with_tiers(
         conf,
         lambda r, k, a: admin.find_deliveries(
@@ -81,6 +98,7 @@ def deliveries(
             until=until,
             limit=limit,
             archive=a,
+            to_hash=to_hash,
         ),
     )
     if as_json:

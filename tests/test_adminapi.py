@@ -632,3 +632,92 @@ async def test_reload_through_the_api_refuses_a_broken_conf_and_is_audited(stack
     # The pipeline still runs under the conf it reloaded.
     event = await stack.post_event()
     await stack.deliveries_of(event["id"], "delivered")
+
+
+# -- personal data -----------------------------------------------------------------------
+
+
+async def test_forget_through_the_api_erases_the_customer_and_is_audited(stack: Stack):
+    """``POST /customers/{id}/forget``: operate only; the customer's email leaves the
+    event and its delivery records; the erasure is in the audit under the token's name."""
+    email = "forget.me@example.org"
+    customer = {"id": "cus_api_forget", "email": email, "locale": "fr", "kind": "b2c"}
+    event = await stack.post_event(customer=customer)
+    delivered = await stack.deliveries_of(event["id"], "delivered")
+    code, page = await stack.call("GET", "/events?customer_id=cus_api_forget", token=READ)
+    assert code == 200 and email in json.dumps(page["items"])
+    path = "/customers/cus_api_forget/forget"
+    assert (await stack.call("POST", path, token=READ, json={}))[0] == 403
+    assert (await stack.call("POST", path, json={"values": "x"}))[1]["where"] == "body"
+    code, report = await stack.call("POST", path, json={"values": ["+33699999999"]})
+    assert code == 200 and report["customer"] == "cus_api_forget", report
+    assert (
+        report["changed"].get("events_redacted", 0) + report["changed"].get("archive_events", 0)
+        >= 1
+    ), report
+    for item in delivered:
+        record = await stack.record(item["id"])
+        assert record is not None and email not in json.dumps(record)
+    code, page = await stack.call("GET", "/events?customer_id=cus_api_forget", token=READ)
+    assert email not in json.dumps(page)
+    code, audit = await stack.call("GET", "/audit?action=forget", token=READ)
+    [entry] = audit["items"]
+    assert entry["actor"] == "oncall" and entry["target"] == "customer:cus_api_forget"
+
+
+async def test_suppression_list_through_the_api(stack: Stack):
+    """Add, check, list (paged), remove; bad addresses and reasons are 400s naming the
+    field; writes need operate and are audited with the address masked."""
+    add = {"address": "Jeanne@Example.com", "reason": "unsubscribed", "note": "asked by mail"}
+    assert (await stack.call("POST", "/suppressions", token=READ, json=add))[0] == 403
+    code, entry = await stack.call("POST", "/suppressions", json=add)
+    assert code == 200 and entry["address"] == "jeanne@example.com", entry
+    assert entry["author"] == "oncall" and entry["until"] is None
+    later = time.time() + 3600
+    phone = {"address": "+33612345678", "reason": "stop_reply", "until": later}
+    assert (await stack.call("POST", "/suppressions", json=phone))[0] == 200
+    for body, where in (
+        ({"address": "not-an-address"}, "body.address"),
+        ({"address": "a@example.com", "reason": "bored"}, "body.reason"),
+        ({"address": "a@example.com", "until": 1.0}, "body.until"),
+    ):
+        code, answer = await stack.call("POST", "/suppressions", json=body)
+        assert code == 400 and answer["where"] == where, answer
+    code, check = await stack.call("GET", "/suppressions/JEANNE@example.com", token=READ)
+    assert code == 200 and check["listed"] is True
+    assert check["skipped"] == {
+        "transactional": None,
+        "reminder": "unsubscribed",
+        "marketing": "unsubscribed",
+    }
+    code, page = await stack.call("GET", "/suppressions?limit=1", token=READ)
+    assert code == 200 and [e["address"] for e in page["items"]] == ["+33612345678"]
+    code, rest = await stack.call("GET", f"/suppressions?cursor={page['next_cursor']}")
+    assert [e["address"] for e in rest["items"]] == ["jeanne@example.com"]
+    assert rest["next_cursor"] is None
+    code, page = await stack.call("GET", "/suppressions?reason=stop_reply", token=READ)
+    assert [e["until"] for e in page["items"]] == [pytest.approx(later)]
+    assert (await stack.call("DELETE", "/suppressions/jeanne@example.com", token=READ))[0] == 403
+    code, removed = await stack.call("DELETE", "/suppressions/jeanne@example.com")
+    assert code == 200 and removed["reason"] == "unsubscribed"
+    assert (await stack.call("DELETE", "/suppressions/jeanne@example.com"))[0] == 404
+    code, check = await stack.call("GET", "/suppressions/jeanne@example.com")
+    assert check == {
+        "address": "jeanne@example.com",
+        "listed": False,
+        "entry": None,
+        "skipped": {"transactional": None, "reminder": None, "marketing": None},
+    }
+    assert (await stack.call("GET", "/suppressions/nope"))[1]["where"] == "address"
+    code, audit = await stack.call("GET", "/audit?action=suppression.add", token=READ)
+    assert {e["target"] for e in audit["items"]} == {"j***@e***.com", "+336******78"}
+    assert "jeanne" not in json.dumps(audit)
+
+
+async def test_search_by_address_needs_a_privacy_key(stack: Stack):
+    """This stack has no ``[privacy] key``: its records carry no hash to match."""
+    code, answer = await stack.call("GET", "/deliveries?to=client@example.com", token=READ)
+    assert code == 400 and answer["where"] == "to"
+    assert answer["message"] == "no privacy key: recipients are stored masked only"
+    result = cli(stack, "deliveries", "--to", "client@example.com")
+    assert result.exit_code == 2 and "no privacy key" in result.output, result.output

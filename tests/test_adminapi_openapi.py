@@ -31,8 +31,11 @@ tokens = [{{ name = "fuzz", scope = "operate", token = "{TOKEN}" }}]
 """
 #: Where a schema-valid request may still be refused, for rules the document states in
 #: prose: a cursor must be one a page returned, a time one of the forms ``since`` lists,
-#: a channel one of the conf, a replay filter not empty, a key not blank.
+#: a channel one of the conf, a replay filter not empty, a key not blank, an address a
+#: real email or phone number, an expiry in the future, a search by address a privacy key
+#: (this gateway has none).
 PROSE_RULES = {"cursor", "since", "until", "channel", "filter", "body.key", "body.filter.status"}
+PROSE_RULES |= {"to", "address", "body.address", "body.until", "customer_id"}
 #: Examples per operation and generation mode: the file stays under ~20 s.
 EXAMPLES = 15
 

@@ -22,9 +22,20 @@ from typing import Any
 
 import msgspec
 import redis as sync_redis
+from redis.asyncio import Redis as AsyncRedis
 
-from gateway.archive import Archiver, SqliteArchive, archive_path
+from gateway.adminapi import AdminContext
+from gateway.adminapi.search import search_deliveries
+from gateway.archive import (
+    ArchivedDelivery,
+    Archiver,
+    DeliveryQuery,
+    SqliteArchive,
+    archive_path,
+    archived_deliveries,
+)
 from gateway.conf import load_conf
+from gateway.history import DeliveryRecord
 from gateway.keys import Layout
 from gateway.privacy.recipients import mask, recipient_hash
 from gateway.privacy.redact import needles_of
@@ -297,6 +308,30 @@ async def test_forget_leaves_no_trace_in_any_store(
         for where in ("appendonlydir", "history.sqlite3", "outbox/email", "sms.jsonl"):
             assert where in seen, f"the file scan must see the data in {where} first: {seen}"
 
+        # Support finds the customer's deliveries, both tiers, by the full address (any
+        # case): the CLI and the API's operation match the records' keyed hash.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "deliveries", "--to", EMAIL.upper(),
+            "--json", "--conf", str(conf_path),
+            env=tocsin_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        found = [json.loads(line) for line in out.decode().splitlines()]
+        assert {r["vars"]["refs"]["invoice_ref"] for r in found} == {"FA-OLD-1", "FA-NEW-2"}
+        assert {r["to"] for r in found} == {mask(EMAIL)}, found
+        api_client = AsyncRedis.from_url(url)
+        api_store = await SqliteArchive.open(archive_path(data_dir))
+        try:
+            key = b"test-privacy-key-0123456789"
+            ctx = AdminContext(api_client, layout, api_store, 86400.0, privacy_key=key)
+            page = await search_deliveries(ctx, to=f" {EMAIL.upper()} ", limit=500)
+            assert sorted(i["id"] for i in page.items) == sorted(r["id"] for r in found)
+            assert not (await search_deliveries(ctx, to="nobody@example.com")).items
+        finally:
+            await api_store.close()
+            await api_client.aclose()
+
         # 3. Erase, with the gateway running, as an operator does.
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "forget", "--customer", CUSTOMER,
@@ -380,3 +415,41 @@ def test_masks_and_hash():
         key, "jeanne@example.com"
     )
     assert load_conf  # the conf module loads [privacy] (checked end to end above)
+
+
+async def test_archive_search_by_address_pages_through_ties(tmp_path: Path):
+    """The archive has no hash column: ``archived_deliveries`` pages through the time
+    index in 1,000-row pages; 30 records share each millisecond, so pages end amid
+    ties, and every match is still found once, newest first, within ``since``."""
+    key = b"k" * 32
+    wanted = recipient_hash(key, EMAIL)
+    base = 1_700_000_000_000
+    records = [
+        DeliveryRecord(
+            id=f"d{i:05}",
+            event_id=f"e{i}",
+            event_type="payment.succeeded",
+            rule="paid",
+            channel="box",
+            status="delivered",
+            updated=(base + i // 30) / 1000,
+            to_hash=wanted if i % 7 == 0 else recipient_hash(key, f"other{i}@example.org"),
+        )
+        for i in range(2500)
+    ]
+    store = await SqliteArchive.open(tmp_path / "history.sqlite3")
+    try:
+        await store.put_deliveries([ArchivedDelivery.of(r) for r in records])
+        found = await archived_deliveries(store, DeliveryQuery(to_hash=wanted, limit=1000))
+        expected = sorted((r for r in records if r.to_hash == wanted), key=lambda r: -r.updated)
+        assert sorted(r.id for r in found) == sorted(r.id for r in expected)
+        assert [r.updated for r in found] == [r.updated for r in expected]
+        newest = await archived_deliveries(store, DeliveryQuery(to_hash=wanted, limit=3))
+        assert [r.updated for r in newest] == [r.updated for r in expected[:3]]
+        since = (base + 70) / 1000  # records 2100 and up
+        late = await archived_deliveries(
+            store, DeliveryQuery(to_hash=wanted, since=since, limit=1000)
+        )
+        assert sorted(r.id for r in late) == [r.id for r in records[2100:] if r.to_hash == wanted]
+    finally:
+        await store.close()

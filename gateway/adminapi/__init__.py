@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from ..archive import ArchiveStore
 from ..plan import Plan
+from ..privacy.outboxes import outbox_roots
 from .app import PREFIX, Token, admin_app, document, document_bytes
 from .bulk import JobRunner, ReplayFilter
 from .common import AdminContext, BadRequest, Conflict, NotFound, Page
@@ -38,6 +39,8 @@ def context_for(
         channels=channels,
         scenarios=tuple(plan.scenarios),
         timezone=conf.gateway.timezone,
+        privacy_key=conf.privacy.key.reveal().encode() if conf.privacy.key is not None else None,
+        outbox_roots=tuple(outbox_roots(conf)),
     )
 
 

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from ..durations import Duration
 from ..history import STATUSES
-from . import audit, bulk, ops, search
+from . import audit, bulk, customers, ops, search
 from .common import AdminContext, BadRequest, Conflict, NotFound, page_size
 
 CONTEXT = web.AppKey("admin_context", AdminContext)
@@ -189,7 +189,7 @@ class NoBody(msgspec.Struct, forbid_unknown_fields=True):
 
 EVENT_FILTERS = ("id", "type", "customer_id", "invoice_ref", "since", "until", "cursor", "limit")
 DELIVERY_FILTERS: tuple[str, ...] = ("event_id", "customer_id", "invoice_ref", "channel")
-DELIVERY_FILTERS += ("status", "since", "until", "cursor", "limit")
+DELIVERY_FILTERS += ("status", "to", "since", "until", "cursor", "limit")
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -241,6 +241,7 @@ async def deliveries(request: web.Request) -> web.StreamResponse:
         invoice_ref=_text(q, "invoice_ref"),
         channel=_text(q, "channel"),
         status=_text(q, "status"),
+        to=_text(q, "to"),
         since=_when(q, "since"),
         until=_when(q, "until"),
         cursor=_cursor(q),
@@ -381,6 +382,67 @@ async def audit_log(request: web.Request) -> web.StreamResponse:
     return _answer(200, page.as_dict())
 
 
+class ForgetBody(msgspec.Struct, forbid_unknown_fields=True):
+    #: More of the customer's values to erase (``tocsin forget --value``).
+    values: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=20)
+    ] = []
+    rewrite_aof: bool = True
+
+
+async def customer_forget(request: web.Request) -> web.StreamResponse:
+    _query(request, ())
+    body = await _body(request, ForgetBody)
+    customer_id = request.match_info["customer_id"]
+    report = await customers.forget(
+        _ctx(request), customer_id, body.values, rewrite_aof=body.rewrite_aof
+    )
+    return _answer(200, report)
+
+
+async def suppressions(request: web.Request) -> web.StreamResponse:
+    q = _query(request, ("reason", "cursor", "limit"))
+    page = await customers.list_suppressions(
+        _ctx(request), reason=_text(q, "reason"), cursor=_cursor(q), limit=_limit(q)
+    )
+    return _answer(200, page.as_dict())
+
+
+class SuppressBody(msgspec.Struct, forbid_unknown_fields=True):
+    address: Annotated[str, msgspec.Meta(max_length=256)]
+    reason: str = "manual"
+    #: Epoch seconds when the entry stops counting; none: never.
+    until: Annotated[float, msgspec.Meta(ge=0, lt=1e11)] | None = None
+    note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    region: Annotated[str, msgspec.Meta(min_length=2, max_length=2)] | None = None
+
+
+async def suppression_add(request: web.Request) -> web.StreamResponse:
+    _query(request, ())
+    body = await _body(request, SuppressBody)
+    entry = await customers.add_suppression(
+        _ctx(request),
+        body.address,
+        body.reason,
+        until=body.until,
+        note=body.note,
+        region=body.region,
+    )
+    return _answer(200, entry)
+
+
+async def suppression_check(request: web.Request) -> web.StreamResponse:
+    _query(request, ())
+    address = request.match_info["address"]
+    return _answer(200, await customers.check_suppression(_ctx(request), address))
+
+
+async def suppression_remove(request: web.Request) -> web.StreamResponse:
+    _query(request, ())
+    address = request.match_info["address"]
+    return _answer(200, await customers.remove_suppression(_ctx(request), address))
+
+
 def document_bytes() -> bytes:
     return resources.files("gateway.adminapi").joinpath("openapi.json").read_bytes()
 
@@ -432,6 +494,11 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/audit", audit_log),
     ("POST", "/reload", reload_conf),
     ("GET", "/processes", processes),
+    ("POST", "/customers/{customer_id}/forget", customer_forget),
+    ("GET", "/suppressions", suppressions),
+    ("POST", "/suppressions", suppression_add),
+    ("GET", "/suppressions/{address}", suppression_check),
+    ("DELETE", "/suppressions/{address}", suppression_remove),
 )
 PREFIX = "/admin/v1"
 

@@ -29,6 +29,7 @@ from ..conf import Conf
 from ..history import STATUSES
 from ..keys import Layout
 from ..plan import Plan
+from ..privacy.outboxes import outbox_roots
 from . import bulk, ops
 from .common import AdminContext, BadRequest, Conflict, NotFound
 
@@ -60,6 +61,8 @@ def with_admin(
             channels=channels,
             scenarios=tuple(plan.scenarios) if plan is not None else (),
             timezone=conf.gateway.timezone,
+            privacy_key=conf.privacy.key.reveal().encode() if conf.privacy.key else None,
+            outbox_roots=tuple(outbox_roots(conf)),
         )
         return await action(ctx)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -58,20 +60,14 @@ class AdminContext:
     channels: dict[str, str] = field(default_factory=dict)
     scenarios: tuple[CompiledScenario, ...] = ()
     timezone: str = "UTC"
+    #: ``[privacy] key``: history's recipient hash; ``None``: no search by address.
+    privacy_key: bytes | None = None
+    #: Local outbox folders erasure goes through (``privacy.outboxes.outbox_roots``).
+    outbox_roots: tuple[Path, ...] = ()
 
     def acting(self, actor: str) -> AdminContext:
         """The same deployment, another actor (one per API request)."""
-        return AdminContext(
-            self.redis,
-            self.layout,
-            self.archive,
-            self.retention,
-            actor,
-            self.rules,
-            self.channels,
-            self.scenarios,
-            self.timezone,
-        )
+        return dataclasses.replace(self, actor=actor)
 
 
 # -- cursors: opaque to callers, a position in a time order to us -----------------------

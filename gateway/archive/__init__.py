@@ -26,7 +26,7 @@ from .store import (
     SqliteArchive,
     archive_path,
 )
-from .tiers import complete_records, find_archived, merge_records
+from .tiers import archived_deliveries, complete_records, find_archived, merge_records
 
 if TYPE_CHECKING:
     from ..conf import HistorySection
@@ -86,6 +86,7 @@ __all__ = [
     "SqliteArchive",
     "archive_errors",
     "archive_path",
+    "archived_deliveries",
     "complete_records",
     "find_archived",
     "merge_records",

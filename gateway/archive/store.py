@@ -106,6 +106,9 @@ class DeliveryQuery:
     since: float | None = None
     until: float | None = None
     limit: int = 50
+    #: The recipient's keyed hash: no column holds it, so ``tiers.archived_deliveries``
+    #: filters decoded rows within the time bound (the stores ignore it).
+    to_hash: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ in Redis after it was archived, by a replay): Redis's copy is the newer, so it w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ..history import DeliveryRecord
 from .store import ArchiveStore, DeliveryQuery
@@ -30,7 +31,41 @@ async def find_archived(
     """``hot`` (found in Redis, newest first) completed from the archive."""
     if archive is None:
         return list(hot)
-    return merge_records(hot, await archive.find_deliveries(query), query.limit)
+    return merge_records(hot, await archived_deliveries(archive, query), query.limit)
+
+
+#: Rows a search by recipient reads at most (newest first, within its time bound), and
+#: per query: no archive column holds the hash, so decoded rows are compared.
+RECIPIENT_SCAN = 20_000
+SCAN_PAGE = 1000
+
+
+async def archived_deliveries(archive: ArchiveStore, query: DeliveryQuery) -> list[DeliveryRecord]:
+    """``archive.find_deliveries``, plus the recipient filter (``query.to_hash``): pages
+    through the time index from ``query.until`` down, keeping the records whose hash
+    matches, until ``query.limit`` match or ``RECIPIENT_SCAN`` rows were read."""
+    if query.to_hash is None:
+        return await archive.find_deliveries(query)
+    found: list[DeliveryRecord] = []
+    seen: set[str] = set()
+    until, read = query.until, 0
+    while read < RECIPIENT_SCAN and len(found) < query.limit:
+        page = await archive.find_deliveries(
+            replace(query, to_hash=None, until=until, limit=SCAN_PAGE)
+        )
+        read += len(page)
+        fresh = [r for r in page if r.id not in seen]
+        seen.update(r.id for r in fresh)
+        found += [r for r in fresh if r.to_hash == query.to_hash]
+        if len(page) < SCAN_PAGE:
+            break
+        last_ms = int(page[-1].updated * 1000)
+        # ``until`` is exclusive: the next page ends just after the last row's
+        # millisecond (its ties come again, dropped as seen), or before it when a whole
+        # page shared it.
+        until = (last_ms + (1.5 if fresh else 0.5)) / 1000
+    found.sort(key=lambda r: r.updated, reverse=True)
+    return found[: query.limit]
 
 
 async def complete_records(
