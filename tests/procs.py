@@ -279,6 +279,9 @@ async def serving(
     args = ["serve", "--conf", str(conf), "--port", str(port), *extra]
     async with running(args, log_dir, name) as proc:
         serve = Serve(proc, port)
+        # Ours first: under pytest-xdist another worker's server may briefly hold a port
+        # free_port() gave out, and answer /healthz before this gateway has even started.
+        await proc.wait_output("running roles", 30.0, stream="stderr")
         await wait_http(serve.url + "/healthz", proc)
         proc.offspring.extend(serve.redis_children())
         yield serve
