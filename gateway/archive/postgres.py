@@ -36,6 +36,7 @@ from .store import (
     ArchivedEvent,
     DeliveryQuery,
     EventQuery,
+    delivery_filters,
     job_customer,
     pack,
     unpack,
@@ -521,27 +522,10 @@ class PostgresArchive:
         return {r.id: r for r in records}
 
     async def find_deliveries(self, query: DeliveryQuery) -> list[DeliveryRecord]:
-        """Newest first. Each of event id, customer, invoice ref has its own index;
-        channel and status filter what those (or the time index) yield."""
-        where, args = ["true"], list[Any]()
-        for column, value in (
-            ("event_id", query.event_id),
-            ("customer_id", query.customer_id),
-            ("invoice_ref", query.invoice_ref),
-            ("channel", query.channel),
-            ("status", query.status),
-        ):
-            if value is not None:
-                where.append(f"{column} = %s")
-                args.append(value)
-        if query.since is not None:
-            where.append("updated >= %s")
-            args.append(int(query.since * 1000))
-        if query.until is not None:
-            where.append("updated < %s")
-            args.append(int(query.until * 1000))
+        """Newest first, filtered as ``delivery_filters`` says."""
+        where, args = delivery_filters(query, "%s")
         sql = (
-            f"SELECT record FROM {self._s}.deliveries WHERE {' AND '.join(where)} "
+            f"SELECT record FROM {self._s}.deliveries WHERE {' AND '.join(where) or 'true'} "
             "ORDER BY updated DESC LIMIT %s"
         )
         rows = await self._select(sql, (*args, query.limit))

@@ -111,6 +111,32 @@ class DeliveryQuery:
     to_hash: str | None = None
 
 
+def delivery_filters(query: DeliveryQuery, mark: str) -> tuple[list[str], list[Any]]:
+    """The WHERE terms (ANDed) and their arguments a ``DeliveryQuery`` asks of an archive's
+    deliveries table, ``mark`` being the driver's placeholder (``?``, ``%s``). Each of
+    event id, customer, invoice ref has its own index; channel and status filter what
+    those (or the time index) yield."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (
+        ("event_id", query.event_id),
+        ("customer_id", query.customer_id),
+        ("invoice_ref", query.invoice_ref),
+        ("channel", query.channel),
+        ("status", query.status),
+    ):
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            args.append(value)
+    if query.since is not None:
+        where.append(f"updated >= {mark}")
+        args.append(int(query.since * 1000))
+    if query.until is not None:
+        where.append(f"updated < {mark}")
+        args.append(int(query.until * 1000))
+    return where, args
+
+
 @dataclass(frozen=True)
 class EventQuery:
     """Archived events, newest first: by customer or invoice ref (each has an index),
@@ -566,27 +592,10 @@ class SqliteArchive:
         return {r.id: r for r in records}
 
     async def find_deliveries(self, query: DeliveryQuery) -> list[DeliveryRecord]:
-        """Newest first. Each of event id, customer, invoice ref has its own index;
-        channel and status filter what those (or the time index) yield."""
-        where, args = ["1"], list[Any]()
-        for column, value in (
-            ("event_id", query.event_id),
-            ("customer_id", query.customer_id),
-            ("invoice_ref", query.invoice_ref),
-            ("channel", query.channel),
-            ("status", query.status),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if query.since is not None:
-            where.append("updated >= ?")
-            args.append(int(query.since * 1000))
-        if query.until is not None:
-            where.append("updated < ?")
-            args.append(int(query.until * 1000))
+        """Newest first, filtered as ``delivery_filters`` says."""
+        where, args = delivery_filters(query, "?")
         sql = (
-            f"SELECT record FROM deliveries WHERE {' AND '.join(where)} "
+            f"SELECT record FROM deliveries WHERE {' AND '.join(where) or '1'} "
             "ORDER BY updated DESC LIMIT ?"
         )
         rows = await self._call(self._rows, sql, (*args, query.limit))
