@@ -36,7 +36,9 @@ from .store import (
     ArchivedEvent,
     DeliveryQuery,
     EventQuery,
+    dead_letter_from_row,
     delivery_filters,
+    event_from_row,
     job_customer,
     pack,
     unpack,
@@ -152,28 +154,6 @@ def glob_regex(glob: str) -> str:
         else:
             out.append(re.escape(c))
     return "".join(out) + "$"
-
-
-def _event(row: Sequence[Any]) -> ArchivedEvent:
-    event_id, shard, entry, accepted, type_, customer, invoice, body = row
-    return ArchivedEvent(event_id, shard, entry, accepted, type_, customer, invoice, unpack(body))
-
-
-def _dead(row: Sequence[Any]) -> ArchivedDeadLetter:
-    shard, entry, at, kind, channel, delivery_id, event_id, reason, status, payload, replayed = row
-    return ArchivedDeadLetter(
-        shard,
-        entry,
-        at,
-        kind,
-        channel,
-        delivery_id,
-        event_id,
-        reason,
-        status,
-        unpack(payload),
-        replayed,
-    )
 
 
 def _decoded(blob: bytes) -> Any:
@@ -465,7 +445,7 @@ class PostgresArchive:
 
     async def customer_events(self, customer_id: str) -> list[ArchivedEvent]:
         sql = f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE customer_id = %s"
-        return [_event(r) for r in await self._select(sql, (customer_id,))]
+        return [event_from_row(r) for r in await self._select(sql, (customer_id,))]
 
     async def get_event(self, event_id: str) -> ArchivedEvent | None:
         sql = (
@@ -473,7 +453,7 @@ class PostgresArchive:
             "ORDER BY accepted + 0 DESC LIMIT 1"
         )
         rows = await self._select(sql, (event_id,))
-        return _event(rows[0]) if rows else None
+        return event_from_row(rows[0]) if rows else None
 
     async def list_events(
         self, *, type_glob: str | None, since: float | None, limit: int
@@ -507,7 +487,7 @@ class PostgresArchive:
             f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE {' AND '.join(where)} "
             "ORDER BY accepted DESC, entry DESC LIMIT %s"
         )
-        return [_event(r) for r in await self._select(sql, (*args, query.limit))]
+        return [event_from_row(r) for r in await self._select(sql, (*args, query.limit))]
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         found = await self.get_deliveries([delivery_id])
@@ -546,7 +526,7 @@ class PostgresArchive:
             f"SELECT {_DEAD_COLUMNS} FROM {self._s}.dead_letters WHERE {' AND '.join(where)} "
             "ORDER BY at LIMIT %s"  # LIMIT NULL: no limit
         )
-        return [_dead(r) for r in await self._select(sql, (*args, limit))]
+        return [dead_letter_from_row(r) for r in await self._select(sql, (*args, limit))]
 
     async def close(self) -> None:
         await self.pool.close()

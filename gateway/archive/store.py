@@ -276,12 +276,14 @@ def job_customer(job: bytes) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def _event(row: Sequence[Any]) -> ArchivedEvent:
+def event_from_row(row: Sequence[Any]) -> ArchivedEvent:
+    """An ``events`` row as read by both backends (their columns are in this order)."""
     event_id, shard, entry, accepted, type_, customer, invoice, body = row
     return ArchivedEvent(event_id, shard, entry, accepted, type_, customer, invoice, unpack(body))
 
 
-def _dead(row: Sequence[Any]) -> ArchivedDeadLetter:
+def dead_letter_from_row(row: Sequence[Any]) -> ArchivedDeadLetter:
+    """A ``dead_letters`` row as read by both backends."""
     shard, entry, at, kind, channel, delivery_id, event_id, reason, status, payload, replayed = row
     return ArchivedDeadLetter(
         shard,
@@ -525,14 +527,14 @@ class SqliteArchive:
     async def customer_events(self, customer_id: str) -> list[ArchivedEvent]:
         sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE customer_id = ?"
         rows = await self._call(self._rows, sql, (customer_id,))
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def get_event(self, event_id: str) -> ArchivedEvent | None:
         sql = (
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ? ORDER BY accepted DESC LIMIT 1"
         )
         rows = await self._call(self._rows, sql, (event_id,))
-        return _event(rows[0]) if rows else None
+        return event_from_row(rows[0]) if rows else None
 
     async def list_events(
         self, *, type_glob: str | None, since: float | None, limit: int
@@ -550,7 +552,7 @@ class SqliteArchive:
             "ORDER BY accepted DESC LIMIT ?"
         )
         rows = await self._call(self._rows, sql, (*args, limit))
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def find_events(self, query: EventQuery) -> list[ArchivedEvent]:
         where, args = ["1"], list[Any]()
@@ -576,7 +578,7 @@ class SqliteArchive:
             "ORDER BY accepted DESC, entry DESC LIMIT ?"
         )
         rows = await self._call(self._rows, sql, (*args, query.limit))
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         found = await self.get_deliveries([delivery_id])
@@ -617,7 +619,7 @@ class SqliteArchive:
             "ORDER BY at LIMIT ?"
         )
         rows = await self._call(self._rows, sql, (*args, -1 if limit is None else limit))
-        return [_dead(r) for r in rows]
+        return [dead_letter_from_row(r) for r in rows]
 
     async def close(self) -> None:
         def run() -> None:
