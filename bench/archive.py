@@ -202,11 +202,13 @@ def _mode(bench: Bench, mode: str, postgres: Postgres | None) -> dict[str, Any]:
         bench.sink_reset()
         proc, _port, log = bench.gateway(f"archive-{mode}-deliver", "router", "worker")
         ready = bench.wait_ready_line(proc, log)
+        spy = bench.profiler(proc, f"archive-{mode}-deliver")
         before = bench.cpu({"gateway": proc.pid})
         stats = bench.wait_sink(n, bench.load_timeout, proc)
         # With the archive, its CPU counts until it has caught up: all of archiving's cost.
         caught_up = _caught_up(bench, CATCH_UP_TIMEOUT) if mode != "off" else None
         delivery_cpu = bench.cpu_delta(before, bench.cpu({"gateway": proc.pid}))["gateway"]
+        bench.stop_profiler(spy)
         stats = bench.settle(n)
         bench.procs.stop(proc)
     finally:
