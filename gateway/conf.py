@@ -179,6 +179,12 @@ class HistorySection(_Section):
     archive_schema: str = "tocsin"
     #: Records of each kind (events, delivery records, dead letters) moved per pass.
     archive_batch: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    #: Records archived per second at most, per shard (0: as fast as it can): bounds
+    #: archiving's CPU beside deliveries (docs/delivery.md, "Archiving's pace").
+    archive_rate: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    #: While the oldest record still to archive is more than this beyond the hot
+    #: window, ``archive_rate`` is lifted (Redis memory stays bounded).
+    archive_max_lag: Duration = Duration(3600)
 
 
 class PrivacySection(_Section):

@@ -315,6 +315,8 @@ class Gateway:
                 retention=float(history.retention),
                 owner=self.consumer,
                 batch=history.archive_batch,
+                rate=history.archive_rate,
+                max_lag=float(history.archive_max_lag),
             )
             for shard in self.layout.shards
         ], store

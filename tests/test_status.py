@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 
 from gateway.keys import Layout
 from gateway.watch import current_breaches
-from gateway.watch.watcher import read_memory
 from gateway.watch.status import overview
+from gateway.watch.watcher import read_memory
 
 from .conftest import make_event, write_conf
 from .procs import run_tocsin, tocsin_env

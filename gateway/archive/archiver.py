@@ -19,6 +19,13 @@ Every record is in Redis until the archive has committed it, and every write is
 idempotent: a crash anywhere in a pass leaves records in both tiers at worst, and the
 next pass archives them again to the same rows. Readers (``gateway.archive.tiers``)
 prefer Redis's copy when there are both.
+
+Passes are paced to ``rate`` records a second, so that archiving's CPU (~40 µs a record
+on the bench's box) is bounded whatever the backlog and never takes a share of the box
+that deliveries would notice; the pace is lifted while the oldest record left is more
+than ``max_lag`` beyond the hot window, so Redis memory stays bounded when intake outruns
+the pace. (Cassandra's ``compaction_throughput`` and Kafka's log cleaner
+``max.io.bytes.per.second`` throttle their background work the same way.)
 """
 
 from __future__ import annotations
@@ -54,6 +61,10 @@ LOG_EVERY = 60.0
 #: this long after the holder died. (A pass outliving it only lets two processes redo
 #: the same idempotent writes.)
 LOCK_MS = 15_000
+#: Records archived per second at most (``[history] archive_rate``); 0: no pace.
+RATE = 1000
+#: Beyond this lag past the hot window the pace is lifted (``archive_max_lag``).
+MAX_LAG = 3600.0
 #: Rows past the retention dropped from the archive per pass.
 DROP_BATCH = 5000
 _MAX_SEQ = 18446744073709551615
@@ -129,6 +140,9 @@ class Archiver:
         owner: str,
         batch: int = BATCH,
         interval: float = INTERVAL,
+        rate: float = RATE,
+        max_lag: float = MAX_LAG,
+        counted: Callable[[str, int], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
@@ -139,14 +153,22 @@ class Archiver:
         self.owner = owner
         self.batch = batch
         self.interval = interval
+        self.rate = rate
+        self.max_lag = max_lag
+        #: Told how many records of a kind (events, deliveries, dead_letters) each pass
+        #: archived: the metrics' counter.
+        self.counted = counted
         self.clock = clock
         self.total = PassResult()
+        #: The pace is lifted (the lag is beyond ``max_lag``).
+        self.hurrying = False
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = Backoff()
         last_log = 0.0
         while not stopping.is_set():
             result = PassResult()
+            started = time.monotonic()
             try:
                 if await self._hold_lock():
                     result = await self.archive_once()
@@ -163,12 +185,38 @@ class Archiver:
             if (result.moved and now - last_log >= LOG_EVERY) or (result.lag and last_log == 0):
                 self._log(result)
                 last_log = now
-            full = max(result.events, result.deliveries, result.dead) >= self.batch
-            if not full:
+            pause = self.pause(result, time.monotonic() - started)
+            if max(result.events, result.deliveries, result.dead) < self.batch:
+                pause = self.interval  # caught up: the next pass can wait
+            if pause > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self.interval)
+                    await asyncio.wait_for(stopping.wait(), pause)
         with contextlib.suppress(RedisError, OSError):
             await self._release_lock()
+
+    def pause(self, result: PassResult, took: float) -> float:
+        """Seconds to wait after a pass that took ``took`` to keep the pace (and whether
+        the pace is lifted, logged as it changes)."""
+        hurrying = self.rate > 0 and result.lag > self.max_lag
+        if hurrying != self.hurrying:
+            self.hurrying = hurrying
+            if hurrying:
+                log.warning(
+                    "archive shard %d: %.0fs behind the hot window, more than "
+                    "archive_max_lag (%.0fs): archiving at full speed until back under it",
+                    self.keys.index,
+                    result.lag,
+                    self.max_lag,
+                )
+            else:
+                log.info(
+                    "archive shard %d: back under archive_max_lag; archiving at %g records/s again",
+                    self.keys.index,
+                    self.rate,
+                )
+        if self.rate <= 0 or hurrying:
+            return 0.0
+        return max(0.0, result.moved / self.rate - took)
 
     def _log(self, result: PassResult) -> None:
         t = self.total
@@ -218,6 +266,14 @@ class Archiver:
         result.lag = await self._lag(cutoff_ms)
         for name in ("events", "deliveries", "dead", "dropped"):
             setattr(self.total, name, getattr(self.total, name) + getattr(result, name))
+        if self.counted is not None:
+            for kind, n in (
+                ("events", result.events),
+                ("deliveries", result.deliveries),
+                ("dead_letters", result.dead),
+            ):
+                if n:
+                    self.counted(kind, n)
         return result
 
     async def _events(self, cutoff_ms: int) -> int:
