@@ -50,6 +50,7 @@ from .store import ArchivedDeadLetter, ArchivedDelivery, ArchivedEvent, ArchiveS
 log = logging.getLogger("tocsin.archive")
 
 ARCHIVE_DROP = Script("archive_drop")
+ARCHIVE_TRIM = Script("archive_trim")
 
 #: Records of each kind moved per pass.
 BATCH = 1000
@@ -310,16 +311,10 @@ class Archiver:
             )
         await self.store.put_events(rows)
         ms, seq = entry_order(entries[-1][0])
-        # The search indexes leave the hot window with the events (one step: a search
-        # never finds an index entry whose event is gone from both tiers).
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xtrim(self.keys.events, minid=f"{ms}-{seq + 1}", approximate=False)
-            for row in rows:
-                if row.customer_id:
-                    pipe.zrem(self.keys.by_customer(row.customer_id), row.entry)
-                if row.invoice_ref:
-                    pipe.zrem(self.keys.by_invoice(row.invoice_ref), row.entry)
-            await pipe.execute()
+        args: list[Any] = [f"{ms}-{seq + 1}"]
+        for row in rows:
+            args += [row.entry, row.customer_id or "", row.invoice_ref or ""]
+        await ARCHIVE_TRIM(self.redis, [self.keys.events, self.keys.search_index], args)
         return len(rows)
 
     async def _deliveries(self, cutoff_ms: int) -> int:
