@@ -46,7 +46,16 @@ RESTART_ONLY: dict[str, tuple[str, ...]] = {
         "wait_replicas",
     ),
     "worker": ("router_batch", "router_reclaim_after"),
-    "history": ("retention", "hot_window", "archive", "archive_batch"),
+    "history": (
+        "retention",
+        "hot_window",
+        "archive",
+        "archive_url",
+        "archive_schema",
+        "archive_batch",
+        "archive_rate",
+        "archive_max_lag",
+    ),
     "metrics": ("intake", "port", "host", "refresh"),
     "plugins": ("block", "modules"),
     "retention": (
