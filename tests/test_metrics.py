@@ -353,6 +353,7 @@ async def test_dashboard_and_alert_rules_name_only_exported_metrics(traffic: Run
         "TocsinEndpointDisabled",
         "TocsinIntakeRefusalsSpike",
         "TocsinNoEvents",
+        "TocsinArchiveLagging",
     }
     for alert in alerts:
         assert alert["annotations"]["summary"], alert["alert"]
