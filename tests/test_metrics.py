@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from aiohttp import web
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
@@ -30,7 +31,8 @@ from gateway.catalog import TYPES
 from gateway.delivery import Attempt, Delivery, encode_delivery
 from gateway.keys import WORKER_GROUP, Layout
 from gateway.metrics import Known, Metrics, Poller, take_snapshot
-from gateway.metrics.families import ATTEMPT_CLASSES, attempt_class
+from gateway.metrics.families import ARCHIVE_KINDS, ATTEMPT_CLASSES, attempt_class
+from gateway.metrics.poller import lease_key, snapshot_key
 from gateway.metrics.snapshot import DeadTally
 from gateway.redis_server import RedisServer, free_port
 from gateway.service import PROCESS_HEADER
@@ -351,6 +353,7 @@ async def test_dashboard_and_alert_rules_name_only_exported_metrics(traffic: Run
         "TocsinEndpointDisabled",
         "TocsinIntakeRefusalsSpike",
         "TocsinNoEvents",
+        "TocsinArchiveLagging",
     }
     for alert in alerts:
         assert alert["annotations"]["summary"], alert["alert"]
@@ -435,6 +438,64 @@ async def test_one_process_takes_the_snapshot_and_another_takes_over(redis_serve
         await redis.aclose()
 
 
+def exported(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One process's exposition (no multiprocess files), as a scrape reads it."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in family.samples
+    }
+
+
+async def test_archive_lag_comes_from_the_snapshot_whoever_archives(redis_server: RedisServer):
+    """No archiver runs here: the lag grows in the shared snapshot regardless, and every
+    gateway exports the same max over shards, with its own conf's hot window."""
+    redis = Redis.from_url(redis_server.url)
+    layout = Layout("archlag", count=2)
+    a, b = layout.shards
+    hot, now = 3600.0, time.time()
+    known = Known(sources=(), channels=("hook",), hot_window=hot)
+    leader, reader = (Poller(redis, layout, Metrics(known), p, clock=lambda: now) for p in "ab")
+    off = Metrics(replace(known, hot_window=None))  # [history] archive = "off"
+    lag = "tocsin_history_archive_lag_seconds", ()
+    try:
+        assert (await leader.refresh()) is not None and leader.leader
+        assert exported(leader.metrics)[lag] == 0  # no history at all
+        await redis.xadd(a.events, {"e": b"{}"}, id=f"{int((now - 60) * 1000)}-0")
+        await redis.zadd(a.history, {"msg_new": (now - 30) * 1000})
+        await leader.refresh()
+        assert exported(leader.metrics)[lag] == 0  # all within the hot window
+        # Shard a: a record last updated 10 min past the window; shard b: an event 2 min.
+        await redis.zadd(a.history, {"msg_old": (now - hot - 600) * 1000})
+        await redis.xadd(b.events, {"e": b"{}"}, id=f"{int((now - hot - 120) * 1000)}-0")
+        snapshot = await leader.refresh()
+        assert snapshot is not None and (await reader.refresh()) is not None
+        assert not reader.leader  # it read the leader's snapshot from Redis
+        for metrics in (leader.metrics, reader.metrics):
+            assert exported(metrics)[lag] == pytest.approx(600, abs=0.01)
+        off.apply(snapshot)
+        assert exported(off)[lag] == 0
+        await redis.zrem(a.history, "msg_old")  # archived: the event is now the oldest
+        await leader.refresh()
+        assert exported(leader.metrics)[lag] == pytest.approx(120, abs=0.01)
+    finally:
+        shards = [k for keys in layout.shards for k in (keys.events, keys.history)]
+        await redis.delete(*shards, lease_key(layout.prefix), snapshot_key(layout.prefix))
+        await redis.aclose()
+
+
+async def test_archived_records_are_counted_by_kind_after_a_flush():
+    metrics = Metrics(Known(sources=(), channels=("hook",)))
+    archived = "tocsin_history_archived_total"
+    assert {exported(metrics)[archived, (("kind", k),)] for k in ARCHIVE_KINDS} == {0}
+    for kind, count in (("events", 1000), ("events", 7), ("dead_letters", 2), ("deliveries", 0)):
+        metrics.archived(kind, count)
+    assert exported(metrics)[archived, (("kind", "events"),)] == 0  # not flushed yet
+    metrics.flush()
+    got = {k: exported(metrics)[archived, (("kind", k),)] for k in ARCHIVE_KINDS}
+    assert got == {"events": 1007, "deliveries": 0, "dead_letters": 2}
+
+
 async def test_attempt_classes():
     from gateway.errors import PermanentError, TransientError  # noqa: PLC0415
 
@@ -493,8 +554,6 @@ async def test_a_process_without_intake_is_scraped_on_the_metrics_port(
 async def test_redis_down_and_connection_refusals_are_exported():
     """``tocsin_redis_up`` follows the refresh; the connection guard's counts are carried
     into ``tocsin_intake_connections_refused_total`` by increments."""
-    from prometheus_client import generate_latest  # noqa: PLC0415
-
     from gateway.intake_guard import IntakeStats  # noqa: PLC0415
 
     redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
@@ -507,11 +566,7 @@ async def test_redis_down_and_connection_refusals_are_exported():
         stats.refused_connections = 5
         await poller.refresh()
         metrics.flush()
-        samples = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
-            for s in family.samples
-        }
+        samples = exported(metrics)
         assert samples["tocsin_redis_up", ()] == 0
         refused = "tocsin_intake_connections_refused_total"
         assert samples[refused, (("reason", "max_connections"),)] == 5

@@ -53,6 +53,8 @@ ATTEMPT_CLASSES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connect", "error")
 FLUSH_EVERY = 1.0
 #: ``tocsin_queue_jobs`` states.
 QUEUE_STATES = ("ready", "in_flight", "retrying", "deferred")
+#: ``tocsin_history_archived_total`` kinds: what the archiver moves out of Redis.
+ARCHIVE_KINDS = ("events", "deliveries", "dead_letters")
 #: Send durations: from a fast webhook to an SMTP server taking minutes.
 SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -89,6 +91,9 @@ class Known:
     watches: tuple[str, ...] = ()
     #: Event types with their own series; others count as ``other``.
     types: frozenset[str] = field(default_factory=lambda: frozenset(TYPES))
+    #: ``[history] hot_window`` in seconds; None with ``archive = "off"`` (nothing is
+    #: archived, so nothing lags: ``tocsin_history_archive_lag_seconds`` stays 0).
+    hot_window: float | None = None
 
 
 class Metrics:
@@ -137,6 +142,12 @@ class Metrics:
             "Messages not sent because their address is on the suppression list, by the "
             "entry's reason.",
             ["reason"],
+            registry=r,
+        )
+        self.archived_total = Counter(
+            "tocsin_history_archived",
+            "History records moved from Redis to the archive, by kind.",
+            ["kind"],
             registry=r,
         )
         self.send_seconds = Histogram(
@@ -199,6 +210,12 @@ class Metrics:
             ["watch"],
             **snap,
         )
+        self.archive_lag = Gauge(
+            "tocsin_history_archive_lag_seconds",
+            "How far beyond [history] hot_window the oldest event or delivery record "
+            "still in Redis is (0: none, or archive off).",
+            **snap,
+        )
         self.snapshot_at = Gauge(
             "tocsin_queue_snapshot_timestamp_seconds",
             "When the queue snapshot the gauges above come from was taken.",
@@ -245,6 +262,8 @@ class Metrics:
             self.connections_refused.labels(reason)
         for reason in SUPPRESSION_REASONS:
             self.suppressed_total.labels(reason)
+        for kind in ARCHIVE_KINDS:
+            self.archived_total.labels(kind)
         for channel in k.channels:
             for status in FINAL_STATUSES:
                 self.deliveries.labels(channel, status)
@@ -292,6 +311,12 @@ class Metrics:
         """A message skipped for its address's suppression entry (``reason``)."""
         self._counts[self.suppressed_total, (reason,)] += 1
 
+    def archived(self, kind: str, count: int) -> None:
+        """Records of ``kind`` (``ARCHIVE_KINDS``) the archive has committed and Redis
+        dropped."""
+        if count > 0:
+            self._counts[self.archived_total, (kind,)] += count
+
     def flush(self) -> None:
         """Write what was counted since the last flush into the exported metrics."""
         counts, self._counts = self._counts, defaultdict(int)
@@ -334,6 +359,9 @@ class Metrics:
             s = snapshot.scenarios.get(name)
             self.scenarios_live.labels(name).set(s.live if s else 0)
             self.steps_due.labels(name).set(s.due if s else 0)
+        oldest, window = snapshot.oldest_history, self.known.hot_window
+        lag = snapshot.at - window - oldest if oldest is not None and window is not None else 0.0
+        self.archive_lag.set(max(0.0, lag))
         self.snapshot_at.set(snapshot.at)
 
     def rezero(self) -> None:

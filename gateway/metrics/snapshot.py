@@ -56,6 +56,10 @@ class Snapshot(msgspec.Struct):
     at: float
     channels: dict[str, ChannelQueue] = msgspec.field(default_factory=dict)
     scenarios: dict[str, ScenarioLoad] = msgspec.field(default_factory=dict)
+    #: Epoch seconds of the oldest event or delivery record still in Redis, over
+    #: all shards (None: none). The hot window is applied by whoever exports it, so the
+    #: snapshot says the same to every gateway and needs no conf.
+    oldest_history: float | None = None
 
     @classmethod
     def empty(cls, channels: Iterable[str], scenarios: Iterable[str], at: float = 0.0) -> Snapshot:
@@ -72,6 +76,7 @@ class Snapshot(msgspec.Struct):
             mine = self.scenarios.setdefault(name, ScenarioLoad())
             mine.live += load.live
             mine.due += load.due
+        self.oldest_history = _earliest(self.oldest_history, other.oldest_history)
 
 
 _encoder = msgspec.json.Encoder()
@@ -263,10 +268,16 @@ async def shard_snapshot(
             pipe.xlen(stream)
             pipe.xpending(stream, WORKER_GROUP)
             pipe.xrange(stream, "-", "+", count=1)
-        replies = await pipe.execute(raise_on_error=False)
+        # The archive's lag: the heads of the events stream and of the history index.
+        # O(1) each; XRANGE carries the head event's body (~1 KB), which XINFO STREAM
+        # would too (with the last entry besides), and a Lua script returning the id alone
+        # saves that kilobyte only for a script call's cost.
+        pipe.xrange(keys.events, "-", "+", count=1)
+        pipe.zrange(keys.history, 0, 0, withscores=True)
+        *replies, events_head, history_head = await pipe.execute(raise_on_error=False)
     parked = await _retries(redis, keys, now_ms)
     dead_counts = await dead.refresh(redis, keys.dead)
-    snapshot = Snapshot(at=now)
+    snapshot = Snapshot(at=now, oldest_history=_oldest_history(events_head, history_head))
     for i, name in enumerate(names):
         length, pending, head = replies[3 * i : 3 * i + 3]
         length = length if isinstance(length, int) else 0
@@ -283,6 +294,17 @@ async def shard_snapshot(
         )
     snapshot.scenarios = await _scenarios(redis, keys, now_ms)
     return snapshot
+
+
+def _oldest_history(events_head: Any, history_head: Any) -> float | None:
+    """The older of the events stream's head (its id's time) and the history index's
+    first member (scored by its record's last update, in ms)."""
+    event = record = None
+    if isinstance(events_head, list) and events_head:
+        event = _entry_seconds(events_head[0][0])
+    if isinstance(history_head, list) and history_head:
+        record = float(history_head[0][1]) / 1000
+    return _earliest(event, record)
 
 
 async def take_snapshot(

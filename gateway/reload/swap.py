@@ -16,14 +16,13 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import RedisError
 
 from ..channel import Channel
 from ..keys import WORKER_GROUP
-from ..metrics import Known
 from ..plan import Plan
 from ..scenarios import ScenarioEngine
 from .bus import (
@@ -256,7 +255,9 @@ class Reloader:
         if worker_role:
             self._swap_worker(old, new)
         result.swap_seconds = time.monotonic() - started
-        gw.metrics.known = Known(
+        # replace: the restart-only parts (watches, the hot window) keep running values.
+        gw.metrics.known = replace(
+            gw.metrics.known,
             sources=tuple(new.sources),
             channels=tuple(new.channels),
             scenarios=tuple(s.name for s in new.scenarios),
