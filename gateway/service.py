@@ -198,6 +198,9 @@ class Gateway:
             channels=tuple(plan.channels),
             scenarios=tuple(s.name for s in plan.scenarios),
             watches=tuple(plan.conf.watch.watches),
+            hot_window=(
+                None if plan.conf.history.archive == "off" else float(plan.conf.history.hot_window)
+            ),
         )
         multiprocess = multiprocess_dir()  # before any sample exists
         self.metrics = Metrics(known)
@@ -317,6 +320,7 @@ class Gateway:
                 batch=history.archive_batch,
                 rate=history.archive_rate,
                 max_lag=float(history.archive_max_lag),
+                counted=self.metrics.archived,
             )
             for shard in self.layout.shards
         ], store

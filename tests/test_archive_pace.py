@@ -80,6 +80,8 @@ async def test_the_pace_is_lifted_past_the_max_lag_or_when_off(
 ) -> None:
     # Events two hours old, a one-minute hot window: ~2 h behind, far beyond max_lag.
     archiver, client = await _archiver(redis_url, tmp_path, **pace)
+    counted: list[tuple[str, int]] = []
+    archiver.counted = lambda kind, n: counted.append((kind, n))  # the metrics' counter
     stopping = asyncio.Event()
     caplog.set_level(logging.INFO, "tocsin.archive")
     task = asyncio.create_task(archiver.run(stopping))
@@ -94,6 +96,7 @@ async def test_the_pace_is_lifted_past_the_max_lag_or_when_off(
         await client.aclose()
         await archiver.store.close()
     assert archiver.total.events == N
+    assert {kind for kind, _ in counted} == {"events"} and sum(n for _, n in counted) == N
     lifted = [r.getMessage() for r in caplog.records if "archive_max_lag" in r.getMessage()]
     if pace["rate"]:
         assert "more than archive_max_lag (60s): archiving at full speed" in lifted[0]
