@@ -1,6 +1,6 @@
 """Regenerate the docs that are generated from code: ``python docs/generate.py``.
 
-- ``docs/events.md``: the event catalog (``gateway/catalog.py``), also printed by
+- ``docs/events.md``: the event catalog (``gateway/catalog/table.py``), also printed by
   ``tocsin events catalog --markdown``;
 - the mapping tables in ``docs/sources.md``, between ``<!-- BEGIN mapping NAME -->``
   and ``<!-- END mapping NAME -->``, from each source plugin's ``MAPPING``.

@@ -277,7 +277,7 @@ async def test_unknown_types_reject_through_the_conf(
 
 def test_events_doc_is_what_the_catalog_generates():
     assert EVENTS_DOC.read_text() == catalog_markdown(), (
-        "docs/events.md differs from gateway/catalog.py: run `python docs/generate.py` "
+        "docs/events.md differs from gateway/catalog/table.py: run `python docs/generate.py` "
         "(or `tocsin events catalog --markdown > docs/events.md`)"
     )
 
