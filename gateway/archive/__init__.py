@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .archiver import Archiver, PassResult
-from .store import (
+from .contract import (
     ArchivedDeadLetter,
     ArchivedDelivery,
     ArchivedEvent,
     ArchiveStore,
     DeliveryQuery,
     EventQuery,
-    SqliteArchive,
-    archive_path,
 )
+from .store import SqliteArchive, archive_path
 from .tiers import archived_deliveries, complete_records, find_archived, merge_records
 
 if TYPE_CHECKING:

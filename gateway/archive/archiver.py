@@ -45,7 +45,7 @@ from redis.exceptions import RedisError
 from ..keys import Keys
 from ..scripts import Script
 from ..streams import Backoff, as_text, entry_order
-from .store import ArchivedDeadLetter, ArchivedDelivery, ArchivedEvent, ArchiveStore
+from .contract import ArchivedDeadLetter, ArchivedDelivery, ArchivedEvent, ArchiveStore
 
 log = logging.getLogger("tocsin.archive")
 

@@ -1,15 +1,16 @@
 """The archive on a PostgreSQL server (``[history] archive = "postgresql"``): history that
 several gateway boxes share, on a server the operator already runs, backs up and watches.
 
-Same contract and semantics as ``SqliteArchive`` (gateway.archive.store): the same rows
-keyed the same way (insert-or-ignore on event id + shard + entry id and on shard + dead
-letter entry, insert-or-replace on delivery id), the same zlib-packed bodies, the same
-indexes and orderings. Plain tables, not partitioned by day: PostgreSQL wants the
-partition key in every unique index, and a delivery record's day (its last update) moves
-when it is replayed, so "one row per delivery id" could no longer be enforced; and every
-search (by event id, customer, invoice ref, delivery id) would probe each day's partition.
-Retention deletes in bounded batches down the time indexes; autovacuum hands the space
-to later inserts, so the tables stay at the retention's size (docs/delivery.md).
+Same contract (gateway.archive.contract) and semantics as ``SqliteArchive``
+(gateway.archive.store): the same rows keyed the same way (insert-or-ignore on event id
++ shard + entry id and on shard + dead letter entry, insert-or-replace on delivery id),
+the same zlib-packed bodies, the same indexes and orderings. Plain tables, not
+partitioned by day: PostgreSQL wants the partition key in every unique index, and a
+delivery record's day (its last update) moves when it is replayed, so "one row per
+delivery id" could no longer be enforced; and every search (by event id, customer,
+invoice ref, delivery id) would probe each day's partition. Retention deletes in bounded
+batches down the time indexes; autovacuum hands the space to later inserts, so the
+tables stay at the retention's size (docs/delivery.md).
 
 Asynchronous (psycopg 3 and its pool): the event loop never waits on the server, and
 compressing a batch runs on a thread. The pool connects lazily and reconnects: a server
@@ -30,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..history import DeliveryRecord, decode_record
 from ..privacy.redact import redact_event, redact_record
-from .store import (
+from .contract import (
     ArchivedDeadLetter,
     ArchivedDelivery,
     ArchivedEvent,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..history import DeliveryRecord
-from .store import ArchiveStore, DeliveryQuery
+from .contract import ArchiveStore, DeliveryQuery
 
 
 def merge_records(
