@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -274,24 +275,44 @@ class Side:
         return {"pending": pending, "unread": unread if groups else redis.xlen(REF_STREAM)}
 
 
-def run_one(bench: Any, side: Side, load: str, tag: str, use_wrk: bool) -> dict[str, Any]:
+def run_one(
+    bench: Any,
+    side: Side,
+    load: str,
+    tag: str,
+    use_wrk: bool,
+    *,
+    n: int | None = None,
+    seconds: float | None = None,
+    started: Callable[[Side], None] | None = None,
+    loaded: Callable[[Side], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One load on ``side``. ``n`` (saturating, default N) and ``seconds`` (paced, default
+    ``--latency-seconds``) size it; ``started`` runs once the side is up, before the load,
+    and ``loaded`` after the sink has everything, before the side stops (the archive
+    phase times the archiver's catch-up there); what it returns is the run's ``after``."""
+    n = bench.n if n is None else n
+    seconds = bench.args.latency_seconds if seconds is None else seconds
     (side.store or bench).compact_aof()
     bench.sink_reset()
     side.start(tag)
+    after: dict[str, Any] = {}
+    if started is not None:
+        started(side)
     commands0 = side.command_counts()
     pids = side.pids()
     cpu0 = {pid: cpu_seconds(pid) for group in pids.values() for pid in group}
     box0, wall0 = box_busy_seconds(), time.time()
     try:
         if load == "saturating" and use_wrk:
-            sent = wrk_load(bench, side.url, f"{tag}_", bench.n)
+            sent = wrk_load(bench, side.url, f"{tag}_", n)
         elif load == "saturating":
-            args = ("-n", str(bench.n), "-c", str(bench.args.concurrency), "--id-prefix", tag)
+            args = ("-n", str(n), "-c", str(bench.args.concurrency), "--id-prefix", tag)
             sent = bench.loadgen(side.url, "closed", *args)
-            sent["sent_at_most"] = bench.n
+            sent["sent_at_most"] = n
         else:
-            rate, seconds = str(bench.args.rate), str(bench.args.latency_seconds)
-            args = ("--rate", rate, "--duration", seconds, "--id-prefix", tag)
+            rate = str(bench.args.rate)
+            args = ("--rate", rate, "--duration", str(seconds), "--id-prefix", tag)
             sent = bench.loadgen(side.url, "paced", *args)
             sent["sent_at_most"] = sent["n"]
         accepted = sent["accepted"]
@@ -310,6 +331,8 @@ def run_one(bench: Any, side: Side, load: str, tag: str, use_wrk: bool) -> dict[
                     cpu[group] += end_cpu - start_cpu
         stats = bench.settle(accepted)
         commands = fullpipe_cluster.per_event(commands0, side.command_counts(), accepted)
+        if loaded is not None:
+            after = loaded(side)
     finally:
         side.stop()
     # Paced: no first-request time from the generator; the sink's first receipt instead.
@@ -340,6 +363,7 @@ def run_one(bench: Any, side: Side, load: str, tag: str, use_wrk: bool) -> dict[
         },
         # The load generator's share of the two cores it loads (its timed loop only).
         "loadgen_cores": _share(sent.get("cpu_loop_s"), sent.get("elapsed_s")),
+        "after": after,
     }
 
 
