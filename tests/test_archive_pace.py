@@ -74,7 +74,7 @@ async def test_archiving_keeps_its_pace(redis_url: str, tmp_path: Path) -> None:
         await archiver.store.close()
 
 
-@pytest.mark.parametrize("pace", [{"rate": 1, "max_lag": 60.0}, {"rate": 0}], ids=["lag", "off"])
+@pytest.mark.parametrize("pace", [{"rate": 3, "max_lag": 60.0}, {"rate": 0}], ids=["lag", "off"])
 async def test_the_pace_is_lifted_past_the_max_lag_or_when_off(
     redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, pace: dict[str, float]
 ) -> None:
@@ -100,6 +100,23 @@ async def test_the_pace_is_lifted_past_the_max_lag_or_when_off(
     lifted = [r.getMessage() for r in caplog.records if "archive_max_lag" in r.getMessage()]
     if pace["rate"]:
         assert "more than archive_max_lag (60s): archiving at full speed" in lifted[0]
-        assert "back under archive_max_lag; archiving at 1 records/s again" in lifted[1]
+        assert "back under archive_max_lag; archiving at 3 records/s again" in lifted[1]
     else:
         assert lifted == []
+
+
+async def test_a_slow_pace_takes_smaller_batches_not_longer_pauses(redis_url: str) -> None:
+    # The pause after a full pass stays within a third of the shard lock's 15 s, so no
+    # other process takes the shard over between two passes of a slow pace.
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        for rate, batch in ((10, 16), (1000, 1000), (0, 1000)):
+            archiver = Archiver(
+                client, Keys(), None, hot_window=HOT, retention=86400, owner="t",  # type: ignore[arg-type]
+                batch=1000, rate=rate,
+            )  # fmt: skip
+            assert archiver.batch == batch
+            if rate:
+                assert 3 * archiver.batch / rate <= 5.0
+    finally:
+        await client.aclose()

@@ -66,6 +66,8 @@ LOCK_MS = 15_000
 RATE = 1000
 #: Beyond this lag past the hot window the pace is lifted (``archive_max_lag``).
 MAX_LAG = 3600.0
+#: Longest pause the pace may ask for after a pass (a third of the lock's life).
+MAX_PAUSE = LOCK_MS / 3000
 #: Rows past the retention dropped from the archive per pass.
 DROP_BATCH = 5000
 _MAX_SEQ = 18446744073709551615
@@ -152,7 +154,9 @@ class Archiver:
         self.hot_window = hot_window
         self.retention = retention
         self.owner = owner
-        self.batch = batch
+        # A pass's pause must stay well inside the lock's life, or another process would
+        # take the shard over between passes and archive at its own pace too.
+        self.batch = batch if rate <= 0 else max(1, min(batch, int(rate * MAX_PAUSE / 3)))
         self.interval = interval
         self.rate = rate
         self.max_lag = max_lag
