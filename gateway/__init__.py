@@ -22,7 +22,7 @@ from .errors import (
 from .event import Customer, Event, EventInvalid, EventSource, decode_event, encode_event
 from .http import parse_retry_after, raise_for_outcome
 from .markers import hookimpl, hookspec
-from .outbound import OutboundPolicy, OutboundRefused
+from .outbound import GuardedResolver, OutboundPolicy, OutboundRefused, noncanonical_ipv4
 from .outbound import delivery_error as outbound_error
 from .receipts import Receipt, ReceiptRequest, ReceiptStatus, Reply
 from .signing import SignatureError, Signer, Verifier
@@ -45,6 +45,7 @@ __all__ = [
     "Event",
     "EventInvalid",
     "EventSource",
+    "GuardedResolver",
     "OutboundPolicy",
     "OutboundRefused",
     "PermanentError",
@@ -69,6 +70,7 @@ __all__ = [
     "encode_event",
     "hookimpl",
     "hookspec",
+    "noncanonical_ipv4",
     "outbound_error",
     "parse_networks",
     "parse_retry_after",

@@ -43,13 +43,14 @@ import httptools
 import yarl
 
 from gateway import (
+    GuardedResolver,
     OutboundPolicy,
     OutboundRefused,
     PermanentError,
+    noncanonical_ipv4,
     outbound_error,
     raise_for_outcome,
 )
-from gateway.outbound import GuardedResolver, noncanonical_ipv4
 
 #: Of an error answer, this much is kept (and read: the rest is not waited for).
 EXCERPT_BYTES = 512
