@@ -100,6 +100,12 @@ async def test_events_spread_over_shards_in_customer_order_and_delivered_once(
             ["deliveries", "--conf", str(conf), "--limit", "1000"], tmp_path, "deliveries"
         )
         endpoints = await run_to_end(["endpoints", "--conf", str(conf)], tmp_path, "endpoints")
+        # A reload reaches every process on a cluster too, where the client has no
+        # pub/sub: each process polls the generation counter (gateway/reload/bus.py).
+        before = await _processes(tmp_path, conf, "--status")
+        with conf.open("a") as f:
+            f.write("# edited: a new conf hash for gateway a\n")
+        after = await _processes(tmp_path, conf, "--wait", "20")
         assert await procs.terminate(*serves) == [0, 0]
 
     figures = ledger_figures(ledger, rec)
@@ -125,6 +131,19 @@ async def test_events_spread_over_shards_in_customer_order_and_delivered_once(
     assert endpoints.popen.returncode == 0 and "hook" in endpoints.stdout, endpoints.stderr
     for serve in serves:
         assert log_problems(serve) == [], serve.proc.stderr[-3000:]
+    assert len(before) == len(after) == 2 and all(p["answered"] for p in after), after
+    hashes = {p["consumer"]: p["conf_hash"] for p in before}
+    changed = [p["consumer"] for p in after if p["conf_hash"] != hashes[p["consumer"]]]
+    # (``last_reload_ok`` is left out when true, as ``ProcessConf`` omits defaults.)
+    assert len(changed) == 1 and all(p.get("last_reload_ok", True) for p in after), after
+    assert all(p["generation"] >= 1 and not p.get("problems") for p in after), after
+
+
+async def _processes(tmp_path: Path, conf: Path, *args: str) -> list[dict[str, Any]]:
+    """``tocsin reload ARGS --json``: one object per gateway process."""
+    done = await run_to_end(["reload", "--conf", str(conf), "--json", *args], tmp_path, "reload")
+    assert done.popen.returncode == 0, done.stdout + done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
 async def test_a_master_killed_under_load_loses_no_acknowledged_event(
