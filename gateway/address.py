@@ -1,4 +1,5 @@
-"""Email addresses: the one rule the intake checks and the email channel sends with.
+"""Addresses: the one email rule the intake checks and the email channel sends with,
+and how the suppression list keys an email or a phone number.
 
 In the core, exported as ``gateway.check_address``, so the intake refuses at once what
 an email channel would only refuse later, in the dead letters.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
+import phonenumbers
 
 #: RFC 5322 ``atext`` plus ``.``: what an unquoted local part may hold.
 _LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
@@ -40,3 +43,31 @@ def check_address(value: str) -> str:
     if len(address) > 254:
         raise ValueError("an address is at most 254 characters")
     return address
+
+
+def normalise_address(address: str, region: str | None = None) -> str:
+    """An email lower-cased, a phone number in E.164; ``ValueError`` saying why not.
+
+    Email local parts are case-sensitive in theory (RFC 5321) and never in practice: one
+    entry per mailbox matters more than telling ``Bob@`` from ``bob@``."""
+    text = address.strip()
+    if not text:
+        raise ValueError("empty address")
+    if "@" in text:
+        local, _, domain = text.rpartition("@")
+        if not local or "." not in domain or any(c.isspace() for c in text):
+            raise ValueError(f"{address!r} is not an email address")
+        return text.lower()
+    if not text.startswith("+") and region is None:
+        raise ValueError(
+            f"{address!r}: a phone number in international format (+33...) or an email "
+            "address (a national number needs a region: --region FR)"
+        )
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException as exc:
+        why = str(exc).split(") ", 1)[-1].rstrip(".").lower()  # "(3) The string..."
+        raise ValueError(f"{address!r} is not a phone number: {why}") from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise ValueError(f"{address!r} is not a valid phone number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

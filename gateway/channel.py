@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import msgspec
 
+from .address import normalise_address
 from .delivery import Delivery
 from .outbound import OutboundPolicy
 from .receipts import Receipt, ReceiptRequest, Reply
@@ -65,6 +66,25 @@ class Channel(ABC, Generic[ConfigT]):
     def send_timeout(self) -> float:
         """Upper bound on one ``send``; the core's reclaim timeout must exceed it."""
         return 30.0
+
+    def suppression_address(self, delivery: Delivery) -> str | None:
+        """The address the suppression list keys this delivery by, normalised as this
+        channel sends; ``None``: nothing to check (a webhook, no recipient, an address
+        the channel will refuse anyway). By default the recipient's ``recipient_field``:
+        an email lower-cased, a phone number as E.164. Override it to normalise as your
+        sends do (the sms channel reads national numbers with its ``default_region``)."""
+        field, recipient = self.recipient_field, delivery.recipient
+        if field is None or recipient is None:
+            return None
+        raw = getattr(recipient, field, None) or recipient.address
+        if not raw:
+            return None
+        if field == "email":
+            return str(raw).strip().lower()  # the address's own checks are the channel's
+        try:
+            return normalise_address(str(raw))
+        except ValueError:
+            return None
 
     def check_action(self, action: Action) -> list[str]:
         """Conf problems with one rule action using this channel (template parts missing...)."""

@@ -28,7 +28,7 @@ from .keys import Keys
 from .plan import Plan
 from .router import plan_deliveries
 from .scenarios import ScenarioEngine, moot
-from .suppression import Entry, SuppressionList, address_of, skip_reason
+from .suppression import Entry, SuppressionList, skip_reason
 
 #: Keys of a simulation live under their own prefix, never a deployment's.
 PREFIX = "tocsin-simulate"
@@ -133,7 +133,7 @@ async def _suppressed(
     marked = []
     for n in out:
         channel = plan.channels.get(n.delivery.channel)
-        address = address_of(channel, n.delivery) if channel is not None else None
+        address = channel.suppression_address(n.delivery) if channel is not None else None
         if address is not None:
             listed.clock = _Clock(n.at)
             why = skip_reason(await listed.get(address), n.delivery.category)

@@ -6,7 +6,8 @@ answers, receipts and replies (``feed``), managed with ``tocsin suppress`` (``cl
 the admin API, which call the ``operations`` functions: add, remove, list, check.
 """
 
-from .feed import address_of, feed_error, feed_receipt
+from ..address import normalise_address as normalise
+from .feed import feed_error, feed_receipt
 from .operations import add, check, list_entries, remove
 from .store import (
     BLOCKS_ALL,
@@ -15,7 +16,6 @@ from .store import (
     Entry,
     Reason,
     SuppressionList,
-    normalise,
     skip_reason,
 )
 
@@ -27,7 +27,6 @@ __all__ = [
     "Reason",
     "SuppressionList",
     "add",
-    "address_of",
     "check",
     "feed_error",
     "feed_receipt",

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
+from ..address import normalise_address as normalise
 from ..keys import Keys, Layout
 from ..receipts import Receipt, Reply
-from .store import REASONS, SuppressionList, normalise
+from .store import REASONS, SuppressionList
 
 if TYPE_CHECKING:
     from ..channel import Channel
@@ -23,31 +24,6 @@ log = logging.getLogger("tocsin.suppression")
 NOTE_CHARS = 200
 
 
-def address_of(channel: Channel[Any], delivery: Delivery) -> str | None:
-    """The normalised address a delivery goes to, as the list keys it; ``None``: none to
-    check (a webhook, no recipient, an address the channel will refuse anyway).
-
-    A channel may define ``suppression_address(delivery)`` to normalise as it sends (the
-    sms channel reads national numbers with its ``default_region``)."""
-    own = getattr(channel, "suppression_address", None)
-    if own is not None:
-        found: str | None = own(delivery)
-        return found
-    field = channel.recipient_field
-    recipient = delivery.recipient
-    if field is None or recipient is None:
-        return None
-    raw = getattr(recipient, field, None) or recipient.address
-    if not raw:
-        return None
-    if field == "email":
-        return raw.strip().lower()  # normalise's checks are the channel's to make
-    try:
-        return normalise(raw)
-    except ValueError:
-        return None
-
-
 async def feed_error(
     suppressions: SuppressionList, channel: Channel[Any], delivery: Delivery, exc: Any
 ) -> None:
@@ -55,7 +31,7 @@ async def feed_error(
     reason = getattr(exc, "suppress", None)
     if reason not in REASONS:
         return
-    address = address_of(channel, delivery)
+    address = channel.suppression_address(delivery)
     if address is None:
         return
     status = f" {exc.status}" if getattr(exc, "status", None) is not None else ""

@@ -9,8 +9,9 @@ import time
 
 from redis.asyncio import Redis
 
+from ..address import normalise_address as normalise
 from ..keys import Keys, Layout
-from .store import Entry, SuppressionList, normalise
+from .store import Entry, SuppressionList
 
 
 async def add(

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import msgspec
-import phonenumbers
 from redis.asyncio import Redis
 
 from ..keys import Keys, Layout
@@ -64,34 +63,6 @@ def hash_key(keys: Keys | Layout | str) -> str:
 
 def expiry_key(keys: Keys | Layout | str) -> str:
     return hash_key(keys) + ":expiry"
-
-
-def normalise(address: str, region: str | None = None) -> str:
-    """An email lower-cased, a phone number in E.164; ``ValueError`` saying why not.
-
-    Email local parts are case-sensitive in theory (RFC 5321) and never in practice: one
-    entry per mailbox matters more than telling ``Bob@`` from ``bob@``."""
-    text = address.strip()
-    if not text:
-        raise ValueError("empty address")
-    if "@" in text:
-        local, _, domain = text.rpartition("@")
-        if not local or "." not in domain or any(c.isspace() for c in text):
-            raise ValueError(f"{address!r} is not an email address")
-        return text.lower()
-    if not text.startswith("+") and region is None:
-        raise ValueError(
-            f"{address!r}: a phone number in international format (+33...) or an email "
-            "address (a national number needs a region: --region FR)"
-        )
-    try:
-        parsed = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException as exc:
-        why = str(exc).split(") ", 1)[-1].rstrip(".").lower()  # "(3) The string..."
-        raise ValueError(f"{address!r} is not a phone number: {why}") from None
-    if not phonenumbers.is_valid_number(parsed):
-        raise ValueError(f"{address!r} is not a valid phone number")
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def skip_reason(entry: Entry | None, category: str) -> str | None:

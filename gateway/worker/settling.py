@@ -21,7 +21,7 @@ from ..logs import OURS
 from ..retry import next_delay
 from ..scripts import ENQUEUE_MANY, SETTLE
 from ..streams import Backoff
-from ..suppression import address_of, feed_error, skip_reason
+from ..suppression import feed_error, skip_reason
 from .base import ACK_BATCH, ACK_LINGER, INTERNAL_PROVIDER, RECONNECT_CAP, WorkerBase, log, outcomes
 
 
@@ -64,7 +64,7 @@ class Settling(WorkerBase):
     ) -> bool:
         """A message its address's suppression entry rules out: settled as
         ``suppressed``, with the entry's reason, without a send. One HGET."""
-        address = address_of(channel, delivery) if delivery.recipient is not None else None
+        address = channel.suppression_address(delivery) if delivery.recipient is not None else None
         if address is None:
             return False
         entry = await self.suppressions.get(address)
