@@ -56,6 +56,9 @@ class Channel(ABC, Generic[ConfigT]):
     #: The ``Recipient`` field this channel addresses (``"email"``, ``"phone"``): members
     #: of an audience without one are not sent to on this channel.
     recipient_field: ClassVar[str | None] = None
+    #: Whether its deliveries are calls to an ERP (closing an invoice...): the admin API's
+    #: event timeline lists them apart, as ``erp_calls``.
+    erp_call: ClassVar[bool] = False
 
     def __init__(self, name: str, config: ConfigT, context: ChannelContext) -> None:
         self.name = name

@@ -15,17 +15,22 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import trustme
 from click.testing import CliRunner
 from gateway_erp import ErpChannel, ErpConfig, exponent, from_minor, parse_erp_amount, to_minor
+from redis.asyncio import Redis as AsyncRedis
 
 from gateway import ChannelContext, OutboundPolicy, Templates, TransientError
+from gateway.adminapi import context_for
+from gateway.adminapi.search import delivery_item
 from gateway.cli import main
 from gateway.conf import convert
+from gateway.history import DeliveryRecord
 
-from .conftest import Receiver, write_conf
+from .conftest import Receiver, load_plan, write_conf
 from .erp_helpers import (
     NO_REDIS,
     ROOT,
@@ -470,3 +475,23 @@ async def test_a_refusal_reaches_accounting_as_erp_sync_failed(
     assert "Motif : currency mismatch: the payment is in EUR" in shown.output
     assert "Montant : 450,00" in shown.output
     assert f"tocsin dlq replay {data['delivery_id']}" in shown.output
+
+
+async def test_the_admin_timeline_lists_erp_deliveries_as_erp_calls(tmp_path: Path) -> None:
+    """The ERP channel declares its deliveries ERP calls (``erp_call``); the core reads
+    that, not a channel type name, so a third party's ERP channel is listed too."""
+    conf = write_conf(
+        tmp_path, redis_url="redis://127.0.0.1:9/0", extra=call_table("http://127.0.0.1:9")
+    )
+    client = AsyncRedis()  # never connects: only the context is built
+    try:
+        ctx = context_for(load_plan(conf), client, None)
+    finally:
+        await client.aclose()
+    assert ctx.erp_channels == {"erp"}
+    record = DeliveryRecord(
+        id="msg_1", event_id="evt_1", event_type="payment.succeeded", rule="r",
+        channel="erp", status="delivered", updated=0.0,
+    )  # fmt: skip
+    assert delivery_item(ctx, record)["erp"] is True
+    assert delivery_item(ctx, msgspec.structs.replace(record, channel="hook"))["erp"] is False

@@ -37,6 +37,7 @@ def context_for(
         actor,
         rules=plan.rules,
         channels=channels,
+        erp_channels=frozenset(n for n, c in plan.channels.items() if c.erp_call),
         scenarios=tuple(plan.scenarios),
         timezone=conf.gateway.timezone,
         privacy_key=conf.privacy.key.reveal().encode() if conf.privacy.key is not None else None,

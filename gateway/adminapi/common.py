@@ -58,6 +58,8 @@ class AdminContext:
     rules: list[CompiledRule] = field(default_factory=list)
     #: Channel name -> its type (``json_hook``, ``erp``...).
     channels: dict[str, str] = field(default_factory=dict)
+    #: Channels whose deliveries are ERP calls (``Channel.erp_call``).
+    erp_channels: frozenset[str] = frozenset()
     scenarios: tuple[CompiledScenario, ...] = ()
     timezone: str = "UTC"
     #: ``[privacy] key``: history's recipient hash; ``None``: no search by address.

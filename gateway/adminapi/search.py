@@ -212,7 +212,7 @@ def _record_key(record: DeliveryRecord) -> tuple[int, str]:
 
 def delivery_item(ctx: AdminContext, record: DeliveryRecord) -> dict[str, Any]:
     item: dict[str, Any] = msgspec.to_builtins(record)
-    item["erp"] = ctx.channels.get(record.channel) == "erp"
+    item["erp"] = record.channel in ctx.erp_channels
     return item
 
 

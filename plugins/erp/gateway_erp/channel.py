@@ -53,6 +53,7 @@ def make_connector(config: ErpConfig, transport: Transport) -> Connector:
 
 class ErpChannel(Channel[ErpConfig]):
     type_name = "erp"
+    erp_call = True
     config_type = ErpConfig
 
     def __init__(self, name: str, config: ErpConfig, context: ChannelContext) -> None:
