@@ -200,8 +200,18 @@ def format_money(amount_minor: Any, currency: Any, locale: Locale | str | None =
         raise TypeError(
             f"money: amounts are integers in minor units (1250 = 12.50), got {_kind(amount_minor)}"
         )
-    exponent = currency_exponent(currency)
+    if not isinstance(currency, str):
+        currency_exponent(currency)  # raises, naming the value (unhashable ones too)
     loc = locale if isinstance(locale, Locale) else resolve_locale(locale)
+    return _format_money(amount_minor, currency, loc)
+
+
+@functools.lru_cache(maxsize=1024)
+def _format_money(amount_minor: int, currency: str, loc: Locale) -> str:
+    """Remembered: an email shows its amount in the subject, the HTML and the text, and
+    Babel's ``format_currency`` (currency checks, plural rules for a name it does not
+    use) costs more than the rest of the ``money`` filter. Errors are not remembered."""
+    exponent = currency_exponent(currency)
     value = Decimal(amount_minor).scaleb(-exponent)
     text = babel_numbers.format_currency(
         value, currency, format=_money_pattern(loc, exponent), locale=loc, currency_digits=False

@@ -11,15 +11,19 @@ StrictUndefined), through the filters the core's plugin registers.
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from babel.numbers import format_currency, get_currency_symbol
 from jinja2.exceptions import UndefinedError
 
 from gateway import TemplateFailure, Templates
 from gateway.filters import (
+    _currency_spacing,
     card_mask,
     format_date,
     format_money,
@@ -457,3 +461,27 @@ def test_resolve_locale_follows_the_template_fallback():
     assert str(resolve_locale("fr-XX", "en")) == "fr"
     assert str(resolve_locale("xx", "de")) == "de"
     assert str(resolve_locale(None, None)) == "en"
+
+
+@pytest.mark.parametrize("locale", ["fr", "en", "de-CH", "ar", "ja"])
+def test_money_remembered_results_are_babels_for_every_amount_and_currency(locale):
+    """The money filter remembers its results: each call answers what Babel computes
+    afresh, for currencies with 0, 2 and 3 decimals, negative amounts, in any order."""
+    loc = resolve_locale(locale)
+    for currency, exponent in (("JPY", 0), ("EUR", 2), ("CHF", 2), ("KWD", 3)):
+        for amount in (0, 1, -5, 99, 100, 123456789, 1234, -1234550):
+            for _ in range(2):  # the second answer comes from the cache
+                got = format_money(amount, currency, locale)
+                pattern = copy.copy(loc.currency_formats["standard"])
+                pattern.frac_prec = (exponent, exponent)
+                babel = format_currency(
+                    Decimal(amount).scaleb(-exponent),
+                    currency,
+                    format=pattern,
+                    locale=loc,
+                    currency_digits=False,
+                )
+                want = _currency_spacing(babel, get_currency_symbol(currency, loc))
+                assert got == want, (locale, currency, amount)
+    with pytest.raises(ValueError, match="ISO 4217"):
+        format_money(1, ["EUR"], locale)  # unhashable: the same precise error, no TypeError
