@@ -51,7 +51,7 @@ def make_event(event_id: str, ts: float, seq: int = 0) -> dict[str, Any]:
             "kind": "b2c",
         },
         "refs": {"invoice_ref": f"FA-2026-{seq:06d}", "order": f"ord_{seq:08d}"},
-        "data": {"amount": 12345, "currency": "EUR", "ts": ts, "note": ""},
+        "data": {"amount": 10_000 + seq % 90_000, "currency": "EUR", "ts": ts, "note": ""},
     }
     room = EVENT_BYTES - len(_encoder.encode(event))
     event["data"]["note"] = "x" * max(0, room)
