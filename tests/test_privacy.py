@@ -438,9 +438,8 @@ def test_masks_and_hash():
 
 
 async def test_archive_search_by_address_pages_through_ties(tmp_path: Path):
-    """The archive has no hash column: ``archived_deliveries`` pages through the time
-    index in 1,000-row pages; 30 records share each millisecond, so pages end amid
-    ties, and every match is still found once, newest first, within ``since``."""
+    """30 records share each millisecond (where the version-1 scan's 1,000-row pages
+    ended amid ties): every match is found once, newest first, within ``since``."""
     key = b"k" * 32
     wanted = recipient_hash(key, EMAIL)
     base = 1_700_000_000_000
