@@ -92,8 +92,8 @@ async def find_deliveries(
 ) -> list[DeliveryRecord]:
     """Newest first, filtered; scans the time index (bounded by ``since``/``until``),
     then the archive's indexes for what is older than the hot window (the archive holds
-    every shard's: one query). ``to_hash``: the recipient's keyed hash (no index: the
-    scan reads every record in the time bound)."""
+    every shard's: one query). ``to_hash``: the recipient's keyed hash (no index in
+    Redis: the scan reads every record in the time bound; the archive has one)."""
     found: list[DeliveryRecord] = []
     async for record in iter_records(redis, keys, since=since, until=until):
         if event_id is not None and record.event_id != event_id:

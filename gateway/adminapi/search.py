@@ -272,9 +272,9 @@ async def search_deliveries(
     cursor: str | None = None,
     limit: int | None = None,
 ) -> Page:
-    """Newest first. ``to``, a full address, matches the records' keyed hash: no index
-    holds it, so the hot tier is scanned through its time index (bounded by ``since``)
-    and the archive's rows are compared within the time bound (``archived_deliveries``)."""
+    """Newest first. ``to``, a full address, matches the records' keyed hash: the hot
+    tier is scanned through its time index (bounded by ``since``), the archive answers
+    from its ``to_hash`` index (``archived_deliveries``)."""
     size = page_size(limit)
     to_hash = recipient_filter(ctx, to) if to is not None else None
     if status is not None and status not in STATUSES:

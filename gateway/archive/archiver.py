@@ -13,7 +13,9 @@ One pass, bounded by ``batch`` per kind, in this order:
    (``archive_drop.lua``);
 3. dead letters older than the hot window: written (insert-or-ignore on shard + entry
    id), committed, then deleted from the dead-letter stream; one replayed meanwhile (its
-   ``XDEL`` found nothing) is marked replayed in the archive.
+   ``XDEL`` found nothing) is marked replayed in the archive;
+4. on an archive created before the deliveries' ``to_hash`` column, until it is filled:
+   the column of at most ``batch`` older rows (gateway.archive.migrate), paced as records.
 
 Every record is in Redis until the archive has committed it, and every write is
 idempotent: a crash anywhere in a pass leaves records in both tiers at worst, and the
@@ -95,6 +97,7 @@ class _RecordHead(msgspec.Struct):
     status: str
     channel: str
     updated: float
+    to_hash: str | None = None
 
 
 _record_head = msgspec.json.Decoder(_RecordHead)
@@ -119,6 +122,9 @@ class PassResult:
     deliveries: int = 0
     dead: int = 0
     dropped: int = 0
+    #: Rows archived before the ``to_hash`` column whose column this pass filled
+    #: (gateway.archive.migrate); 0 once all are.
+    backfilled: int = 0
     #: Age (s) beyond the hot window of the oldest record left to archive; 0 if none.
     lag: float = 0.0
 
@@ -167,6 +173,8 @@ class Archiver:
         self.total = PassResult()
         #: The pace is lifted (the lag is beyond ``max_lag``).
         self.hurrying = False
+        #: Every row of the archive has its ``to_hash`` column (PassResult.backfilled).
+        self.backfilled = False
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = Backoff()
@@ -191,7 +199,7 @@ class Archiver:
                 self._log(result)
                 last_log = now
             pause = self.pause(result, time.monotonic() - started)
-            if max(result.events, result.deliveries, result.dead) < self.batch:
+            if max(result.events, result.deliveries, result.dead, result.backfilled) < self.batch:
                 pause = self.interval  # caught up: the next pass can wait
             if pause > 0:
                 with contextlib.suppress(TimeoutError):
@@ -221,7 +229,7 @@ class Archiver:
                 )
         if self.rate <= 0 or hurrying:
             return 0.0
-        return max(0.0, result.moved / self.rate - took)
+        return max(0.0, (result.moved + result.backfilled) / self.rate - took)
 
     def _log(self, result: PassResult) -> None:
         t = self.total
@@ -268,8 +276,12 @@ class Archiver:
         result.dropped = await self.store.drop_before(
             int((self.clock() - self.retention) * 1000), DROP_BATCH
         )
+        if not self.backfilled and not self.hurrying:
+            # Behind on Redis, archiving comes first: the backfill only speeds searches.
+            result.backfilled = await self.store.backfill_to_hash(self.batch)
+            self.backfilled = result.backfilled < self.batch
         result.lag = await self._lag(cutoff_ms)
-        for name in ("events", "deliveries", "dead", "dropped"):
+        for name in ("events", "deliveries", "dead", "dropped", "backfilled"):
             setattr(self.total, name, getattr(self.total, name) + getattr(result, name))
         if self.counted is not None:
             for kind, n in (
@@ -345,7 +357,9 @@ class Archiver:
                     continue
                 updated = int(r.updated * 1000)
                 records.append(
-                    ArchivedDelivery(r.id, r.event_id, updated, r.status, r.channel, value)
+                    ArchivedDelivery(
+                        r.id, r.event_id, updated, r.status, r.channel, value, r.to_hash
+                    )
                 )
                 event_id = r.event_id
             args += [member, repr(float(score)), event_id]

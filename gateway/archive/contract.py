@@ -52,12 +52,17 @@ class ArchivedDelivery:
     status: str
     channel: str
     raw: bytes
+    #: The recipient's keyed hash (``DeliveryRecord.to_hash``): a column of its own, with
+    #: an index, so a search by address is one probe (docs/data-protection.md).
+    to_hash: str | None = None
 
     @classmethod
     def of(cls, record: DeliveryRecord) -> ArchivedDelivery:
         updated = int(record.updated * 1000)
         raw = encode_record(record)
-        return cls(record.id, record.event_id, updated, record.status, record.channel, raw)
+        return cls(
+            record.id, record.event_id, updated, record.status, record.channel, raw, record.to_hash
+        )
 
 
 @dataclass(frozen=True)
@@ -88,16 +93,43 @@ class DeliveryQuery:
     since: float | None = None
     until: float | None = None
     limit: int = 50
-    #: The recipient's keyed hash: no column holds it, so ``tiers.archived_deliveries``
-    #: filters decoded rows within the time bound (the stores ignore it).
+    #: The recipient's keyed hash, answered from its column's index. Rows archived before
+    #: that column existed have it empty until the backfill reaches them
+    #: (``ArchiveStore.backfill_to_hash``): ``tiers.archived_deliveries`` also compares
+    #: their decoded records meanwhile.
     to_hash: str | None = None
+    #: Only rows the backfill has not reached (no ``to_hash`` yet, delivery id past its
+    #: cursor, ``ArchiveStore.to_hash_pending``): what that comparison reads.
+    backfill_after: str | None = None
+
+
+#: ``meta`` keys of the ``to_hash`` backfill: its cursor (the last delivery id it filled,
+#: present while it runs) and its flag once done.
+BACKFILL_CURSOR = "to_hash_cursor"
+BACKFILL_DONE = "to_hash_backfilled"
+
+
+class _Hashed(msgspec.Struct):
+    to_hash: str | None = None
+
+
+_hashed = msgspec.json.Decoder(_Hashed)
+
+
+def stored_hash(packed: bytes) -> str | None:
+    """The ``to_hash`` of a packed record as archived (``None`` for one that cannot be
+    read: the backfill leaves it as it is, never stops on it)."""
+    try:
+        return _hashed.decode(unpack(packed)).to_hash
+    except (msgspec.DecodeError, zlib.error):
+        return None
 
 
 def delivery_filters(query: DeliveryQuery, mark: str) -> tuple[list[str], list[Any]]:
     """The WHERE terms (ANDed) and their arguments a ``DeliveryQuery`` asks of an archive's
     deliveries table, ``mark`` being the driver's placeholder (``?``, ``%s``). Each of
-    event id, customer, invoice ref has its own index; channel and status filter what
-    those (or the time index) yield."""
+    event id, customer, invoice ref, recipient hash has its own index; channel and status
+    filter what those (or the time index) yield."""
     where: list[str] = []
     args: list[Any] = []
     for column, value in (
@@ -106,6 +138,7 @@ def delivery_filters(query: DeliveryQuery, mark: str) -> tuple[list[str], list[A
         ("invoice_ref", query.invoice_ref),
         ("channel", query.channel),
         ("status", query.status),
+        ("to_hash", query.to_hash),
     ):
         if value is not None:
             where.append(f"{column} = {mark}")
@@ -116,6 +149,9 @@ def delivery_filters(query: DeliveryQuery, mark: str) -> tuple[list[str], list[A
     if query.until is not None:
         where.append(f"updated < {mark}")
         args.append(int(query.until * 1000))
+    if query.backfill_after is not None:
+        where += ["to_hash IS NULL", f"delivery_id > {mark}"]
+        args.append(query.backfill_after)
     return where, args
 
 
@@ -165,6 +201,16 @@ class ArchiveStore(Protocol):
         self, kind: str, before_ms: int, limit: int, *, dry_run: bool = False
     ) -> int: ...
     async def customer_events(self, customer_id: str) -> list[ArchivedEvent]: ...
+    async def to_hash_pending(self) -> str | None:
+        """While rows archived before the ``to_hash`` column are not all filled: the
+        delivery id the backfill has reached (``""``: none yet); ``None`` once done."""
+        ...
+
+    async def backfill_to_hash(self, limit: int) -> int:
+        """Fills the column of at most ``limit`` such rows; how many were read (fewer
+        than ``limit``: done). One call per archiver pass (gateway.archive.migrate)."""
+        ...
+
     async def close(self) -> None: ...
 
 

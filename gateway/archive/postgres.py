@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -44,6 +45,7 @@ from .contract import (
     pack,
     unpack,
 )
+from .migrate import pg_backfill, pg_has_column, pg_migrate, pg_pending
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: Any fixed number: concurrent ``CREATE ... IF NOT EXISTS`` from several processes can
@@ -51,8 +53,6 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _DDL_LOCK = 0x70C5_1A0C
 #: Seconds a command reading history waits for the server.
 CONNECT_TIMEOUT = 5
-#: Bumped with every schema change (a migration then reads it).
-VERSION = 1
 
 # Text columns compare bytewise (COLLATE "C"): orderings and cursors on entry ids match
 # SQLite's, whatever the database's locale, and the indexes are cheaper. Each searched
@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS {s}.deliveries (
     channel     text COLLATE "C" NOT NULL,
     customer_id text COLLATE "C",
     invoice_ref text COLLATE "C",
-    record      bytea  NOT NULL
+    record      bytea  NOT NULL,
+    to_hash     text COLLATE "C"
 );
 CREATE INDEX IF NOT EXISTS deliveries_event ON {s}.deliveries (event_id, updated);
 CREATE INDEX IF NOT EXISTS deliveries_updated ON {s}.deliveries (updated);
@@ -181,6 +182,9 @@ class PostgresArchive:
         self._create = create
         self._ready = False
         self._lock = asyncio.Lock()
+        #: Whether the deliveries have ``to_hash``: a reader (not ``create``) may open a
+        #: version-1 schema no gateway has migrated yet, and search it the old way.
+        self._hashed = True
 
     @classmethod
     async def open(
@@ -215,19 +219,22 @@ class PostgresArchive:
         return bool(row and row[0])
 
     async def _ensure(self) -> None:
-        if not self._create:
+        if self._ready:
             return
         async with self._lock:
-            if self._ready:
-                return
-            async with self.pool.connection() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-                await conn.execute(SCHEMA.format(s=self._s))
-                await conn.execute(
-                    f"INSERT INTO {self._s}.meta VALUES ('version', %s) ON CONFLICT DO NOTHING",
-                    (str(VERSION),),
-                )
-            self._ready = True
+            if not self._ready:
+                await self._prepare()
+                self._ready = True
+
+    async def _prepare(self) -> None:
+        if not self._create:
+            async with self.pool.connection() as conn:
+                self._hashed = await pg_has_column(conn, self.schema)
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+            await conn.execute(SCHEMA.format(s=self._s))
+            await pg_migrate(conn, self._s)
 
     async def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         await self._ensure()
@@ -281,16 +288,17 @@ class PostgresArchive:
         s = self._s
         sql = (
             f"INSERT INTO {s}.deliveries (delivery_id, event_id, updated, status, channel, "
-            "customer_id, invoice_ref, record) "
+            "customer_id, invoice_ref, record, to_hash) "
             "SELECT n.id, n.event_id, n.updated, n.status, n.channel, e.customer_id, "
-            "e.invoice_ref, n.record FROM unnest(%s::text[], %s::text[], %s::bigint[], "
-            "%s::text[], %s::text[], %s::bytea[]) AS n(id, event_id, updated, status, channel, "
-            "record) LEFT JOIN LATERAL (SELECT customer_id, invoice_ref FROM "
+            "e.invoice_ref, n.record, n.to_hash FROM unnest(%s::text[], %s::text[], "
+            "%s::bigint[], %s::text[], %s::text[], %s::bytea[], %s::text[]) AS n(id, event_id, "
+            "updated, status, channel, record, to_hash) LEFT JOIN LATERAL (SELECT customer_id, "
+            "invoice_ref FROM "
             f"{s}.events WHERE event_id = n.event_id ORDER BY accepted + 0 DESC LIMIT 1) e ON true "
             "ON CONFLICT (delivery_id) DO UPDATE SET event_id = excluded.event_id, "
             "updated = excluded.updated, status = excluded.status, channel = excluded.channel, "
             "customer_id = excluded.customer_id, invoice_ref = excluded.invoice_ref, "
-            "record = excluded.record"
+            "record = excluded.record, to_hash = excluded.to_hash"
         )
         await self._execute(
             sql,
@@ -301,6 +309,7 @@ class PostgresArchive:
                 [r.status for r in rows],
                 [r.channel for r in rows],
                 records,
+                [r.to_hash for r in rows],
             ),
         )
 
@@ -401,7 +410,8 @@ class PostgresArchive:
                 ]
                 if found:
                     await conn.execute(
-                        f"UPDATE {s}.deliveries d SET record = n.record FROM unnest(%s::text[], "
+                        f"UPDATE {s}.deliveries d SET record = n.record, to_hash = NULL FROM "
+                        "unnest(%s::text[], "
                         "%s::bytea[]) AS n(id, record) WHERE d.delivery_id = n.id",
                         ([f[0] for f in found], records),
                     )
@@ -504,6 +514,11 @@ class PostgresArchive:
 
     async def find_deliveries(self, query: DeliveryQuery) -> list[DeliveryRecord]:
         """Newest first, filtered as ``delivery_filters`` says."""
+        await self._ensure()
+        if not self._hashed:  # version 1, not migrated yet: every row is "not filled"
+            if query.to_hash is not None:
+                return []
+            query = replace(query, backfill_after=None)
         where, args = delivery_filters(query, "%s")
         sql = (
             f"SELECT record FROM {self._s}.deliveries WHERE {' AND '.join(where) or 'true'} "
@@ -528,6 +543,23 @@ class PostgresArchive:
             "ORDER BY at LIMIT %s"  # LIMIT NULL: no limit
         )
         return [dead_letter_from_row(r) for r in await self._select(sql, (*args, limit))]
+
+    async def to_hash_pending(self) -> str | None:
+        """The backfill's cursor while rows archived before the ``to_hash`` column are
+        not all filled; ``None`` once they are (gateway.archive.migrate)."""
+        await self._ensure()
+        if not self._hashed:
+            return ""
+        async with self.pool.connection() as conn:
+            return await pg_pending(conn, self._s)
+
+    async def backfill_to_hash(self, limit: int) -> int:
+        """Fills the column on at most ``limit`` older rows; how many were read."""
+        await self._ensure()
+        if not self._hashed:
+            return 0
+        async with self.pool.connection() as conn:
+            return await pg_backfill(conn, self._s, limit)
 
     async def close(self) -> None:
         await self.pool.close()

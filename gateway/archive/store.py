@@ -42,6 +42,7 @@ from .contract import (
     pack,
     unpack,
 )
+from .migrate import sqlite_backfill, sqlite_migrate, sqlite_pending
 
 # The contract's names stay importable from here, where they lived first.
 __all__ = [
@@ -65,7 +66,13 @@ __all__ = [
 
 T = TypeVar("T")
 
+# Version 2 (gateway.archive.migrate, which adds what an older file lacks): ``meta``, and
+# the deliveries' ``to_hash`` column with its index (created there, after the column).
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     event_id    TEXT    NOT NULL,
     shard       INTEGER NOT NULL,
@@ -89,7 +96,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     channel     TEXT    NOT NULL,
     customer_id TEXT,
     invoice_ref TEXT,
-    record      BLOB    NOT NULL
+    record      BLOB    NOT NULL,
+    to_hash     TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 CREATE INDEX IF NOT EXISTS deliveries_updated ON deliveries (updated);
@@ -122,11 +130,11 @@ CREATE INDEX IF NOT EXISTS dead_customer ON dead_letters (customer_id)
 # archiver archives an event before any of its records: see Archiver).
 _PUT_DELIVERY = """
 INSERT OR REPLACE INTO deliveries
-    (delivery_id, event_id, updated, status, channel, customer_id, invoice_ref, record)
+    (delivery_id, event_id, updated, status, channel, customer_id, invoice_ref, record, to_hash)
 VALUES (:id, :event_id, :updated, :status, :channel,
     (SELECT customer_id FROM events WHERE event_id = :event_id ORDER BY accepted DESC LIMIT 1),
     (SELECT invoice_ref FROM events WHERE event_id = :event_id ORDER BY accepted DESC LIMIT 1),
-    :record)
+    :record, :to_hash)
 """
 
 #: Retention kinds: their table and time column.
@@ -165,6 +173,7 @@ class SqliteArchive:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.executescript(SCHEMA)
+        sqlite_migrate(db)
         self._db = db
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -217,6 +226,7 @@ class SqliteArchive:
                 "status": r.status,
                 "channel": r.channel,
                 "record": pack(r.raw),
+                "to_hash": r.to_hash,
             }
             for r in rows
         )
@@ -303,7 +313,10 @@ class SqliteArchive:
                 for rowid, record in rows.fetchall():
                     scrubbed = redact_record(msgspec.json.decode(unpack(record)), needles)
                     new = pack(msgspec.json.encode(scrubbed))
-                    db.execute("UPDATE deliveries SET record = ? WHERE rowid = ?", (new, rowid))
+                    db.execute(
+                        "UPDATE deliveries SET record = ?, to_hash = NULL WHERE rowid = ?",
+                        (new, rowid),
+                    )
                     counts["deliveries"] += 1
                 gone = db.execute(f"DELETE FROM dead_letters WHERE {where}", args)
                 counts["dead_letters"] = gone.rowcount
@@ -462,6 +475,15 @@ class SqliteArchive:
         )
         rows = await self._call(self._rows, sql, (*args, -1 if limit is None else limit))
         return [dead_letter_from_row(r) for r in rows]
+
+    async def to_hash_pending(self) -> str | None:
+        """The backfill's cursor while rows archived before the ``to_hash`` column are
+        not all filled; ``None`` once they are (gateway.archive.migrate)."""
+        return await self._call(sqlite_pending, self.db)
+
+    async def backfill_to_hash(self, limit: int) -> int:
+        """Fills the column on at most ``limit`` older rows; how many were read."""
+        return await self._call(sqlite_backfill, self.db, limit)
 
     async def close(self) -> None:
         def run() -> None:

@@ -34,24 +34,42 @@ async def find_archived(
     return merge_records(hot, await archived_deliveries(archive, query), query.limit)
 
 
-#: Rows a search by recipient reads at most (newest first, within its time bound), and
-#: per query: no archive column holds the hash, so decoded rows are compared.
+#: Rows not backfilled yet (archived before the ``to_hash`` column) a search by recipient
+#: decodes at most, per query, while the backfill runs (gateway.archive.migrate).
 RECIPIENT_SCAN = 20_000
 SCAN_PAGE = 1000
 
 
 async def archived_deliveries(archive: ArchiveStore, query: DeliveryQuery) -> list[DeliveryRecord]:
-    """``archive.find_deliveries``, plus the recipient filter (``query.to_hash``): pages
-    through the time index from ``query.until`` down, keeping the records whose hash
-    matches, until ``query.limit`` match or ``RECIPIENT_SCAN`` rows were read."""
+    """``archive.find_deliveries``: a recipient (``query.to_hash``) is one probe of its
+    column's index. While rows archived before that column are not all filled, those
+    are also read, newest first, and their decoded hashes compared (``_unfilled``),
+    then both are merged."""
     if query.to_hash is None:
         return await archive.find_deliveries(query)
+    after = await archive.to_hash_pending()
+    # Scanned before the index is probed: a row the backfill fills in between is then
+    # found by one or the other.
+    unfilled = [] if after is None else await _unfilled(archive, query, after)
+    indexed = await archive.find_deliveries(query)
+    seen = {r.id for r in indexed}
+    found = [*indexed, *(r for r in unfilled if r.id not in seen)]
+    found.sort(key=lambda r: r.updated, reverse=True)
+    return found[: query.limit]
+
+
+async def _unfilled(
+    archive: ArchiveStore, query: DeliveryQuery, after: str
+) -> list[DeliveryRecord]:
+    """Rows past the backfill's cursor whose column is empty, matching ``query.to_hash``:
+    pages through the time index from ``query.until`` down until ``query.limit`` match or
+    ``RECIPIENT_SCAN`` rows were read."""
     found: list[DeliveryRecord] = []
     seen: set[str] = set()
     until, read = query.until, 0
     while read < RECIPIENT_SCAN and len(found) < query.limit:
         page = await archive.find_deliveries(
-            replace(query, to_hash=None, until=until, limit=SCAN_PAGE)
+            replace(query, to_hash=None, backfill_after=after, until=until, limit=SCAN_PAGE)
         )
         read += len(page)
         fresh = [r for r in page if r.id not in seen]
@@ -64,8 +82,7 @@ async def archived_deliveries(archive: ArchiveStore, query: DeliveryQuery) -> li
         # millisecond (its ties come again, dropped as seen), or before it when a whole
         # page shared it.
         until = (last_ms + (1.5 if fresh else 0.5)) / 1000
-    found.sort(key=lambda r: r.updated, reverse=True)
-    return found[: query.limit]
+    return found
 
 
 async def complete_records(
