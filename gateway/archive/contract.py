@@ -125,6 +125,21 @@ def stored_hash(packed: bytes) -> str | None:
         return None
 
 
+def dead_letter_filters(
+    channel: str | None, since: float | None, mark: str
+) -> tuple[list[str], list[Any]]:
+    """The WHERE terms (ANDed) and arguments of a dead-letter listing: not yet replayed,
+    of ``channel``, from ``since`` (epoch s) on; ``mark`` as in ``delivery_filters``."""
+    where, args = ["replayed IS NULL"], list[Any]()
+    if channel is not None:
+        where.append(f"channel = {mark}")
+        args.append(channel)
+    if since is not None:
+        where.append(f"at >= {mark}")
+        args.append(int(since * 1000))
+    return where, args
+
+
 def delivery_filters(query: DeliveryQuery, mark: str) -> tuple[list[str], list[Any]]:
     """The WHERE terms (ANDed) and their arguments a ``DeliveryQuery`` asks of an archive's
     deliveries table, ``mark`` being the driver's placeholder (``?``, ``%s``). Each of

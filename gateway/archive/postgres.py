@@ -38,6 +38,7 @@ from .contract import (
     ArchivedEvent,
     DeliveryQuery,
     EventQuery,
+    dead_letter_filters,
     dead_letter_from_row,
     delivery_filters,
     event_from_row,
@@ -531,13 +532,7 @@ class PostgresArchive:
         self, *, channel: str | None, since: float | None, limit: int | None
     ) -> list[ArchivedDeadLetter]:
         """Oldest first, not yet replayed."""
-        where, args = ["replayed IS NULL"], list[Any]()
-        if channel is not None:
-            where.append("channel = %s")
-            args.append(channel)
-        if since is not None:
-            where.append("at >= %s")
-            args.append(int(since * 1000))
+        where, args = dead_letter_filters(channel, since, "%s")
         sql = (
             f"SELECT {_DEAD_COLUMNS} FROM {self._s}.dead_letters WHERE {' AND '.join(where)} "
             "ORDER BY at LIMIT %s"  # LIMIT NULL: no limit

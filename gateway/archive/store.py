@@ -35,6 +35,7 @@ from .contract import (
     ArchiveStore,
     DeliveryQuery,
     EventQuery,
+    dead_letter_filters,
     dead_letter_from_row,
     delivery_filters,
     event_from_row,
@@ -462,13 +463,7 @@ class SqliteArchive:
         self, *, channel: str | None, since: float | None, limit: int | None
     ) -> list[ArchivedDeadLetter]:
         """Oldest first, not yet replayed."""
-        where, args = ["replayed IS NULL"], list[Any]()
-        if channel is not None:
-            where.append("channel = ?")
-            args.append(channel)
-        if since is not None:
-            where.append("at >= ?")
-            args.append(int(since * 1000))
+        where, args = dead_letter_filters(channel, since, "?")
         sql = (
             f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE {' AND '.join(where)} "
             "ORDER BY at LIMIT ?"
